@@ -1,0 +1,335 @@
+//! The `tpde` command: a thin layer of argument parsing and printing over the
+//! `tpde` library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+mod table;
+use table::Table;
+
+#[derive(Parser)]
+#[command(
+    name = "tpde",
+    version,
+    about = "Lossless delta compression of neural-network checkpoints"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct CodingArgs {
+    /// zstd level of the entropy-coded sections.
+    #[arg(long, default_value_t = 3)]
+    level: i32,
+    /// Chunk size in KiB: chunks are coded independently, in parallel.
+    #[arg(long, default_value_t = 4096)]
+    chunk_kib: usize,
+}
+
+impl CodingArgs {
+    fn options(&self) -> tpde::EncodeOptions {
+        tpde::EncodeOptions {
+            chunk_size: self.chunk_kib.saturating_mul(1024),
+            level: self.level,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encode a safetensors checkpoint, against the previous one with --ref
+    /// (a keyframe without).
+    Encode {
+        /// The checkpoint to encode (a .safetensors file).
+        cur: PathBuf,
+        /// The checkpoint to code it against (usually the previous one).
+        #[arg(long = "ref")]
+        reference: Option<PathBuf>,
+        /// The .tpde file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        coding: CodingArgs,
+    },
+    /// Decode a .tpde file back into the original checkpoint, byte for byte.
+    Decode {
+        /// The .tpde file.
+        input: PathBuf,
+        /// The reference it was encoded against (required for a delta).
+        #[arg(long = "ref")]
+        reference: Option<PathBuf>,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Show what a .tpde file holds, tensor by tensor.
+    Inspect {
+        /// The .tpde file.
+        input: PathBuf,
+    },
+    /// Code a folder of consecutive checkpoints, each against the previous,
+    /// and compare with zstd -3 on the same files.
+    Bench {
+        /// Folder of .safetensors files; their names sort in step order.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Time each operation this many times and keep the fastest.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[command(flatten)]
+        coding: CodingArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tpde: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("starting the thread pool")?;
+    }
+    match cli.command {
+        Command::Encode {
+            cur,
+            reference,
+            output,
+            coding,
+        } => encode(&cur, reference.as_deref(), &output, &coding.options()),
+        Command::Decode {
+            input,
+            reference,
+            output,
+        } => decode(&input, reference.as_deref(), &output),
+        Command::Inspect { input } => inspect(&input),
+        Command::Bench {
+            dir,
+            json,
+            repeat,
+            coding,
+        } => bench::run(&dir, json, repeat.max(1), &coding.options()),
+    }
+}
+
+mod bench;
+
+/// A progress bar on a terminal; hidden when stderr is piped.
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn file_len(p: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .len())
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1e6)
+}
+
+fn encode(
+    cur: &Path,
+    reference: Option<&Path>,
+    out: &Path,
+    opts: &tpde::EncodeOptions,
+) -> Result<()> {
+    let pb = progress_bar(file_len(cur)?, "encoding");
+    let t = Instant::now();
+    let s = tpde::files::encode_file(cur, reference, out, opts, Some(&|d| pb.set_position(d)))
+        .with_context(|| format!("encoding {}", cur.display()))?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let kind = match reference {
+        Some(r) => format!("delta against {}", r.display()),
+        None => "keyframe".to_string(),
+    };
+    println!(
+        "{} ({}) -> {} ({}), {kind}: ratio {:.3}x, {} MB/s",
+        cur.display(),
+        mb(s.original_len),
+        out.display(),
+        mb(s.encoded_len),
+        s.original_len as f64 / s.encoded_len as f64,
+        (s.original_len as f64 / 1e6 / secs).round()
+    );
+    if reference.is_some() && s.elements > 0 {
+        println!(
+            "changed elements: {:.2}%",
+            100.0 * s.changed as f64 / s.elements as f64
+        );
+    }
+    Ok(())
+}
+
+fn decode(input: &Path, reference: Option<&Path>, out: &Path) -> Result<()> {
+    let bytes =
+        tpde::FileBytes::open(input).with_context(|| format!("reading {}", input.display()))?;
+    let report =
+        tpde::inspect::inspect(&bytes).with_context(|| format!("reading {}", input.display()))?;
+    if reference.is_some() && report.reference.is_none() {
+        eprintln!(
+            "tpde: note: {} is a keyframe; --ref is not needed and was ignored",
+            input.display()
+        );
+    }
+    let pb = progress_bar(report.original_len, "decoding");
+    let t = Instant::now();
+    let s = tpde::files::decode_file(input, reference, out, Some(&|d| pb.set_position(d)))
+        .with_context(|| format!("decoding {}", input.display()))?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{} -> {} ({}), verified, {} MB/s",
+        input.display(),
+        out.display(),
+        mb(s.original_len),
+        (s.original_len as f64 / 1e6 / secs).round()
+    );
+    Ok(())
+}
+
+fn inspect(input: &Path) -> Result<()> {
+    let bytes =
+        tpde::FileBytes::open(input).with_context(|| format!("reading {}", input.display()))?;
+    let r =
+        tpde::inspect::inspect(&bytes).with_context(|| format!("reading {}", input.display()))?;
+    println!(
+        "file:      {} ({} bytes), format version {}",
+        input.display(),
+        r.encoded_len,
+        tpde::format::VERSION
+    );
+    println!(
+        "original:  {} bytes, {} ({})",
+        r.original_len,
+        match r.source_kind {
+            tpde::format::SourceKind::Safetensors => "safetensors",
+            tpde::format::SourceKind::Opaque => "opaque bytes",
+        },
+        if r.header_len > 0 {
+            format!("header {} bytes", r.header_len)
+        } else {
+            "no header".into()
+        }
+    );
+    match r.reference {
+        Some(id) => println!(
+            "reference: {} bytes, xxh3-128 {}",
+            id.len,
+            tpde::format::digest_hex(id.digest)
+        ),
+        None => println!("reference: none (keyframe)"),
+    }
+    println!("exact:     yes (lossless)\n");
+    let mut t = Table::new(&[
+        "tensor",
+        "dtype",
+        "shape",
+        "elements",
+        "changed",
+        "coding",
+        "bits/elem",
+        "ratio",
+    ]);
+    let (mut raw, mut stored, mut elements, mut delta, mut changed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for x in &r.tensors {
+        raw += x.raw_bytes;
+        stored += x.stored_bytes;
+        elements += x.elements;
+        delta += x.delta_elements;
+        changed += x.changed;
+        t.row(vec![
+            x.name.clone(),
+            x.dtype.clone(),
+            format!("{:?}", x.shape),
+            x.elements.to_string(),
+            match x.changed_fraction() {
+                Some(f) => format!("{:.2}%", 100.0 * f),
+                None if x.has_reference => "-".into(),
+                None => "new".into(),
+            },
+            x.coding.clone(),
+            format!("{:.2}", x.bits_per_element()),
+            ratio(x.raw_bytes, x.stored_bytes),
+        ]);
+    }
+    t.separator();
+    t.row(vec![
+        format!("total ({} tensors)", r.tensors.len()),
+        String::new(),
+        String::new(),
+        elements.to_string(),
+        if delta > 0 {
+            format!("{:.2}%", 100.0 * changed as f64 / delta as f64)
+        } else {
+            "-".into()
+        },
+        String::new(),
+        format!(
+            "{:.2}",
+            if elements > 0 {
+                stored as f64 * 8.0 / elements as f64
+            } else {
+                0.0
+            }
+        ),
+        ratio(raw, stored),
+    ]);
+    print!("{t}");
+    println!(
+        "\nwhole file: {} -> {} bytes, ratio {}",
+        r.original_len,
+        r.encoded_len,
+        ratio(r.original_len, r.encoded_len)
+    );
+    Ok(())
+}
+
+fn ratio(raw: u64, stored: u64) -> String {
+    if stored == 0 {
+        "-".into()
+    } else {
+        format!("{:.3}x", raw as f64 / stored as f64)
+    }
+}

@@ -1,0 +1,622 @@
+//! Coding one chunk: transform against the reference, positions of the
+//! changed elements, byte planes of the values, entropy coding.
+
+use crate::bits::{elias_delta_len, BitReader, BitWriter};
+use crate::dtype::Family;
+use crate::error::{Error, Result};
+use crate::transform::{self, Transform};
+
+/// How a chunk's payload is coded (the format's `codec` byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// The raw bytes.
+    Stored = 0,
+    /// One zstd frame of the raw bytes.
+    Zstd = 1,
+    /// Byte planes of the raw elements, no reference.
+    Planes = 2,
+    /// Byte planes of the elements transformed against the reference.
+    Delta = 3,
+}
+
+impl Codec {
+    pub fn from_u8(v: u8) -> Result<Self> {
+        Ok(match v {
+            0 => Codec::Stored,
+            1 => Codec::Zstd,
+            2 => Codec::Planes,
+            3 => Codec::Delta,
+            other => return Err(Error::corrupt(format!("unknown codec {other}"))),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Stored => "stored",
+            Codec::Zstd => "zstd",
+            Codec::Planes => "planes",
+            Codec::Delta => "delta",
+        }
+    }
+}
+
+/// How the changed positions are coded (the format's `positions` byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Positions {
+    /// Every element's value is coded; no positions.
+    Dense = 0,
+    /// Elias-delta coded gaps between changed positions.
+    Gaps = 1,
+    /// One bit per element.
+    Bitmap = 2,
+}
+
+impl Positions {
+    pub fn from_u8(v: u8) -> Result<Self> {
+        Ok(match v {
+            0 => Positions::Dense,
+            1 => Positions::Gaps,
+            2 => Positions::Bitmap,
+            other => return Err(Error::corrupt(format!("unknown positions coding {other}"))),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Positions::Dense => "dense",
+            Positions::Gaps => "gaps",
+            Positions::Bitmap => "bitmap",
+        }
+    }
+}
+
+/// What describes a coded chunk besides its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkCoding {
+    pub codec: Codec,
+    pub transform: Transform,
+    pub positions: Positions,
+    /// Element width in bytes.
+    pub width: u8,
+    /// Changed (non-zero transformed) elements.
+    pub nnz: u64,
+}
+
+/// Encoder settings for one chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkParams {
+    /// Element width in bytes: 1, 2, 4 or 8.
+    pub width: usize,
+    /// Which difference transform suits the elements.
+    pub family: Family,
+    /// zstd level for the sections.
+    pub level: i32,
+}
+
+const SECTION_RAW: u8 = 0;
+const SECTION_ZSTD: u8 = 1;
+const SECTION_CONST: u8 = 2;
+/// Bytes of a section head.
+const SECTION_HEAD: usize = 9;
+/// Elements sampled to choose a transform and estimate costs.
+const SAMPLE: usize = 8192;
+/// Order-0 entropy (bits per byte) above which a plane is stored raw.
+const RAW_ENTROPY: f64 = 7.9;
+
+/// Order-0 entropy of a histogram, in bits per symbol.
+fn entropy(hist: &[u64; 256]) -> f64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let t = total as f64;
+    hist.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / t;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Histograms of each byte plane over a sample of transformed elements.
+struct Sample {
+    /// Per plane, histograms over all sampled elements.
+    hist: Vec<[u64; 256]>,
+    /// How many sampled elements are zero.
+    zeros: u64,
+}
+
+impl Sample {
+    fn take(t: Transform, width: usize, cur: &[u8], reference: &[u8]) -> Sample {
+        let n = cur.len() / width;
+        let stride = n.div_ceil(SAMPLE).max(1);
+        let mut hist = vec![[0u64; 256]; width];
+        let mut zeros = 0;
+        let mut out = [0u8; 8];
+        let mut i = 0;
+        while i < n {
+            let r = if t == Transform::None {
+                &[][..]
+            } else {
+                &reference[i * width..(i + 1) * width]
+            };
+            transform::forward(
+                t,
+                width,
+                &cur[i * width..(i + 1) * width],
+                r,
+                &mut out[..width],
+            );
+            let mut zero = true;
+            for k in 0..width {
+                hist[k][out[k] as usize] += 1;
+                zero &= out[k] == 0;
+            }
+            zeros += u64::from(zero);
+            i += stride;
+        }
+        Sample { hist, zeros }
+    }
+
+    /// Estimated bits per element of the planes with all elements (dense).
+    fn dense_bits(&self) -> f64 {
+        self.hist.iter().map(entropy).sum()
+    }
+
+    /// Estimated bits per coded element of the planes with the zeros left out.
+    fn sparse_bits(&self) -> f64 {
+        self.hist
+            .iter()
+            .map(|h| {
+                let mut h = *h;
+                h[0] -= self.zeros;
+                entropy(&h)
+            })
+            .sum()
+    }
+
+    /// Entropy of plane `k` when zeros are (`sparse`) or are not left out.
+    fn plane_entropy(&self, k: usize, sparse: bool) -> f64 {
+        let mut h = self.hist[k];
+        if sparse {
+            h[0] -= self.zeros;
+        }
+        entropy(&h)
+    }
+}
+
+/// Appends a section holding `data`, coded the cheapest way tried.
+fn put_section(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    zstd: Option<&mut zstd::bulk::Compressor<'_>>,
+) -> Result<()> {
+    let raw_len = u32::try_from(data.len())
+        .map_err(|_| Error::InvalidArgument("section over 4 GiB".into()))?;
+    if let Some(&first) = data.first() {
+        if data.iter().all(|&b| b == first) {
+            out.push(SECTION_CONST);
+            out.extend_from_slice(&raw_len.to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.push(first);
+            return Ok(());
+        }
+    }
+    if let Some(c) = zstd {
+        if data.len() > 32 {
+            let z = c.compress(data)?;
+            if z.len() < data.len() {
+                out.push(SECTION_ZSTD);
+                out.extend_from_slice(&raw_len.to_le_bytes());
+                out.extend_from_slice(&(z.len() as u32).to_le_bytes());
+                out.extend_from_slice(&z);
+                return Ok(());
+            }
+        }
+    }
+    out.push(SECTION_RAW);
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(data);
+    Ok(())
+}
+
+/// Reads sections off a payload.
+struct Sections<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Sections<'a> {
+    /// Decodes the next section into `out`, which must be exactly its length.
+    fn next_into(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+        let head = self
+            .rest
+            .get(..SECTION_HEAD)
+            .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
+        let coding = head[0];
+        let raw_len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        let stored_len = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
+        if raw_len != out.len() {
+            return Err(Error::corrupt(format!(
+                "{what} section holds {raw_len} bytes, expected {}",
+                out.len()
+            )));
+        }
+        let body = self
+            .rest
+            .get(SECTION_HEAD..SECTION_HEAD + stored_len)
+            .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
+        match coding {
+            SECTION_RAW if stored_len == raw_len => out.copy_from_slice(body),
+            SECTION_CONST if stored_len == 1 => out.fill(body[0]),
+            SECTION_ZSTD => {
+                let got = zstd::bulk::decompress_to_buffer(body, out)
+                    .map_err(|e| Error::corrupt(format!("{what} section: zstd: {e}")))?;
+                if got != raw_len {
+                    return Err(Error::corrupt(format!(
+                        "{what} section: zstd gave {got} bytes, expected {raw_len}"
+                    )));
+                }
+            }
+            _ => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: bad coding {coding} or length"
+                )))
+            }
+        }
+        self.rest = &self.rest[SECTION_HEAD + stored_len..];
+        Ok(())
+    }
+
+    /// Reads the next section's head and returns its decoded length, without consuming it.
+    fn peek_len(&self, what: &str) -> Result<usize> {
+        let head = self
+            .rest
+            .get(1..5)
+            .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
+        Ok(u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize)
+    }
+}
+
+/// Positions of the non-zero elements of `tv`, as element indices.
+fn changed_positions(width: usize, tv: &[u8], nnz: u64) -> Vec<u32> {
+    let mut pos = Vec::with_capacity(nnz as usize);
+    match width {
+        1 => pos.extend(
+            tv.iter()
+                .enumerate()
+                .filter(|(_, &b)| b != 0)
+                .map(|(i, _)| i as u32),
+        ),
+        2 => push_nonzero::<2>(tv, &mut pos),
+        4 => push_nonzero::<4>(tv, &mut pos),
+        _ => push_nonzero::<8>(tv, &mut pos),
+    }
+    pos
+}
+
+fn push_nonzero<const W: usize>(tv: &[u8], pos: &mut Vec<u32>) {
+    for (i, e) in tv.chunks_exact(W).enumerate() {
+        if e.iter().any(|&b| b != 0) {
+            pos.push(i as u32);
+        }
+    }
+}
+
+fn elias_gaps(pos: &[u32]) -> Vec<u8> {
+    let mut w = BitWriter::with_capacity(pos.len() / 2 + 8);
+    let mut prev = -1i64;
+    for &p in pos {
+        w.write_elias_delta((i64::from(p) - prev) as u64);
+        prev = i64::from(p);
+    }
+    w.finish()
+}
+
+fn gaps_bits(pos: &[u32]) -> u64 {
+    let mut prev = -1i64;
+    pos.iter()
+        .map(|&p| {
+            let g = (i64::from(p) - prev) as u64;
+            prev = i64::from(p);
+            u64::from(elias_delta_len(g))
+        })
+        .sum()
+}
+
+fn bitmap(n: usize, pos: &[u32]) -> Vec<u8> {
+    let mut b = vec![0u8; n.div_ceil(8)];
+    for &p in pos {
+        b[p as usize / 8] |= 0x80 >> (p % 8);
+    }
+    b
+}
+
+/// Gathers the byte planes of the elements at `pos` of `tv`.
+fn gather_planes(width: usize, tv: &[u8], pos: &[u32]) -> Vec<u8> {
+    let m = pos.len();
+    let mut planes = vec![0u8; m * width];
+    for (j, &p) in pos.iter().enumerate() {
+        let e = &tv[p as usize * width..(p as usize + 1) * width];
+        for (k, &b) in e.iter().enumerate() {
+            planes[k * m + j] = b;
+        }
+    }
+    planes
+}
+
+/// Builds the payload of a planes/delta chunk: optional positions section,
+/// then one section per byte plane.
+fn build_sections(
+    width: usize,
+    positions: Positions,
+    pos_bytes: Option<&[u8]>,
+    planes: &[u8],
+    sample: &Sample,
+    zc: &mut zstd::bulk::Compressor<'_>,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(planes.len() / 2 + 64);
+    if let Some(p) = pos_bytes {
+        put_section(&mut out, p, Some(&mut *zc))?;
+    }
+    let m = planes.len() / width;
+    let sparse = positions != Positions::Dense;
+    for k in 0..width {
+        let plane = &planes[k * m..(k + 1) * m];
+        let random = sample.plane_entropy(k, sparse) > RAW_ENTROPY;
+        put_section(&mut out, plane, if random { None } else { Some(&mut *zc) })?;
+    }
+    Ok(out)
+}
+
+/// Encodes one chunk of `cur`, against `reference` (same length) when given.
+/// Returns its coding and payload; the payload is never longer than the raw
+/// chunk.
+pub fn encode_chunk(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    p: ChunkParams,
+) -> Result<(ChunkCoding, Vec<u8>)> {
+    let width = p.width;
+    debug_assert!(cur.len() % width == 0 && !cur.is_empty());
+    debug_assert!(reference.is_none_or(|r| r.len() == cur.len()));
+    let n = cur.len() / width;
+    let mut zc = zstd::bulk::Compressor::new(p.level)?;
+
+    // 1. Choose the transform on a sample, by estimated entropy of its planes.
+    let mut candidates = vec![Transform::None];
+    if reference.is_some() {
+        candidates.push(Transform::Xor);
+        candidates.push(match p.family {
+            Family::Float => Transform::Ulp,
+            Family::Integer => Transform::IntDiff,
+        });
+    }
+    let r = reference.unwrap_or(&[]);
+    let (transform, sample) = candidates
+        .into_iter()
+        .map(|t| (t, Sample::take(t, width, cur, r)))
+        .min_by(|a, b| {
+            a.1.dense_bits()
+                .min(a.1.sparse_bits() + 2.0)
+                .total_cmp(&b.1.dense_bits().min(b.1.sparse_bits() + 2.0))
+        })
+        .expect("at least one candidate");
+
+    // 2. Transform the whole chunk.
+    let mut tv = vec![0u8; cur.len()];
+    let nnz = transform::forward(transform, width, cur, r, &mut tv);
+
+    // 3. Positions: dense, Elias-delta gaps or bitmap, by estimated size.
+    let dense_est = n as f64 * sample.dense_bits() / 8.0;
+    let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
+    let codec = if transform == Transform::None {
+        Codec::Planes
+    } else {
+        Codec::Delta
+    };
+    let coding = |positions| ChunkCoding {
+        codec,
+        transform,
+        positions,
+        width: width as u8,
+        nnz,
+    };
+    let mut try_dense = true;
+    if (nnz as usize) < n {
+        let pos = changed_positions(width, &tv, nnz);
+        let gb = gaps_bits(&pos);
+        let (positions, pos_bytes) = if gb <= n as u64 {
+            (Positions::Gaps, elias_gaps(&pos))
+        } else {
+            (Positions::Bitmap, bitmap(n, &pos))
+        };
+        let sparse_est = gb.min(n as u64) as f64 / 8.0 + nnz as f64 * sample.sparse_bits() / 8.0;
+        if sparse_est < dense_est * 1.15 {
+            let planes = gather_planes(width, &tv, &pos);
+            let payload = build_sections(
+                width,
+                positions,
+                Some(&pos_bytes),
+                &planes,
+                &sample,
+                &mut zc,
+            )?;
+            best = Some((coding(positions), payload));
+            try_dense = sparse_est > dense_est * 0.85;
+        }
+    }
+    if try_dense {
+        let mut planes = vec![0u8; tv.len()];
+        transform::split_planes(width, &tv, &mut planes);
+        let payload = build_sections(width, Positions::Dense, None, &planes, &sample, &mut zc)?;
+        if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
+            best = Some((coding(Positions::Dense), payload));
+        }
+    }
+    let mut best = best.expect("a coding was built");
+
+    // 4. Fallbacks: plain zstd when the planes did poorly, stored when nothing helps.
+    if best.1.len() * 5 > cur.len() * 4 {
+        let z = zc.compress(cur)?;
+        if z.len() < best.1.len() {
+            best = (plain(Codec::Zstd, n as u64 * width as u64), z);
+        }
+    }
+    if best.1.len() >= cur.len() {
+        best = (plain(Codec::Stored, cur.len() as u64), cur.to_vec());
+    }
+    Ok(best)
+}
+
+fn plain(codec: Codec, len: u64) -> ChunkCoding {
+    ChunkCoding {
+        codec,
+        transform: Transform::None,
+        positions: Positions::Dense,
+        width: 1,
+        nnz: len,
+    }
+}
+
+/// Decodes one chunk into `out` (exactly the chunk's raw length).
+/// `reference` must be given, of the same length, for [`Codec::Delta`].
+pub fn decode_chunk(
+    c: &ChunkCoding,
+    payload: &[u8],
+    reference: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let width = usize::from(c.width);
+    if !matches!(width, 1 | 2 | 4 | 8) || out.len() % width != 0 {
+        return Err(Error::corrupt(format!(
+            "bad element width {width} for a chunk of {} bytes",
+            out.len()
+        )));
+    }
+    let n = out.len() / width;
+    match c.codec {
+        Codec::Stored | Codec::Zstd => {
+            if c.transform != Transform::None || c.positions != Positions::Dense || width != 1 {
+                return Err(Error::corrupt("plain chunk with a transform or positions"));
+            }
+            if c.codec == Codec::Stored {
+                if payload.len() != out.len() {
+                    return Err(Error::corrupt(
+                        "stored chunk length differs from its raw length",
+                    ));
+                }
+                out.copy_from_slice(payload);
+            } else {
+                let got = zstd::bulk::decompress_to_buffer(payload, out)
+                    .map_err(|e| Error::corrupt(format!("zstd chunk: {e}")))?;
+                if got != out.len() {
+                    return Err(Error::corrupt("zstd chunk decodes to the wrong length"));
+                }
+            }
+            return Ok(());
+        }
+        Codec::Planes if c.transform != Transform::None => {
+            return Err(Error::corrupt("planes chunk with a transform"));
+        }
+        Codec::Delta if c.transform == Transform::None => {
+            return Err(Error::corrupt("delta chunk without a transform"));
+        }
+        _ => {}
+    }
+    let reference = match (c.codec, reference) {
+        (Codec::Delta, Some(r)) if r.len() == out.len() => r,
+        (Codec::Delta, _) => return Err(Error::corrupt("delta chunk without reference data")),
+        _ => &[][..],
+    };
+    let nnz = usize::try_from(c.nnz)
+        .ok()
+        .filter(|&k| k <= n)
+        .ok_or_else(|| Error::corrupt(format!("{} changed elements in a chunk of {n}", c.nnz)))?;
+
+    let mut sections = Sections { rest: payload };
+    // Positions.
+    let pos: Option<Vec<u32>> = match c.positions {
+        Positions::Dense => None,
+        Positions::Gaps => {
+            let len = sections.peek_len("positions")?;
+            if len > payload.len() {
+                return Err(Error::corrupt("positions section longer than its chunk"));
+            }
+            let mut bytes = vec![0u8; len];
+            sections.next_into(&mut bytes, "positions")?;
+            let mut r = BitReader::new(&bytes);
+            let mut pos = Vec::with_capacity(nnz);
+            let mut prev = -1i64;
+            for _ in 0..nnz {
+                let g = r.read_elias_delta()?;
+                let p = i64::try_from(g)
+                    .ok()
+                    .and_then(|g| prev.checked_add(g))
+                    .filter(|&p| p < n as i64);
+                let p =
+                    p.ok_or_else(|| Error::corrupt("changed position past the end of the chunk"))?;
+                pos.push(p as u32);
+                prev = p;
+            }
+            r.expect_end()?;
+            Some(pos)
+        }
+        Positions::Bitmap => {
+            let mut bytes = vec![0u8; n.div_ceil(8)];
+            sections.next_into(&mut bytes, "bitmap")?;
+            let mut pos = Vec::with_capacity(nnz);
+            for (i, &b) in bytes.iter().enumerate() {
+                let mut bits = b;
+                while bits != 0 {
+                    let lz = bits.leading_zeros() as usize;
+                    pos.push((i * 8 + lz) as u32);
+                    bits &= !(0x80 >> lz);
+                }
+            }
+            if pos.len() != nnz || pos.last().is_some_and(|&p| p as usize >= n) {
+                return Err(Error::corrupt("bitmap does not match the changed count"));
+            }
+            Some(pos)
+        }
+    };
+
+    let m = if pos.is_some() { nnz } else { n };
+    let mut planes = vec![0u8; m * width];
+    for k in 0..width {
+        sections.next_into(&mut planes[k * m..(k + 1) * m], "byte plane")?;
+    }
+    if !sections.rest.is_empty() {
+        return Err(Error::corrupt("chunk payload has trailing bytes"));
+    }
+
+    if c.transform == Transform::None {
+        fill_values(width, pos.as_deref(), &planes, out);
+    } else {
+        let mut tv = vec![0u8; out.len()];
+        fill_values(width, pos.as_deref(), &planes, &mut tv);
+        transform::inverse(c.transform, width, &tv, reference, out);
+    }
+    Ok(())
+}
+
+/// Writes the coded values into `tv`: merged planes when dense, scattered to
+/// their positions (zeros elsewhere) when sparse.
+fn fill_values(width: usize, pos: Option<&[u32]>, planes: &[u8], tv: &mut [u8]) {
+    match pos {
+        None => transform::merge_planes(width, planes, tv),
+        Some(pos) => {
+            let m = pos.len();
+            tv.fill(0);
+            for (j, &p) in pos.iter().enumerate() {
+                let e = &mut tv[p as usize * width..(p as usize + 1) * width];
+                for (k, b) in e.iter_mut().enumerate() {
+                    *b = planes[k * m + j];
+                }
+            }
+        }
+    }
+}

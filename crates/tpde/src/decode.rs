@@ -1,0 +1,254 @@
+//! Decoding a `.tpde` container back into the original file.
+
+use std::io::Write;
+
+use rayon::prelude::*;
+
+use crate::codec::{decode_chunk, Codec};
+use crate::error::{Error, Result};
+use crate::format::{self, Container, RefMode, SourceKind, TensorView};
+use crate::safetensors::{self, Header};
+
+/// Totals of one decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    pub original_len: u64,
+    pub encoded_len: u64,
+}
+
+/// The reference, checked against what the container expects.
+struct Reference<'r> {
+    bytes: &'r [u8],
+    /// Parsed when some tensor refers to the reference by name.
+    header: Option<Header>,
+}
+
+/// Checks `reference` against the container: required when the container is a
+/// delta; its length and (when `full` is set) its digest must match.
+fn check_reference<'r>(
+    c: &Container<'_>,
+    reference: Option<&'r [u8]>,
+    full: bool,
+) -> Result<Option<Reference<'r>>> {
+    let Some(id) = c.index.reference else {
+        return Ok(None);
+    };
+    let bytes = reference.ok_or(Error::MissingReference)?;
+    let actual_len = bytes.len() as u64;
+    let digest_ok = !full || format::digest(bytes) == id.digest;
+    if actual_len != id.len || !digest_ok {
+        return Err(Error::WrongReference {
+            expected: format::digest_hex(id.digest),
+            actual: format::digest_hex(format::digest(bytes)),
+            expected_len: id.len,
+            actual_len,
+        });
+    }
+    let needs_header = c
+        .tensors
+        .iter()
+        .any(|t| t.entry.ref_mode == RefMode::SameName);
+    let header = if needs_header {
+        Some(safetensors::parse(bytes).map_err(|e| {
+            Error::ReferenceMismatch(format!(
+                "the reference is not a valid safetensors file: {e}"
+            ))
+        })?)
+    } else {
+        None
+    };
+    Ok(Some(Reference { bytes, header }))
+}
+
+/// The reference bytes of tensor `t` (the whole tensor for by-name
+/// references; for byte-range references, the file from the tensor's start).
+fn tensor_reference<'r>(
+    c: &Container<'_>,
+    t: &TensorView,
+    r: Option<&Reference<'r>>,
+) -> Result<Option<&'r [u8]>> {
+    let Some(r) = r else { return Ok(None) };
+    match t.entry.ref_mode {
+        RefMode::None => Ok(None),
+        RefMode::SameName => {
+            let h = r
+                .header
+                .as_ref()
+                .expect("parsed when a tensor refers by name");
+            let rt = h
+                .get(&t.info.name)
+                .filter(|rt| rt.len() == t.info.len())
+                .ok_or_else(|| {
+                    Error::ReferenceMismatch(format!(
+                        "the reference has no tensor {:?} of {} bytes",
+                        t.info.name,
+                        t.info.len()
+                    ))
+                })?;
+            let start = (h.header_len + rt.begin) as usize;
+            Ok(Some(&r.bytes[start..start + rt.len() as usize]))
+        }
+        RefMode::SameRange => {
+            let start = c.index.header_block.len() as u64 + t.info.begin;
+            Ok(Some(r.bytes.get(start as usize..).unwrap_or(&[])))
+        }
+    }
+}
+
+struct Job<'a, 'r> {
+    tensor: usize,
+    chunk: usize,
+    payload: &'a [u8],
+    reference: Option<&'r [u8]>,
+}
+
+/// Decodes the chunks of `jobs` in parallel, checking each checksum.
+fn decode_jobs(c: &Container<'_>, jobs: &[Job<'_, '_>]) -> Result<Vec<Vec<u8>>> {
+    jobs.par_iter()
+        .map(|j| {
+            let t = &c.tensors[j.tensor];
+            let e = &t.entry.chunks[j.chunk];
+            let mut out = vec![0u8; e.raw_len as usize];
+            decode_chunk(&e.coding, j.payload, j.reference, &mut out).map_err(|err| match err {
+                Error::Corrupt(m) => {
+                    Error::Corrupt(format!("tensor {:?}, chunk {}: {m}", t.info.name, j.chunk))
+                }
+                other => other,
+            })?;
+            if xxhash_rust::xxh3::xxh3_64(&out) != e.checksum {
+                return Err(Error::ChecksumMismatch {
+                    tensor: t.info.name.clone(),
+                    chunk: j.chunk,
+                });
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Lists the decode jobs of tensor `ti`.
+fn tensor_jobs<'a, 'r>(
+    c: &Container<'a>,
+    ti: usize,
+    r: Option<&Reference<'r>>,
+    jobs: &mut Vec<Job<'a, 'r>>,
+) -> Result<()> {
+    let t = &c.tensors[ti];
+    let tref = tensor_reference(c, t, r)?;
+    let mut start = 0usize;
+    for (k, e) in t.entry.chunks.iter().enumerate() {
+        let len = e.raw_len as usize;
+        let reference = if e.coding.codec == Codec::Delta {
+            let r = tref.ok_or(Error::MissingReference)?;
+            Some(r.get(start..start + len).ok_or_else(|| {
+                Error::ReferenceMismatch(format!(
+                    "the reference is too short for tensor {:?}",
+                    t.info.name
+                ))
+            })?)
+        } else {
+            None
+        };
+        jobs.push(Job {
+            tensor: ti,
+            chunk: k,
+            payload: c.payload(e),
+            reference,
+        });
+        start += len;
+    }
+    Ok(())
+}
+
+/// Bytes of output decoded per parallel batch; bounds the memory held at once.
+const BATCH_BYTES: usize = 256 << 20;
+
+/// Decodes a whole container (the bytes of a `.tpde` file) and writes the
+/// original file to `out`. A delta needs the exact reference it was encoded
+/// against. Every chunk checksum, the length and the whole-file digest are
+/// checked; on error, what was written to `out` must be discarded.
+pub fn decode(
+    container: &[u8],
+    reference: Option<&[u8]>,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<DecodeStats> {
+    let c = Container::open(container)?;
+    let r = check_reference(&c, reference, true)?;
+    let mut w = HashingWriter {
+        inner: out,
+        hasher: xxhash_rust::xxh3::Xxh3::new(),
+        written: 0,
+    };
+    w.emit(&c.index.header_block)?;
+    let mut jobs = Vec::new();
+    for ti in 0..c.tensors.len() {
+        tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+    }
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while end < jobs.len() {
+            let len = c.tensors[jobs[end].tensor].entry.chunks[jobs[end].chunk].raw_len as usize;
+            if end > start && bytes + len > BATCH_BYTES {
+                break;
+            }
+            bytes += len;
+            end += 1;
+        }
+        for piece in decode_jobs(&c, &jobs[start..end])? {
+            w.emit(&piece)?;
+        }
+        if let Some(p) = progress {
+            p(w.written);
+        }
+        start = end;
+    }
+    if w.written != c.index.original_len || w.hasher.digest128() != c.index.original_digest {
+        return Err(Error::corrupt(
+            "decoded file differs from the original (length or digest)",
+        ));
+    }
+    w.inner.flush()?;
+    Ok(DecodeStats {
+        original_len: w.written,
+        encoded_len: c.len(),
+    })
+}
+
+/// Decodes one tensor of a safetensors container, without the rest. The
+/// reference's length is checked, and each chunk's checksum; the whole-file
+/// digests are not (that would read every byte).
+pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> Result<Vec<u8>> {
+    let c = Container::open(container)?;
+    if c.index.source_kind != SourceKind::Safetensors {
+        return Err(Error::InvalidArgument(
+            "this container holds an opaque file, not tensors".into(),
+        ));
+    }
+    let ti = c
+        .tensors
+        .iter()
+        .position(|t| t.info.name == name)
+        .ok_or_else(|| Error::InvalidArgument(format!("no tensor named {name:?}")))?;
+    let r = check_reference(&c, reference, false)?;
+    let mut jobs = Vec::new();
+    tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+    Ok(decode_jobs(&c, &jobs)?.concat())
+}
+
+struct HashingWriter<'w> {
+    inner: &'w mut dyn Write,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    written: u64,
+}
+
+impl HashingWriter<'_> {
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.inner.write_all(bytes)?;
+        Ok(())
+    }
+}

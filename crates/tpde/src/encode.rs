@@ -1,0 +1,307 @@
+//! Encoding a checkpoint file into a `.tpde` container.
+
+use std::io::Write;
+
+use rayon::prelude::*;
+
+use std::collections::HashMap;
+
+use crate::codec::{encode_chunk, ChunkParams, Codec};
+use crate::dtype::Family;
+use crate::error::{Error, Result};
+use crate::format::{self, ChunkEntry, Index, RefId, RefMode, SourceKind, TensorEntry};
+use crate::safetensors;
+
+/// What kind of file is being encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputKind {
+    /// A safetensors file; anything else is refused.
+    #[default]
+    Safetensors,
+    /// Any file, coded as opaque bytes against the same bytes of the reference.
+    Opaque,
+}
+
+/// Encoder settings.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// Largest chunk in bytes (a multiple of 8, at least 64). Chunks are
+    /// coded independently and in parallel.
+    pub chunk_size: usize,
+    /// zstd level of the entropy-coded sections.
+    pub level: i32,
+    /// How to read the input.
+    pub input: InputKind,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            chunk_size: 4 << 20,
+            level: 3,
+            input: InputKind::Safetensors,
+        }
+    }
+}
+
+/// Totals of one encode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodeStats {
+    pub original_len: u64,
+    pub encoded_len: u64,
+    /// Elements whose bits differ from the reference, over chunks coded as deltas.
+    pub changed: u64,
+    /// Elements in all tensors.
+    pub elements: u64,
+}
+
+struct Job<'a> {
+    tensor: usize,
+    cur: &'a [u8],
+    reference: Option<&'a [u8]>,
+    params: ChunkParams,
+}
+
+/// Bytes of input coded per parallel batch; bounds the memory held at once.
+const BATCH_BYTES: usize = 256 << 20;
+
+/// Encodes `cur` against `reference` (a keyframe when `None`) and writes the
+/// container to `out`. `progress` is told the input bytes done so far.
+pub fn encode(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<EncodeStats> {
+    if opts.chunk_size < 64 || opts.chunk_size % 8 != 0 || opts.chunk_size > u32::MAX as usize / 2 {
+        return Err(Error::InvalidArgument(format!(
+            "chunk size {} must be a multiple of 8 between 64 and 2 GiB",
+            opts.chunk_size
+        )));
+    }
+    let mut header_block = Vec::new();
+    let mut entries: Vec<(RefMode, u64)> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut elements = 0u64;
+    match opts.input {
+        InputKind::Safetensors => {
+            let header = safetensors::parse(cur)?;
+            let ref_header = match reference {
+                Some(r) => Some(safetensors::parse(r).map_err(|e| {
+                    Error::ReferenceMismatch(format!(
+                        "the reference is not a valid safetensors file: {e}"
+                    ))
+                })?),
+                None => None,
+            };
+            let hl = header.header_len as usize;
+            header_block.extend_from_slice(&cur[..hl]);
+            for (i, t) in header.tensors.iter().enumerate() {
+                let data = &cur[hl + t.begin as usize..hl + t.end as usize];
+                let ref_data = ref_header.as_ref().and_then(|rh| {
+                    let rt = rh.get(&t.name)?;
+                    (rt.dtype == t.dtype && rt.shape == t.shape).then(|| {
+                        let rhl = rh.header_len as usize;
+                        &reference.expect("reference header implies reference")
+                            [rhl + rt.begin as usize..rhl + rt.end as usize]
+                    })
+                });
+                elements += t.elements();
+                let params = ChunkParams {
+                    width: t.dtype.coding_width(),
+                    family: t.dtype.family(),
+                    level: opts.level,
+                };
+                entries.push((
+                    if ref_data.is_some() {
+                        RefMode::SameName
+                    } else {
+                        RefMode::None
+                    },
+                    data.len() as u64,
+                ));
+                push_jobs(&mut jobs, i, data, ref_data, params, opts.chunk_size);
+            }
+        }
+        InputKind::Opaque => {
+            let params = ChunkParams {
+                width: 1,
+                family: Family::Integer,
+                level: opts.level,
+            };
+            elements = cur.len() as u64;
+            let mode = if reference.is_some() {
+                RefMode::SameRange
+            } else {
+                RefMode::None
+            };
+            entries.push((mode, cur.len() as u64));
+            let step = opts.chunk_size;
+            for (k, piece) in cur.chunks(step).enumerate() {
+                let start = k * step;
+                let r = reference.and_then(|r| r.get(start..start + piece.len()));
+                jobs.push(Job {
+                    tensor: 0,
+                    cur: piece,
+                    reference: r,
+                    params,
+                });
+            }
+        }
+    }
+
+    let mut w = CountingWriter {
+        inner: out,
+        written: 0,
+    };
+    w.write_all(&format::file_header())?;
+    let mut tensors: Vec<TensorEntry> = entries
+        .iter()
+        .map(|&(ref_mode, data_len)| TensorEntry {
+            ref_mode,
+            data_len,
+            chunks: Vec::new(),
+        })
+        .collect();
+    // Identical chunks (same bytes, same reference bytes) share one payload:
+    // freshly initialized layers are often exact copies of each other.
+    let hashes: Vec<(u64, u64)> = jobs
+        .par_iter()
+        .map(|j| {
+            let h = |b: &[u8]| xxhash_rust::xxh3::xxh3_64(b);
+            (h(j.cur), j.reference.map_or(0, h))
+        })
+        .collect();
+    let mut first_of: HashMap<(u64, u64, usize, bool), usize> = HashMap::new();
+    let dup_of: Vec<Option<usize>> = jobs
+        .iter()
+        .zip(&hashes)
+        .enumerate()
+        .map(|(i, (j, &(hc, hr)))| {
+            let key = (hc, hr, j.cur.len(), j.reference.is_some());
+            match first_of.get(&key) {
+                Some(&k) if jobs[k].cur == j.cur && jobs[k].reference == j.reference => Some(k),
+                Some(_) => None,
+                None => {
+                    first_of.insert(key, i);
+                    None
+                }
+            }
+        })
+        .collect();
+
+    let mut changed = 0u64;
+    let mut done = header_block.len() as u64;
+    let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < jobs.len() && (end == start || bytes + jobs[end].cur.len() <= BATCH_BYTES) {
+            bytes += jobs[end].cur.len();
+            end += 1;
+        }
+        let coded: Vec<Option<_>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                if dup_of[i].is_some() {
+                    return Ok(None);
+                }
+                let j = &jobs[i];
+                encode_chunk(j.cur, j.reference, j.params).map(Some)
+            })
+            .collect::<Result<_>>()?;
+        for (i, coded) in (start..end).zip(coded) {
+            let j = &jobs[i];
+            let entry = match (coded, dup_of[i]) {
+                (Some((coding, payload)), _) => {
+                    let e = ChunkEntry {
+                        payload_offset: w.written,
+                        payload_len: payload.len() as u32,
+                        raw_len: j.cur.len() as u32,
+                        checksum: hashes[i].0,
+                        coding,
+                    };
+                    w.write_all(&payload)?;
+                    e
+                }
+                (None, Some(k)) => entry_of[k].expect("the first copy comes earlier"),
+                (None, None) => unreachable!("only duplicates are skipped"),
+            };
+            if entry.coding.codec == Codec::Delta {
+                changed += entry.coding.nnz;
+            }
+            entry_of[i] = Some(entry);
+            tensors[j.tensor].chunks.push(entry);
+            done += j.cur.len() as u64;
+        }
+        if let Some(p) = progress {
+            p(done);
+        }
+        start = end;
+    }
+
+    let index = Index {
+        reference: reference.map(|r| RefId {
+            digest: format::digest(r),
+            len: r.len() as u64,
+        }),
+        original_len: cur.len() as u64,
+        original_digest: format::digest(cur),
+        source_kind: match opts.input {
+            InputKind::Safetensors => SourceKind::Safetensors,
+            InputKind::Opaque => SourceKind::Opaque,
+        },
+        header_block,
+        tensors,
+    };
+    let index_bytes = index.to_bytes()?;
+    let index_offset = w.written;
+    w.write_all(&index_bytes)?;
+    w.write_all(&format::trailer(index_offset, &index_bytes))?;
+    w.flush()?;
+    Ok(EncodeStats {
+        original_len: cur.len() as u64,
+        encoded_len: w.written,
+        changed,
+        elements,
+    })
+}
+
+fn push_jobs<'a>(
+    jobs: &mut Vec<Job<'a>>,
+    tensor: usize,
+    data: &'a [u8],
+    reference: Option<&'a [u8]>,
+    params: ChunkParams,
+    chunk_size: usize,
+) {
+    // Chunks hold whole elements; chunk_size is a multiple of 8, so of every width.
+    let step = chunk_size - chunk_size % params.width;
+    for (k, piece) in data.chunks(step).enumerate() {
+        let r = reference.map(|r| &r[k * step..k * step + piece.len()]);
+        jobs.push(Job {
+            tensor,
+            cur: piece,
+            reference: r,
+            params,
+        });
+    }
+}
+
+struct CountingWriter<'a> {
+    inner: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,84 @@
+//! The one error type of the library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in tpde. Each variant names the problem so
+/// that a person can act on the message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error, with the path it concerns when there is one.
+    #[error("{}: {source}", path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "I/O".into()))]
+    Io {
+        path: Option<PathBuf>,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The input is not a valid safetensors file.
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(String),
+
+    /// The input does not start with the `.tpde` magic number.
+    #[error("not a .tpde file (wrong magic number)")]
+    WrongMagic,
+
+    /// A `.tpde` file of a format version this build does not know.
+    #[error("unsupported .tpde format version {0} (this build reads version 1)")]
+    UnsupportedVersion(u16),
+
+    /// The `.tpde` file is shorter than its own structure says.
+    #[error("truncated .tpde file: {0}")]
+    Truncated(String),
+
+    /// The `.tpde` file breaks a rule of the format (a bit flipped, a field out of range).
+    #[error("corrupt .tpde file: {0}")]
+    Corrupt(String),
+
+    /// A chunk decoded to bytes whose checksum differs from the one recorded.
+    #[error("checksum mismatch in tensor {tensor:?}, chunk {chunk}: the file is corrupt or the reference is wrong")]
+    ChecksumMismatch { tensor: String, chunk: usize },
+
+    /// The file is a delta, and no reference was given.
+    #[error("this .tpde file is a delta and needs its reference (the checkpoint it was encoded against): pass --ref")]
+    MissingReference,
+
+    /// The given reference is not the one the file was encoded against.
+    #[error("wrong reference: the file was encoded against a reference of {expected_len} bytes with digest {expected}, but the given reference has {actual_len} bytes and digest {actual}")]
+    WrongReference {
+        expected: String,
+        actual: String,
+        expected_len: u64,
+        actual_len: u64,
+    },
+
+    /// The reference lacks data that the file needs (a tensor, a byte range).
+    #[error("the reference does not fit this file: {0}")]
+    ReferenceMismatch(String),
+
+    /// A caller asked for something that does not exist or cannot be done.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: Some(path.into()),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(msg: impl Into<String>) -> Self {
+        Error::Corrupt(msg.into())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { path: None, source }
+    }
+}
+
+/// Result with tpde's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,476 @@
+//! The `.tpde` container, version 1, byte by byte as in `docs/FORMAT.md`.
+//!
+//! ```text
+//! +-----------------------+ 0
+//! | file header, 16 bytes |  magic "\x89TPDE\r\n\x1a", u16 version, 6 reserved
+//! +-----------------------+ 16
+//! | chunk payloads        |
+//! +-----------------------+ index_offset
+//! | index                 |  flags, digests, header block, tensor entries
+//! +-----------------------+ len - 32
+//! | trailer, 32 bytes     |  index_offset, index_len, xxh3_64(index), "TPDEEND\0"
+//! +-----------------------+ len
+//! ```
+
+use crate::codec::{ChunkCoding, Codec, Positions};
+use crate::error::{Error, Result};
+use crate::safetensors::{self, TensorInfo, MAX_HEADER_SIZE};
+use crate::transform::Transform;
+use crate::Dtype;
+
+/// First eight bytes of every `.tpde` file.
+pub const MAGIC: [u8; 8] = *b"\x89TPDE\r\n\x1a";
+/// Last eight bytes of every `.tpde` file.
+pub const END_MAGIC: [u8; 8] = *b"TPDEEND\0";
+/// The format version this build writes and reads.
+pub const VERSION: u16 = 1;
+pub(crate) const FILE_HEADER_LEN: u64 = 16;
+pub(crate) const TRAILER_LEN: u64 = 32;
+const CHUNK_ENTRY_LEN: usize = 48;
+const TENSOR_ENTRY_HEAD: usize = 13;
+const FLAG_HAS_REF: u16 = 1;
+
+/// What kind of file the container holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A safetensors file.
+    Safetensors = 0,
+    /// Any file, as opaque bytes.
+    Opaque = 1,
+}
+
+/// Where a tensor's reference data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefMode {
+    /// No reference data.
+    None = 0,
+    /// The tensor of the same name in the reference (a safetensors file).
+    SameName = 1,
+    /// The same byte range of the reference file.
+    SameRange = 2,
+}
+
+/// One chunk's index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub payload_offset: u64,
+    pub payload_len: u32,
+    pub raw_len: u32,
+    pub checksum: u64,
+    pub coding: ChunkCoding,
+}
+
+/// One tensor's index entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorEntry {
+    pub ref_mode: RefMode,
+    pub data_len: u64,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+/// Identity of a reference file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefId {
+    pub digest: u128,
+    pub len: u64,
+}
+
+/// The index of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    pub reference: Option<RefId>,
+    pub original_len: u64,
+    pub original_digest: u128,
+    pub source_kind: SourceKind,
+    /// The original's header block, decompressed (empty for opaque files).
+    pub header_block: Vec<u8>,
+    pub tensors: Vec<TensorEntry>,
+}
+
+/// Digest used for whole files: XXH3-128.
+pub fn digest(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// Writes a digest as 32 hex digits.
+pub fn digest_hex(d: u128) -> String {
+    format!("{d:032x}")
+}
+
+pub(crate) fn file_header() -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+pub(crate) fn trailer(index_offset: u64, index: &[u8]) -> [u8; 32] {
+    let mut t = [0u8; 32];
+    t[..8].copy_from_slice(&index_offset.to_le_bytes());
+    t[8..16].copy_from_slice(&(index.len() as u64).to_le_bytes());
+    t[16..24].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(index).to_le_bytes());
+    t[24..].copy_from_slice(&END_MAGIC);
+    t
+}
+
+impl Index {
+    /// Serializes the index.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut b = Vec::with_capacity(128 + self.header_block.len() / 4 + self.tensors.len() * 64);
+        let flags = if self.reference.is_some() {
+            FLAG_HAS_REF
+        } else {
+            0
+        };
+        b.extend_from_slice(&flags.to_le_bytes());
+        let r = self.reference.unwrap_or(RefId { digest: 0, len: 0 });
+        b.extend_from_slice(&r.digest.to_le_bytes());
+        b.extend_from_slice(&r.len.to_le_bytes());
+        b.extend_from_slice(&self.original_len.to_le_bytes());
+        b.extend_from_slice(&self.original_digest.to_le_bytes());
+        b.push(self.source_kind as u8);
+        let header = zstd::bulk::compress(&self.header_block, 9)?;
+        b.extend_from_slice(&(self.header_block.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        b.extend_from_slice(&header);
+        b.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
+        for t in &self.tensors {
+            b.push(t.ref_mode as u8);
+            b.extend_from_slice(&t.data_len.to_le_bytes());
+            b.extend_from_slice(&(t.chunks.len() as u32).to_le_bytes());
+            for c in &t.chunks {
+                b.extend_from_slice(&c.payload_offset.to_le_bytes());
+                b.extend_from_slice(&c.payload_len.to_le_bytes());
+                b.extend_from_slice(&c.raw_len.to_le_bytes());
+                b.extend_from_slice(&c.coding.nnz.to_le_bytes());
+                b.extend_from_slice(&c.checksum.to_le_bytes());
+                b.push(c.coding.codec as u8);
+                b.push(c.coding.transform as u8);
+                b.push(c.coding.positions as u8);
+                b.push(c.coding.width);
+                b.extend_from_slice(&[0u8; 12]);
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// A little-endian reader over the index that never reads out of bounds.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(Error::corrupt(format!("index ends inside {what}")));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2"),
+        ))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
+    }
+    fn u128(&mut self, what: &str) -> Result<u128> {
+        Ok(u128::from_le_bytes(
+            self.take(16, what)?.try_into().expect("16"),
+        ))
+    }
+}
+
+/// A tensor of an opened container: what the header says and how it is coded.
+#[derive(Debug, Clone)]
+pub struct TensorView {
+    /// Name, dtype, shape and data range, from the original's header (for an
+    /// opaque file: one pseudo-tensor named after nothing, dtype unknown).
+    pub info: TensorInfo,
+    pub entry: TensorEntry,
+}
+
+/// A parsed and validated `.tpde` file held in memory.
+#[derive(Debug)]
+pub struct Container<'a> {
+    bytes: &'a [u8],
+    pub index: Index,
+    pub tensors: Vec<TensorView>,
+}
+
+impl<'a> Container<'a> {
+    /// Parses and checks a whole `.tpde` file: magic, version, trailer,
+    /// index checksum, and every size and offset of the index.
+    pub fn open(bytes: &'a [u8]) -> Result<Self> {
+        let len = bytes.len() as u64;
+        match bytes.get(..8) {
+            Some(m) if m == MAGIC => {}
+            Some(_) => return Err(Error::WrongMagic),
+            None if MAGIC.starts_with(bytes) => {
+                return Err(Error::Truncated(format!(
+                    "{len} bytes, shorter than the file header"
+                )))
+            }
+            None => return Err(Error::WrongMagic),
+        }
+        if len < FILE_HEADER_LEN + TRAILER_LEN {
+            return Err(Error::Truncated(format!(
+                "{len} bytes, too short for header and trailer"
+            )));
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        if bytes[10..16].iter().any(|&b| b != 0) {
+            return Err(Error::corrupt(
+                "reserved bytes of the file header are not zero",
+            ));
+        }
+        let t = &bytes[(len - TRAILER_LEN) as usize..];
+        if t[24..] != END_MAGIC {
+            return Err(Error::Truncated(
+                "the trailer is missing (end magic not found)".into(),
+            ));
+        }
+        let index_offset = u64::from_le_bytes(t[..8].try_into().expect("8"));
+        let index_len = u64::from_le_bytes(t[8..16].try_into().expect("8"));
+        let index_hash = u64::from_le_bytes(t[16..24].try_into().expect("8"));
+        if index_offset < FILE_HEADER_LEN
+            || index_offset.checked_add(index_len) != Some(len - TRAILER_LEN)
+        {
+            return Err(Error::corrupt(
+                "index offset and length do not fit the file",
+            ));
+        }
+        let index_bytes = &bytes[index_offset as usize..(len - TRAILER_LEN) as usize];
+        if xxhash_rust::xxh3::xxh3_64(index_bytes) != index_hash {
+            return Err(Error::corrupt("index checksum mismatch"));
+        }
+        let index = parse_index(index_bytes, index_offset)?;
+        let tensors = tensor_views(&index)?;
+        Ok(Container {
+            bytes,
+            index,
+            tensors,
+        })
+    }
+
+    /// The payload of a chunk (its range was checked by [`Container::open`]).
+    pub fn payload(&self, c: &ChunkEntry) -> &'a [u8] {
+        &self.bytes[c.payload_offset as usize..c.payload_offset as usize + c.payload_len as usize]
+    }
+
+    /// Total size of the container in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// True for an empty container (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
+    let mut r = Reader { b };
+    let flags = r.u16("flags")?;
+    if flags & !FLAG_HAS_REF != 0 {
+        return Err(Error::corrupt(format!("unknown flags {flags:#06x}")));
+    }
+    let ref_digest = r.u128("reference digest")?;
+    let ref_len = r.u64("reference length")?;
+    let reference = if flags & FLAG_HAS_REF != 0 {
+        Some(RefId {
+            digest: ref_digest,
+            len: ref_len,
+        })
+    } else {
+        if ref_digest != 0 || ref_len != 0 {
+            return Err(Error::corrupt("keyframe with a reference digest"));
+        }
+        None
+    };
+    let original_len = r.u64("original length")?;
+    let original_digest = r.u128("original digest")?;
+    let source_kind = match r.u8("source kind")? {
+        0 => SourceKind::Safetensors,
+        1 => SourceKind::Opaque,
+        k => return Err(Error::corrupt(format!("unknown source kind {k}"))),
+    };
+    let header_len = r.u32("header length")? as usize;
+    let header_stored = r.u32("header stored length")? as usize;
+    if header_len as u64 > MAX_HEADER_SIZE + 8 || header_len as u64 > original_len {
+        return Err(Error::corrupt(format!(
+            "header block of {header_len} bytes is out of range"
+        )));
+    }
+    let z = r.take(header_stored, "the header block")?;
+    let mut header_block = vec![0u8; header_len];
+    let got = zstd::bulk::decompress_to_buffer(z, &mut header_block)
+        .map_err(|e| Error::corrupt(format!("header block: zstd: {e}")))?;
+    if got != header_len {
+        return Err(Error::corrupt("header block decodes to the wrong length"));
+    }
+    let n_tensors = r.u32("tensor count")? as usize;
+    if n_tensors > r.b.len() / TENSOR_ENTRY_HEAD {
+        return Err(Error::corrupt(format!(
+            "{n_tensors} tensors cannot fit in the index"
+        )));
+    }
+    let mut tensors = Vec::with_capacity(n_tensors);
+    for _ in 0..n_tensors {
+        let ref_mode = match r.u8("ref mode")? {
+            0 => RefMode::None,
+            1 => RefMode::SameName,
+            2 => RefMode::SameRange,
+            m => return Err(Error::corrupt(format!("unknown ref mode {m}"))),
+        };
+        if ref_mode != RefMode::None && reference.is_none() {
+            return Err(Error::corrupt(
+                "tensor coded against a reference in a keyframe",
+            ));
+        }
+        let data_len = r.u64("tensor length")?;
+        let n_chunks = r.u32("chunk count")? as usize;
+        if n_chunks > r.b.len() / CHUNK_ENTRY_LEN {
+            return Err(Error::corrupt(format!(
+                "{n_chunks} chunks cannot fit in the index"
+            )));
+        }
+        let mut chunks = Vec::with_capacity(n_chunks);
+        let mut total = 0u64;
+        for _ in 0..n_chunks {
+            let e = r.take(CHUNK_ENTRY_LEN, "a chunk entry")?;
+            let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8"));
+            let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4"));
+            let c = ChunkEntry {
+                payload_offset: u64_at(0),
+                payload_len: u32_at(8),
+                raw_len: u32_at(12),
+                checksum: u64_at(24),
+                coding: ChunkCoding {
+                    nnz: u64_at(16),
+                    codec: Codec::from_u8(e[32])?,
+                    transform: Transform::from_u8(e[33])?,
+                    positions: Positions::from_u8(e[34])?,
+                    width: e[35],
+                },
+            };
+            if e[36..].iter().any(|&b| b != 0) {
+                return Err(Error::corrupt(
+                    "reserved bytes of a chunk entry are not zero",
+                ));
+            }
+            let end = c.payload_offset.checked_add(u64::from(c.payload_len));
+            if c.payload_offset < FILE_HEADER_LEN || end.is_none_or(|e| e > index_offset) {
+                return Err(Error::corrupt(
+                    "chunk payload lies outside the payload area",
+                ));
+            }
+            if c.coding.codec == Codec::Delta && ref_mode == RefMode::None {
+                return Err(Error::corrupt(
+                    "delta chunk in a tensor without reference data",
+                ));
+            }
+            total = total
+                .checked_add(u64::from(c.raw_len))
+                .ok_or_else(|| Error::corrupt("chunk lengths overflow"))?;
+            chunks.push(c);
+        }
+        if total != data_len {
+            return Err(Error::corrupt(format!(
+                "chunks cover {total} bytes of a tensor of {data_len}"
+            )));
+        }
+        tensors.push(TensorEntry {
+            ref_mode,
+            data_len,
+            chunks,
+        });
+    }
+    if !r.b.is_empty() {
+        return Err(Error::corrupt("index has trailing bytes"));
+    }
+    Ok(Index {
+        reference,
+        original_len,
+        original_digest,
+        source_kind,
+        header_block,
+        tensors,
+    })
+}
+
+fn tensor_views(index: &Index) -> Result<Vec<TensorView>> {
+    match index.source_kind {
+        SourceKind::Safetensors => {
+            let header = safetensors::parse_header(&index.header_block, index.original_len)
+                .map_err(|e| Error::corrupt(format!("stored header: {e}")))?;
+            if header.tensors.len() != index.tensors.len() {
+                return Err(Error::corrupt(format!(
+                    "header has {} tensors, index has {}",
+                    header.tensors.len(),
+                    index.tensors.len()
+                )));
+            }
+            header
+                .tensors
+                .into_iter()
+                .zip(index.tensors.iter().cloned())
+                .map(|(info, entry)| {
+                    if info.len() != entry.data_len {
+                        return Err(Error::corrupt(format!(
+                            "tensor {:?}: length differs from the header",
+                            info.name
+                        )));
+                    }
+                    if entry.ref_mode == RefMode::SameRange {
+                        return Err(Error::corrupt(
+                            "byte-range reference in a safetensors container",
+                        ));
+                    }
+                    Ok(TensorView { info, entry })
+                })
+                .collect()
+        }
+        SourceKind::Opaque => {
+            let [entry] = &index.tensors[..] else {
+                return Err(Error::corrupt(
+                    "an opaque container holds exactly one entry",
+                ));
+            };
+            if !index.header_block.is_empty()
+                || entry.data_len != index.original_len
+                || entry.ref_mode == RefMode::SameName
+            {
+                return Err(Error::corrupt(
+                    "opaque container entry does not cover the file",
+                ));
+            }
+            Ok(vec![TensorView {
+                info: TensorInfo {
+                    name: String::new(),
+                    dtype: Dtype::Unknown("bytes".into()),
+                    shape: vec![entry.data_len],
+                    begin: 0,
+                    end: entry.data_len,
+                },
+                entry: entry.clone(),
+            }])
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! tpde: lossless delta compression of neural-network checkpoints.
+//!
+//! A checkpoint (a safetensors file) is coded against the previous one of the
+//! same run: each element's bit pattern is transformed against its reference
+//! (XOR or ULP difference), the positions of the changed elements are coded as
+//! Elias-delta gaps (or a bitmap, or not at all when nearly all change), the
+//! changed values are split into byte planes and entropy coded with zstd.
+//! Decoding gives the original back byte for byte.
+//!
+//! ```
+//! # fn main() -> tpde::Result<()> {
+//! # let st = |v: f32| { let h = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+//! #   let mut f = (h.len() as u64).to_le_bytes().to_vec(); f.extend_from_slice(h);
+//! #   f.extend_from_slice(&v.to_le_bytes()); f.extend_from_slice(&1.5f32.to_le_bytes()); f };
+//! let (prev, cur) = (st(0.25), st(0.5)); // two safetensors files
+//! let mut packed = Vec::new();
+//! tpde::encode(&cur, Some(&prev), &tpde::EncodeOptions::default(), &mut packed, None)?;
+//! let mut restored = Vec::new();
+//! tpde::decode(&packed, Some(&prev), &mut restored, None)?;
+//! assert_eq!(restored, cur);
+//! # Ok(()) }
+//! ```
+
+pub mod atomic;
+pub mod bits;
+pub mod codec;
+mod decode;
+pub mod dtype;
+mod encode;
+mod error;
+pub mod files;
+pub mod format;
+pub mod inspect;
+mod mmap;
+pub mod safetensors;
+pub mod transform;
+
+pub use decode::{decode, decode_tensor, DecodeStats};
+pub use dtype::Dtype;
+pub use encode::{encode, EncodeOptions, EncodeStats, InputKind};
+pub use error::{Error, Result};
+pub use mmap::FileBytes;

@@ -1,0 +1,303 @@
+//! A strict reader of the safetensors format.
+//!
+//! ```text
+//! [0, 8)        u64 little-endian N: the header size
+//! [8, 8 + N)    UTF-8 JSON: {"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}
+//! [8 + N, end)  the data section, indexed entirely by the tensors, without holes
+//! ```
+//!
+//! Every size read from the file is checked before use; nothing is trusted.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+
+/// The largest header tpde accepts, as the safetensors reference does.
+pub const MAX_HEADER_SIZE: u64 = 100_000_000;
+
+/// One tensor of a safetensors file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Byte range inside the data section.
+    pub begin: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// Length of the tensor's data in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.begin
+    }
+
+    /// True when the tensor holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.begin == self.end
+    }
+
+    /// Number of elements (product of the shape; 1 for a 0-d tensor).
+    pub fn elements(&self) -> u64 {
+        // Checked at parse time not to overflow.
+        self.shape.iter().product()
+    }
+}
+
+/// The parsed header of a safetensors file: its tensors in data order.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// Length of the header block: 8 + N.
+    pub header_len: u64,
+    /// Tensors sorted by (begin, end, name): the order of their data.
+    pub tensors: Vec<TensorInfo>,
+    /// The `__metadata__` value, if any (the format wants a map of strings;
+    /// tpde keeps whatever is there, since the header is kept byte for byte).
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Header {
+    /// Finds a tensor by name.
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Total length of the file this header describes.
+    pub fn file_len(&self) -> u64 {
+        self.header_len + self.tensors.last().map_or(0, |t| t.end)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTensor {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Safetensors(msg.into())
+}
+
+/// Reads the header size from the first 8 bytes. Errors when they are missing
+/// or when the size is out of bounds for a file of `file_len` bytes.
+pub fn header_size(prefix: &[u8], file_len: u64) -> Result<u64> {
+    let bytes: [u8; 8] = prefix
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            bad(format!(
+                "file of {file_len} bytes is too short for the 8-byte header size"
+            ))
+        })?;
+    let n = u64::from_le_bytes(bytes);
+    if n > MAX_HEADER_SIZE {
+        return Err(bad(format!(
+            "header size {n} exceeds the limit of {MAX_HEADER_SIZE} bytes"
+        )));
+    }
+    if n.checked_add(8).is_none_or(|end| end > file_len) {
+        return Err(bad(format!(
+            "header size {n} runs past the end of the file ({file_len} bytes)"
+        )));
+    }
+    Ok(n)
+}
+
+/// Parses the header block (`8 + N` bytes) of a file of `file_len` bytes and
+/// checks that the tensors index the data section exactly.
+pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
+    let n = header_size(block, file_len)?;
+    let json = block
+        .get(8..)
+        .filter(|j| j.len() as u64 == n)
+        .ok_or_else(|| bad("header block length does not match its size field"))?;
+    let text = std::str::from_utf8(json).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+    let map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+
+    let mut metadata = None;
+    let mut tensors = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        if name == "__metadata__" {
+            metadata = Some(value);
+            continue;
+        }
+        let raw: RawTensor =
+            serde_json::from_value(value).map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
+        let (begin, end) = raw.data_offsets;
+        if begin > end {
+            return Err(bad(format!(
+                "tensor {name:?}: data_offsets [{begin}, {end}] are reversed"
+            )));
+        }
+        let dtype = Dtype::from_name(&raw.dtype);
+        let elements = raw
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(format!("tensor {name:?}: shape {:?} overflows", raw.shape)))?;
+        if let Some(bits) = dtype.bits() {
+            let total_bits = elements
+                .checked_mul(bits)
+                .ok_or_else(|| bad(format!("tensor {name:?}: shape {:?} overflows", raw.shape)))?;
+            if total_bits % 8 != 0 {
+                return Err(bad(format!(
+                    "tensor {name:?}: {elements} elements of {bits} bits do not fill whole bytes"
+                )));
+            }
+            if total_bits / 8 != end - begin {
+                return Err(bad(format!(
+                    "tensor {name:?}: {} {dtype} x {:?} needs {} bytes but data_offsets give {}",
+                    elements,
+                    raw.shape,
+                    total_bits / 8,
+                    end - begin
+                )));
+            }
+        }
+        tensors.push(TensorInfo {
+            name,
+            dtype,
+            shape: raw.shape,
+            begin,
+            end,
+        });
+    }
+    tensors.sort_by(|a, b| (a.begin, a.end, &a.name).cmp(&(b.begin, b.end, &b.name)));
+
+    let data_len = file_len - 8 - n;
+    let mut cursor = 0u64;
+    for t in &tensors {
+        if t.begin != cursor {
+            return Err(bad(if t.begin > cursor {
+                format!(
+                    "tensor {:?}: gap in the data section at byte {cursor}",
+                    t.name
+                )
+            } else {
+                format!(
+                    "tensor {:?}: data overlaps the previous tensor at byte {}",
+                    t.name, t.begin
+                )
+            }));
+        }
+        cursor = t.end;
+    }
+    if cursor != data_len {
+        return Err(bad(format!(
+            "tensors index {cursor} bytes of data but the data section holds {data_len}"
+        )));
+    }
+    Ok(Header {
+        header_len: 8 + n,
+        tensors,
+        metadata,
+    })
+}
+
+/// Parses a whole safetensors file held in memory.
+pub fn parse(file: &[u8]) -> Result<Header> {
+    let len = file.len() as u64;
+    let n = header_size(file, len)?;
+    // n + 8 <= len was checked, so the slice is in bounds.
+    parse_header(&file[..(8 + n) as usize], len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn parses_a_valid_file() {
+        let f = file(
+            r#"{"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},"a":{"dtype":"I8","shape":[4],"data_offsets":[0,4]},"__metadata__":{"k":"v"}}"#,
+            &[0; 12],
+        );
+        let h = parse(&f).unwrap();
+        assert_eq!(h.tensors.len(), 2);
+        assert_eq!(h.tensors[0].name, "a");
+        assert_eq!(h.tensors[1].dtype, Dtype::F32);
+        assert_eq!(h.metadata.as_ref().unwrap()["k"], "v");
+        assert_eq!(h.file_len(), f.len() as u64);
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![1, 2, 3], "too short"),
+            (u64::MAX.to_le_bytes().to_vec(), "exceeds"),
+            (file("{", &[]), "JSON"),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                    &[0; 4],
+                ),
+                "needs 8 bytes",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#,
+                    &[0; 3],
+                ),
+                "gap",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#,
+                    &[0; 3],
+                ),
+                "overlaps",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#,
+                    &[0; 3],
+                ),
+                "data section holds 3",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,2]}}"#,
+                    &[0; 2],
+                ),
+                "overflows",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#,
+                    &[0; 2],
+                ),
+                "whole bytes",
+            ),
+        ];
+        for (bytes, needle) in cases {
+            let err = parse(&bytes).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let mut bad_utf8 = 3u64.to_le_bytes().to_vec();
+        bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+        assert!(parse(&bad_utf8).unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn keeps_unknown_dtypes_as_opaque() {
+        let f = file(
+            r#"{"a":{"dtype":"Q3_K","shape":[7],"data_offsets":[0,5]}}"#,
+            &[0; 5],
+        );
+        let h = parse(&f).unwrap();
+        assert_eq!(h.tensors[0].dtype, Dtype::Unknown("Q3_K".into()));
+        assert_eq!(h.tensors[0].dtype.coding_width(), 1);
+    }
+}

@@ -1,0 +1,369 @@
+//! Transforms on bit patterns (never on float arithmetic) and byte planes.
+//!
+//! Every transform is a bijection that maps "same bits as the reference" to
+//! zero, so the changed positions are the non-zero transformed elements.
+
+use crate::error::{Error, Result};
+
+/// A transform of an element against its reference element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Transform {
+    /// No reference: the values are the raw elements.
+    None = 0,
+    /// `c ^ r`.
+    Xor = 1,
+    /// `zigzag(c - r)`, wrapping, on the integer bits.
+    IntDiff = 2,
+    /// `zigzag(key(c) - key(r))` with the monotone key of sign-magnitude floats.
+    Ulp = 3,
+}
+
+impl Transform {
+    /// Decodes the format's transform byte.
+    pub fn from_u8(v: u8) -> Result<Self> {
+        Ok(match v {
+            0 => Transform::None,
+            1 => Transform::Xor,
+            2 => Transform::IntDiff,
+            3 => Transform::Ulp,
+            other => return Err(Error::corrupt(format!("unknown transform {other}"))),
+        })
+    }
+
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transform::None => "raw",
+            Transform::Xor => "xor",
+            Transform::IntDiff => "diff",
+            Transform::Ulp => "ulp",
+        }
+    }
+}
+
+/// An unsigned machine word of 1, 2, 4 or 8 bytes, read little-endian.
+pub(crate) trait Word: Copy + Eq + Default + Send + Sync {
+    const BYTES: usize;
+    fn load(b: &[u8]) -> Self;
+    fn store(self, b: &mut [u8]);
+    fn is_zero(self) -> bool;
+    fn xor(self, o: Self) -> Self;
+    /// zigzag(self - r), wrapping.
+    fn diff(self, r: Self) -> Self;
+    /// r + unzigzag(t), wrapping.
+    fn undiff(r: Self, t: Self) -> Self;
+    /// Monotone key of a sign-magnitude float bit pattern.
+    fn key(self) -> Self;
+    fn unkey(self) -> Self;
+}
+
+macro_rules! word {
+    ($u:ty, $i:ty) => {
+        impl Word for $u {
+            const BYTES: usize = std::mem::size_of::<$u>();
+            #[inline(always)]
+            fn load(b: &[u8]) -> Self {
+                <$u>::from_le_bytes(b.try_into().expect("element width"))
+            }
+            #[inline(always)]
+            fn store(self, b: &mut [u8]) {
+                b.copy_from_slice(&self.to_le_bytes());
+            }
+            #[inline(always)]
+            fn is_zero(self) -> bool {
+                self == 0
+            }
+            #[inline(always)]
+            fn xor(self, o: Self) -> Self {
+                self ^ o
+            }
+            #[inline(always)]
+            fn diff(self, r: Self) -> Self {
+                let d = self.wrapping_sub(r) as $i;
+                ((d << 1) ^ (d >> (<$u>::BITS - 1))) as $u
+            }
+            #[inline(always)]
+            fn undiff(r: Self, t: Self) -> Self {
+                let d = (t >> 1) ^ (t & 1).wrapping_neg();
+                r.wrapping_add(d)
+            }
+            #[inline(always)]
+            fn key(self) -> Self {
+                const SIGN: $u = 1 << (<$u>::BITS - 1);
+                if self & SIGN == 0 {
+                    self ^ SIGN
+                } else {
+                    !self
+                }
+            }
+            #[inline(always)]
+            fn unkey(self) -> Self {
+                const SIGN: $u = 1 << (<$u>::BITS - 1);
+                if self & SIGN != 0 {
+                    self ^ SIGN
+                } else {
+                    !self
+                }
+            }
+        }
+    };
+}
+word!(u8, i8);
+word!(u16, i16);
+word!(u32, i32);
+word!(u64, i64);
+
+#[inline(always)]
+fn apply<W: Word>(t: Transform, c: W, r: W) -> W {
+    match t {
+        Transform::None => c,
+        Transform::Xor => c.xor(r),
+        Transform::IntDiff => c.diff(r),
+        Transform::Ulp => c.key().diff(r.key()),
+    }
+}
+
+#[inline(always)]
+fn invert<W: Word>(t: Transform, v: W, r: W) -> W {
+    match t {
+        Transform::None => v,
+        Transform::Xor => v.xor(r),
+        Transform::IntDiff => W::undiff(r, v),
+        Transform::Ulp => W::undiff(r.key(), v).unkey(),
+    }
+}
+
+fn forward_w<W: Word>(t: Transform, cur: &[u8], reference: &[u8], out: &mut [u8]) -> u64 {
+    let mut nnz = 0u64;
+    let w = W::BYTES;
+    match t {
+        // Monomorphize the loop per transform so that it vectorizes.
+        Transform::Xor => fwd_loop::<W, 1>(cur, reference, out, &mut nnz),
+        Transform::IntDiff => fwd_loop::<W, 2>(cur, reference, out, &mut nnz),
+        Transform::Ulp => fwd_loop::<W, 3>(cur, reference, out, &mut nnz),
+        Transform::None => {
+            out.copy_from_slice(cur);
+            nnz = cur
+                .chunks_exact(w)
+                .filter(|e| !W::load(e).is_zero())
+                .count() as u64;
+        }
+    }
+    nnz
+}
+
+fn transform_of<const T: u8>() -> Transform {
+    match T {
+        1 => Transform::Xor,
+        2 => Transform::IntDiff,
+        3 => Transform::Ulp,
+        _ => Transform::None,
+    }
+}
+
+#[inline(always)]
+fn fwd_loop<W: Word, const T: u8>(cur: &[u8], reference: &[u8], out: &mut [u8], nnz: &mut u64) {
+    let t = transform_of::<T>();
+    let w = W::BYTES;
+    let mut count = 0u64;
+    for ((c, r), o) in cur
+        .chunks_exact(w)
+        .zip(reference.chunks_exact(w))
+        .zip(out.chunks_exact_mut(w))
+    {
+        let v = apply(t, W::load(c), W::load(r));
+        count += u64::from(!v.is_zero());
+        v.store(o);
+    }
+    *nnz = count;
+}
+
+fn inverse_w<W: Word>(t: Transform, values: &[u8], reference: &[u8], out: &mut [u8]) {
+    let w = W::BYTES;
+    for ((v, r), o) in values
+        .chunks_exact(w)
+        .zip(reference.chunks_exact(w))
+        .zip(out.chunks_exact_mut(w))
+    {
+        invert(t, W::load(v), W::load(r)).store(o);
+    }
+}
+
+/// Transforms `cur` against `reference` (same length, a multiple of `width`)
+/// into `out`, and returns the number of non-zero transformed elements.
+/// With [`Transform::None`] the reference is ignored.
+pub fn forward(t: Transform, width: usize, cur: &[u8], reference: &[u8], out: &mut [u8]) -> u64 {
+    debug_assert_eq!(cur.len(), out.len());
+    debug_assert!(t == Transform::None || cur.len() == reference.len());
+    match width {
+        1 => forward_w::<u8>(t, cur, reference, out),
+        2 => forward_w::<u16>(t, cur, reference, out),
+        4 => forward_w::<u32>(t, cur, reference, out),
+        8 => forward_w::<u64>(t, cur, reference, out),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+/// Undoes [`forward`]: rebuilds the original elements into `out`.
+pub fn inverse(t: Transform, width: usize, values: &[u8], reference: &[u8], out: &mut [u8]) {
+    if t == Transform::None {
+        out.copy_from_slice(values);
+        return;
+    }
+    match width {
+        1 => inverse_w::<u8>(t, values, reference, out),
+        2 => inverse_w::<u16>(t, values, reference, out),
+        4 => inverse_w::<u32>(t, values, reference, out),
+        8 => inverse_w::<u64>(t, values, reference, out),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+fn split_w<const W: usize>(values: &[u8], out: &mut [u8]) {
+    let n = values.len() / W;
+    let planes: [&mut [u8]; W] = split_mut::<W>(out, n);
+    for (i, e) in values.chunks_exact(W).enumerate() {
+        for k in 0..W {
+            planes[k][i] = e[k];
+        }
+    }
+}
+
+fn merge_w<const W: usize>(planes: &[u8], out: &mut [u8]) {
+    let n = out.len() / W;
+    let p: [&[u8]; W] = std::array::from_fn(|k| &planes[k * n..(k + 1) * n]);
+    for (i, e) in out.chunks_exact_mut(W).enumerate() {
+        for k in 0..W {
+            e[k] = p[k][i];
+        }
+    }
+}
+
+fn split_mut<const W: usize>(out: &mut [u8], n: usize) -> [&mut [u8]; W] {
+    let mut rest = out;
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        head
+    })
+}
+
+/// Splits elements of `width` bytes into byte planes, laid out one after
+/// another in `out`: plane k (byte k of each element) at `[k*n, (k+1)*n)`.
+pub fn split_planes(width: usize, values: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(values.len(), out.len());
+    match width {
+        1 => out.copy_from_slice(values),
+        2 => split_w::<2>(values, out),
+        4 => split_w::<4>(values, out),
+        8 => split_w::<8>(values, out),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+/// Undoes [`split_planes`].
+pub fn merge_planes(width: usize, planes: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(planes.len(), out.len());
+    match width {
+        1 => out.copy_from_slice(planes),
+        2 => merge_w::<2>(planes, out),
+        4 => merge_w::<4>(planes, out),
+        8 => merge_w::<8>(planes, out),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(width: usize) -> Vec<u8> {
+        // Edge bit patterns: zeros, sign bits, all ones, NaN-like and subnormal-like.
+        let mut v = Vec::new();
+        let specials: [u64; 10] = [
+            0,
+            1,
+            u64::MAX,
+            1 << (width * 8 - 1),
+            (1 << (width * 8 - 1)) | 1,
+            u64::MAX >> 1,
+            0x7ff8_0000_0000_0001,
+            0xfff0_0000_0000_0000,
+            0x0000_0000_0000_0003,
+            0x8000_0000_0000_0003,
+        ];
+        for a in specials {
+            v.extend_from_slice(&a.to_le_bytes()[..width]);
+        }
+        v
+    }
+
+    #[test]
+    fn every_transform_inverts_on_edge_patterns() {
+        for width in [1, 2, 4, 8] {
+            let p = patterns(width);
+            let n = p.len() / width;
+            for shift in 0..n {
+                let mut r = p.clone();
+                r.rotate_left(shift * width);
+                for t in [
+                    Transform::None,
+                    Transform::Xor,
+                    Transform::IntDiff,
+                    Transform::Ulp,
+                ] {
+                    let mut tv = vec![0; p.len()];
+                    let nnz = forward(t, width, &p, &r, &mut tv);
+                    let mut back = vec![0; p.len()];
+                    inverse(t, width, &tv, &r, &mut back);
+                    assert_eq!(back, p, "{t:?} width {width}");
+                    if t != Transform::None {
+                        let changed = p
+                            .chunks(width)
+                            .zip(r.chunks(width))
+                            .filter(|(a, b)| a != b)
+                            .count();
+                        assert_eq!(nnz as usize, changed);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ulp_difference_is_small_across_zero_and_powers_of_two() {
+        let d = |a: f32, b: f32| {
+            let mut out = [0u8; 4];
+            forward(
+                Transform::Ulp,
+                4,
+                &a.to_le_bytes(),
+                &b.to_le_bytes(),
+                &mut out,
+            );
+            u32::from_le_bytes(out)
+        };
+        assert_eq!(d(0.0, -0.0), 2); // one step: zigzag(1)
+        assert_eq!(d(-0.0, 0.0), 1); // zigzag(-1)
+        assert_eq!(d(2.0, f32::from_bits(2.0f32.to_bits() - 1)), 2);
+        // XOR of the same pair flips many bits.
+        assert!((2.0f32.to_bits() ^ (2.0f32.to_bits() - 1)).count_ones() > 20);
+    }
+
+    #[test]
+    fn planes_round_trip() {
+        for width in [1, 2, 4, 8] {
+            let v: Vec<u8> = (0..width * 37).map(|i| (i * 31 % 251) as u8).collect();
+            let mut p = vec![0; v.len()];
+            split_planes(width, &v, &mut p);
+            assert_eq!(p[0], v[0]);
+            if width > 1 {
+                assert_eq!(p[37], v[1]);
+            }
+            let mut back = vec![0; v.len()];
+            merge_planes(width, &p, &mut back);
+            assert_eq!(back, v);
+        }
+    }
+}
