@@ -1,6 +1,9 @@
 //! Coding one chunk: transform against the reference, positions of the
 //! changed elements, byte planes of the values, entropy coding.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+
 use crate::bits::{elias_delta_len, BitReader, BitWriter};
 use crate::dtype::Family;
 use crate::error::{Error, Result};
@@ -188,38 +191,71 @@ impl Sample {
     }
 }
 
-/// Appends a section holding `data`, coded the cheapest way tried.
-fn put_section(
-    out: &mut Vec<u8>,
-    data: &[u8],
-    zstd: Option<&mut zstd::bulk::Compressor<'_>>,
-) -> Result<()> {
+thread_local! {
+    /// One zstd compression context per thread and level, reused across chunks.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` with this thread's zstd context at `level`.
+fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, z) = c.as_mut().expect("set above");
+        Ok(z.compress(data)?)
+    })
+}
+
+/// Decompresses one zstd frame into exactly `out.len()` bytes.
+fn zstd_decompress_exact(src: &[u8], out: &mut [u8], what: &str) -> Result<()> {
+    let got = DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(src, out)
+    });
+    match got {
+        Ok(n) if n == out.len() => Ok(()),
+        Ok(n) => Err(Error::corrupt(format!(
+            "{what}: zstd gave {n} bytes, expected {}",
+            out.len()
+        ))),
+        Err(e) => Err(Error::corrupt(format!("{what}: zstd: {e}"))),
+    }
+}
+
+/// Appends a section holding `data`: constant, zstd (when `level` is given
+/// and it is smaller) or raw.
+fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) -> Result<()> {
     let raw_len = u32::try_from(data.len())
         .map_err(|_| Error::InvalidArgument("section over 4 GiB".into()))?;
+    let mut head = |coding: u8, stored: usize| {
+        out.push(coding);
+        out.extend_from_slice(&raw_len.to_le_bytes());
+        out.extend_from_slice(&(stored as u32).to_le_bytes());
+    };
     if let Some(&first) = data.first() {
         if data.iter().all(|&b| b == first) {
-            out.push(SECTION_CONST);
-            out.extend_from_slice(&raw_len.to_le_bytes());
-            out.extend_from_slice(&1u32.to_le_bytes());
+            head(SECTION_CONST, 1);
             out.push(first);
             return Ok(());
         }
     }
-    if let Some(c) = zstd {
-        if data.len() > 32 {
-            let z = c.compress(data)?;
-            if z.len() < data.len() {
-                out.push(SECTION_ZSTD);
-                out.extend_from_slice(&raw_len.to_le_bytes());
-                out.extend_from_slice(&(z.len() as u32).to_le_bytes());
-                out.extend_from_slice(&z);
-                return Ok(());
-            }
+    if let Some(level) = level.filter(|_| data.len() > 32) {
+        let z = zstd_compress(data, level)?;
+        if z.len() < data.len() {
+            head(SECTION_ZSTD, z.len());
+            out.extend_from_slice(&z);
+            return Ok(());
         }
     }
-    out.push(SECTION_RAW);
-    out.extend_from_slice(&raw_len.to_le_bytes());
-    out.extend_from_slice(&raw_len.to_le_bytes());
+    head(SECTION_RAW, data.len());
     out.extend_from_slice(data);
     Ok(())
 }
@@ -230,8 +266,9 @@ struct Sections<'a> {
 }
 
 impl<'a> Sections<'a> {
-    /// Decodes the next section into `out`, which must be exactly its length.
-    fn next_into(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+    /// The next section, of `len` decoded bytes: borrowed when stored raw,
+    /// decoded into a new buffer otherwise.
+    fn next(&mut self, len: usize, what: &str) -> Result<Cow<'a, [u8]>> {
         let head = self
             .rest
             .get(..SECTION_HEAD)
@@ -239,39 +276,34 @@ impl<'a> Sections<'a> {
         let coding = head[0];
         let raw_len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
         let stored_len = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
-        if raw_len != out.len() {
+        if raw_len != len {
             return Err(Error::corrupt(format!(
-                "{what} section holds {raw_len} bytes, expected {}",
-                out.len()
+                "{what} section holds {raw_len} bytes, expected {len}"
             )));
         }
         let body = self
             .rest
             .get(SECTION_HEAD..SECTION_HEAD + stored_len)
             .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
-        match coding {
-            SECTION_RAW if stored_len == raw_len => out.copy_from_slice(body),
-            SECTION_CONST if stored_len == 1 => out.fill(body[0]),
+        let data = match coding {
+            SECTION_RAW if stored_len == raw_len => Cow::Borrowed(body),
+            SECTION_CONST if stored_len == 1 => Cow::Owned(vec![body[0]; len]),
             SECTION_ZSTD => {
-                let got = zstd::bulk::decompress_to_buffer(body, out)
-                    .map_err(|e| Error::corrupt(format!("{what} section: zstd: {e}")))?;
-                if got != raw_len {
-                    return Err(Error::corrupt(format!(
-                        "{what} section: zstd gave {got} bytes, expected {raw_len}"
-                    )));
-                }
+                let mut out = vec![0u8; len];
+                zstd_decompress_exact(body, &mut out, what)?;
+                Cow::Owned(out)
             }
             _ => {
                 return Err(Error::corrupt(format!(
                     "{what} section: bad coding {coding} or length"
                 )))
             }
-        }
+        };
         self.rest = &self.rest[SECTION_HEAD + stored_len..];
-        Ok(())
+        Ok(data)
     }
 
-    /// Reads the next section's head and returns its decoded length, without consuming it.
+    /// The decoded length of the next section, read from its head.
     fn peek_len(&self, what: &str) -> Result<usize> {
         let head = self
             .rest
@@ -281,29 +313,22 @@ impl<'a> Sections<'a> {
     }
 }
 
-/// Positions of the non-zero elements of `tv`, as element indices.
-fn changed_positions(width: usize, tv: &[u8], nnz: u64) -> Vec<u32> {
+/// Positions of the non-zero elements, from their byte planes.
+fn changed_positions(planes: &[u8], n: usize, nnz: u64) -> Vec<u32> {
     let mut pos = Vec::with_capacity(nnz as usize);
-    match width {
-        1 => pos.extend(
-            tv.iter()
-                .enumerate()
-                .filter(|(_, &b)| b != 0)
-                .map(|(i, _)| i as u32),
-        ),
-        2 => push_nonzero::<2>(tv, &mut pos),
-        4 => push_nonzero::<4>(tv, &mut pos),
-        _ => push_nonzero::<8>(tv, &mut pos),
-    }
-    pos
-}
-
-fn push_nonzero<const W: usize>(tv: &[u8], pos: &mut Vec<u32>) {
-    for (i, e) in tv.chunks_exact(W).enumerate() {
-        if e.iter().any(|&b| b != 0) {
-            pos.push(i as u32);
+    let mut any = planes[..n].to_vec();
+    for p in planes[n..].chunks_exact(n) {
+        for (a, &b) in any.iter_mut().zip(p) {
+            *a |= b;
         }
     }
+    pos.extend(
+        any.iter()
+            .enumerate()
+            .filter(|(_, &b)| b != 0)
+            .map(|(i, _)| i as u32),
+    );
+    pos
 }
 
 fn elias_gaps(pos: &[u32]) -> Vec<u8> {
@@ -335,39 +360,38 @@ fn bitmap(n: usize, pos: &[u32]) -> Vec<u8> {
     b
 }
 
-/// Gathers the byte planes of the elements at `pos` of `tv`.
-fn gather_planes(width: usize, tv: &[u8], pos: &[u32]) -> Vec<u8> {
+/// Gathers the values at `pos` from dense byte planes of `n` elements.
+fn gather_planes(width: usize, planes: &[u8], n: usize, pos: &[u32]) -> Vec<u8> {
     let m = pos.len();
-    let mut planes = vec![0u8; m * width];
-    for (j, &p) in pos.iter().enumerate() {
-        let e = &tv[p as usize * width..(p as usize + 1) * width];
-        for (k, &b) in e.iter().enumerate() {
-            planes[k * m + j] = b;
+    let mut out = vec![0u8; m * width];
+    for (src, dst) in planes.chunks_exact(n).zip(out.chunks_exact_mut(m.max(1))) {
+        for (d, &p) in dst.iter_mut().zip(pos) {
+            *d = src[p as usize];
         }
     }
-    planes
+    out
 }
 
 /// Builds the payload of a planes/delta chunk: optional positions section,
-/// then one section per byte plane.
+/// then one section per byte plane. Planes that look random on the sample
+/// are stored raw without trying zstd.
 fn build_sections(
     width: usize,
-    positions: Positions,
     pos_bytes: Option<&[u8]>,
     planes: &[u8],
     sample: &Sample,
-    zc: &mut zstd::bulk::Compressor<'_>,
+    level: i32,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(planes.len() / 2 + 64);
     if let Some(p) = pos_bytes {
-        put_section(&mut out, p, Some(&mut *zc))?;
+        put_section(&mut out, p, Some(level))?;
     }
     let m = planes.len() / width;
-    let sparse = positions != Positions::Dense;
+    let sparse = pos_bytes.is_some();
     for k in 0..width {
         let plane = &planes[k * m..(k + 1) * m];
         let random = sample.plane_entropy(k, sparse) > RAW_ENTROPY;
-        put_section(&mut out, plane, if random { None } else { Some(&mut *zc) })?;
+        put_section(&mut out, plane, (!random).then_some(level))?;
     }
     Ok(out)
 }
@@ -384,9 +408,8 @@ pub fn encode_chunk(
     debug_assert!(cur.len() % width == 0 && !cur.is_empty());
     debug_assert!(reference.is_none_or(|r| r.len() == cur.len()));
     let n = cur.len() / width;
-    let mut zc = zstd::bulk::Compressor::new(p.level)?;
 
-    // 1. Choose the transform on a sample, by estimated entropy of its planes.
+    // 1. Choose the transform on a sample, by the estimated entropy of its planes.
     let mut candidates = vec![Transform::None];
     if reference.is_some() {
         candidates.push(Transform::Xor);
@@ -396,23 +419,16 @@ pub fn encode_chunk(
         });
     }
     let r = reference.unwrap_or(&[]);
+    let cost = |s: &Sample| s.dense_bits().min(s.sparse_bits() + 2.0);
     let (transform, sample) = candidates
         .into_iter()
         .map(|t| (t, Sample::take(t, width, cur, r)))
-        .min_by(|a, b| {
-            a.1.dense_bits()
-                .min(a.1.sparse_bits() + 2.0)
-                .total_cmp(&b.1.dense_bits().min(b.1.sparse_bits() + 2.0))
-        })
+        .min_by(|a, b| cost(&a.1).total_cmp(&cost(&b.1)))
         .expect("at least one candidate");
 
-    // 2. Transform the whole chunk.
-    let mut tv = vec![0u8; cur.len()];
-    let nnz = transform::forward(transform, width, cur, r, &mut tv);
-
-    // 3. Positions: dense, Elias-delta gaps or bitmap, by estimated size.
-    let dense_est = n as f64 * sample.dense_bits() / 8.0;
-    let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
+    // 2. Transform the whole chunk straight into byte planes.
+    let mut planes = vec![0u8; cur.len()];
+    let nnz = transform::forward_planes(transform, width, cur, r, &mut planes);
     let codec = if transform == Transform::None {
         Codec::Planes
     } else {
@@ -425,45 +441,41 @@ pub fn encode_chunk(
         width: width as u8,
         nnz,
     };
+
+    // 3. Positions: none (dense), Elias-delta gaps or a bitmap, whichever the
+    // estimates favour; both are built when the estimates are close.
+    let dense_est = n as f64 * sample.dense_bits() / 8.0;
+    let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
     let mut try_dense = true;
     if (nnz as usize) < n {
-        let pos = changed_positions(width, &tv, nnz);
+        let pos = changed_positions(&planes, n, nnz);
         let gb = gaps_bits(&pos);
-        let (positions, pos_bytes) = if gb <= n as u64 {
-            (Positions::Gaps, elias_gaps(&pos))
-        } else {
-            (Positions::Bitmap, bitmap(n, &pos))
-        };
         let sparse_est = gb.min(n as u64) as f64 / 8.0 + nnz as f64 * sample.sparse_bits() / 8.0;
-        if sparse_est < dense_est * 1.15 {
-            let planes = gather_planes(width, &tv, &pos);
-            let payload = build_sections(
-                width,
-                positions,
-                Some(&pos_bytes),
-                &planes,
-                &sample,
-                &mut zc,
-            )?;
+        if sparse_est < dense_est * 1.03 || nnz == 0 {
+            let (positions, pos_bytes) = if gb <= n as u64 {
+                (Positions::Gaps, elias_gaps(&pos))
+            } else {
+                (Positions::Bitmap, bitmap(n, &pos))
+            };
+            let values = gather_planes(width, &planes, n, &pos);
+            let payload = build_sections(width, Some(&pos_bytes), &values, &sample, p.level)?;
             best = Some((coding(positions), payload));
-            try_dense = sparse_est > dense_est * 0.85;
+            try_dense = sparse_est > dense_est * 0.97 && nnz > 0;
         }
     }
     if try_dense {
-        let mut planes = vec![0u8; tv.len()];
-        transform::split_planes(width, &tv, &mut planes);
-        let payload = build_sections(width, Positions::Dense, None, &planes, &sample, &mut zc)?;
+        let payload = build_sections(width, None, &planes, &sample, p.level)?;
         if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
             best = Some((coding(Positions::Dense), payload));
         }
     }
     let mut best = best.expect("a coding was built");
 
-    // 4. Fallbacks: plain zstd when the planes did poorly, stored when nothing helps.
-    if best.1.len() * 5 > cur.len() * 4 {
-        let z = zc.compress(cur)?;
+    // 4. Fallbacks: plain zstd when the planes barely helped, stored when nothing did.
+    if best.1.len() * 10 > cur.len() * 9 {
+        let z = zstd_compress(cur, p.level)?;
         if z.len() < best.1.len() {
-            best = (plain(Codec::Zstd, n as u64 * width as u64), z);
+            best = (plain(Codec::Zstd, cur.len() as u64), z);
         }
     }
     if best.1.len() >= cur.len() {
@@ -510,14 +522,9 @@ pub fn decode_chunk(
                     ));
                 }
                 out.copy_from_slice(payload);
-            } else {
-                let got = zstd::bulk::decompress_to_buffer(payload, out)
-                    .map_err(|e| Error::corrupt(format!("zstd chunk: {e}")))?;
-                if got != out.len() {
-                    return Err(Error::corrupt("zstd chunk decodes to the wrong length"));
-                }
+                return Ok(());
             }
-            return Ok(());
+            return zstd_decompress_exact(payload, out, "zstd chunk");
         }
         Codec::Planes if c.transform != Transform::None => {
             return Err(Error::corrupt("planes chunk with a transform"));
@@ -538,16 +545,17 @@ pub fn decode_chunk(
         .ok_or_else(|| Error::corrupt(format!("{} changed elements in a chunk of {n}", c.nnz)))?;
 
     let mut sections = Sections { rest: payload };
-    // Positions.
     let pos: Option<Vec<u32>> = match c.positions {
         Positions::Dense => None,
         Positions::Gaps => {
             let len = sections.peek_len("positions")?;
-            if len > payload.len() {
-                return Err(Error::corrupt("positions section longer than its chunk"));
+            // A gap takes at least one bit: bound the length before allocating.
+            if len > payload.len().saturating_mul(64) || len > nnz.saturating_mul(10) + 8 {
+                return Err(Error::corrupt(
+                    "positions section longer than its chunk allows",
+                ));
             }
-            let mut bytes = vec![0u8; len];
-            sections.next_into(&mut bytes, "positions")?;
+            let bytes = sections.next(len, "positions")?;
             let mut r = BitReader::new(&bytes);
             let mut pos = Vec::with_capacity(nnz);
             let mut prev = -1i64;
@@ -566,8 +574,7 @@ pub fn decode_chunk(
             Some(pos)
         }
         Positions::Bitmap => {
-            let mut bytes = vec![0u8; n.div_ceil(8)];
-            sections.next_into(&mut bytes, "bitmap")?;
+            let bytes = sections.next(n.div_ceil(8), "bitmap")?;
             let mut pos = Vec::with_capacity(nnz);
             for (i, &b) in bytes.iter().enumerate() {
                 let mut bits = b;
@@ -585,38 +592,16 @@ pub fn decode_chunk(
     };
 
     let m = if pos.is_some() { nnz } else { n };
-    let mut planes = vec![0u8; m * width];
-    for k in 0..width {
-        sections.next_into(&mut planes[k * m..(k + 1) * m], "byte plane")?;
-    }
+    let planes: Vec<Cow<'_, [u8]>> = (0..width)
+        .map(|_| sections.next(m, "byte plane"))
+        .collect::<Result<_>>()?;
     if !sections.rest.is_empty() {
         return Err(Error::corrupt("chunk payload has trailing bytes"));
     }
-
-    if c.transform == Transform::None {
-        fill_values(width, pos.as_deref(), &planes, out);
-    } else {
-        let mut tv = vec![0u8; out.len()];
-        fill_values(width, pos.as_deref(), &planes, &mut tv);
-        transform::inverse(c.transform, width, &tv, reference, out);
+    let views: Vec<&[u8]> = planes.iter().map(|p| &p[..]).collect();
+    match &pos {
+        None => transform::inverse_planes(c.transform, width, &views, reference, out),
+        Some(pos) => transform::inverse_sparse(c.transform, width, pos, &views, reference, out),
     }
     Ok(())
-}
-
-/// Writes the coded values into `tv`: merged planes when dense, scattered to
-/// their positions (zeros elsewhere) when sparse.
-fn fill_values(width: usize, pos: Option<&[u32]>, planes: &[u8], tv: &mut [u8]) {
-    match pos {
-        None => transform::merge_planes(width, planes, tv),
-        Some(pos) => {
-            let m = pos.len();
-            tv.fill(0);
-            for (j, &p) in pos.iter().enumerate() {
-                let e = &mut tv[p as usize * width..(p as usize + 1) * width];
-                for (k, b) in e.iter_mut().enumerate() {
-                    *b = planes[k * m + j];
-                }
-            }
-        }
-    }
 }

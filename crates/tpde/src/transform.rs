@@ -56,6 +56,10 @@ pub(crate) trait Word: Copy + Eq + Default + Send + Sync {
     /// Monotone key of a sign-magnitude float bit pattern.
     fn key(self) -> Self;
     fn unkey(self) -> Self;
+    /// Byte `k` (little-endian) of the value.
+    fn byte(self, k: usize) -> u8;
+    /// The value with `b` OR-ed in as byte `k`.
+    fn or_byte(self, b: u8, k: usize) -> Self;
 }
 
 macro_rules! word {
@@ -96,6 +100,14 @@ macro_rules! word {
                 } else {
                     !self
                 }
+            }
+            #[inline(always)]
+            fn byte(self, k: usize) -> u8 {
+                (self >> (8 * k)) as u8
+            }
+            #[inline(always)]
+            fn or_byte(self, b: u8, k: usize) -> Self {
+                self | (<$u>::from(b) << (8 * k))
             }
             #[inline(always)]
             fn unkey(self) -> Self {
@@ -274,6 +286,192 @@ pub fn merge_planes(width: usize, planes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Transforms `cur` against `reference` and writes the result straight into
+/// byte planes (as [`split_planes`] lays them out), in one pass. Returns the
+/// number of non-zero transformed elements.
+pub fn forward_planes(
+    t: Transform,
+    width: usize,
+    cur: &[u8],
+    reference: &[u8],
+    planes: &mut [u8],
+) -> u64 {
+    debug_assert_eq!(cur.len(), planes.len());
+    debug_assert!(t == Transform::None || cur.len() == reference.len());
+    macro_rules! go {
+        ($u:ty, $w:literal) => {
+            match t {
+                Transform::None => fwd_planes::<$u, $w, 0>(cur, reference, planes),
+                Transform::Xor => fwd_planes::<$u, $w, 1>(cur, reference, planes),
+                Transform::IntDiff => fwd_planes::<$u, $w, 2>(cur, reference, planes),
+                Transform::Ulp => fwd_planes::<$u, $w, 3>(cur, reference, planes),
+            }
+        };
+    }
+    match width {
+        1 => go!(u8, 1),
+        2 => go!(u16, 2),
+        4 => go!(u32, 4),
+        8 => go!(u64, 8),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+/// Elements per block in the fused plane loops: small enough for the stack,
+/// long enough for the compiler to vectorize each pass.
+const BLOCK: usize = 256;
+
+fn fwd_planes<U: Word, const W: usize, const T: u8>(
+    cur: &[u8],
+    reference: &[u8],
+    planes: &mut [u8],
+) -> u64 {
+    let t = transform_of::<T>();
+    let n = cur.len() / W;
+    let mut p: [&mut [u8]; W] = split_mut::<W>(planes, n);
+    let mut count = 0u64;
+    let mut v = [U::default(); BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        let c = &cur[start * W..(start + len) * W];
+        if T == 0 {
+            for (x, e) in v.iter_mut().zip(c.chunks_exact(W)) {
+                *x = U::load(e);
+            }
+        } else {
+            let r = &reference[start * W..(start + len) * W];
+            for ((x, e), f) in v.iter_mut().zip(c.chunks_exact(W)).zip(r.chunks_exact(W)) {
+                *x = apply(t, U::load(e), U::load(f));
+            }
+        }
+        count += v[..len].iter().filter(|x| !x.is_zero()).count() as u64;
+        for (k, plane) in p.iter_mut().enumerate() {
+            for (o, x) in plane[start..start + len].iter_mut().zip(&v[..len]) {
+                *o = x.byte(k);
+            }
+        }
+        start += len;
+    }
+    count
+}
+
+/// Undoes [`forward_planes`]: rebuilds the original elements from the byte
+/// planes of every transformed element, in one pass.
+pub fn inverse_planes(
+    t: Transform,
+    width: usize,
+    planes: &[&[u8]],
+    reference: &[u8],
+    out: &mut [u8],
+) {
+    macro_rules! go {
+        ($u:ty, $w:literal) => {{
+            let p: [&[u8]; $w] = std::array::from_fn(|k| planes[k]);
+            match t {
+                Transform::None => inv_planes::<$u, $w, 0>(p, reference, out),
+                Transform::Xor => inv_planes::<$u, $w, 1>(p, reference, out),
+                Transform::IntDiff => inv_planes::<$u, $w, 2>(p, reference, out),
+                Transform::Ulp => inv_planes::<$u, $w, 3>(p, reference, out),
+            }
+        }};
+    }
+    match width {
+        1 => go!(u8, 1),
+        2 => go!(u16, 2),
+        4 => go!(u32, 4),
+        8 => go!(u64, 8),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+fn inv_planes<U: Word, const W: usize, const T: u8>(
+    p: [&[u8]; W],
+    reference: &[u8],
+    out: &mut [u8],
+) {
+    let t = transform_of::<T>();
+    let n = out.len() / W;
+    let mut v = [U::default(); BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        v[..len].fill(U::default());
+        for (k, plane) in p.iter().enumerate() {
+            for (x, &b) in v[..len].iter_mut().zip(&plane[start..start + len]) {
+                *x = x.or_byte(b, k);
+            }
+        }
+        let o = &mut out[start * W..(start + len) * W];
+        if T == 0 {
+            for (x, e) in v.iter().zip(o.chunks_exact_mut(W)) {
+                x.store(e);
+            }
+        } else {
+            let r = &reference[start * W..(start + len) * W];
+            for ((x, e), f) in v.iter().zip(o.chunks_exact_mut(W)).zip(r.chunks_exact(W)) {
+                invert(t, *x, U::load(f)).store(e);
+            }
+        }
+        start += len;
+    }
+}
+
+/// Rebuilds the original elements of a sparse chunk: every element is its
+/// reference element except those at `pos`, whose transformed values are
+/// given as byte planes of `pos.len()` values. With [`Transform::None`] the
+/// other elements are zero.
+pub fn inverse_sparse(
+    t: Transform,
+    width: usize,
+    pos: &[u32],
+    planes: &[&[u8]],
+    reference: &[u8],
+    out: &mut [u8],
+) {
+    macro_rules! go {
+        ($u:ty, $w:literal) => {{
+            let p: [&[u8]; $w] = std::array::from_fn(|k| planes[k]);
+            inv_sparse::<$u, $w>(t, pos, p, reference, out)
+        }};
+    }
+    match width {
+        1 => go!(u8, 1),
+        2 => go!(u16, 2),
+        4 => go!(u32, 4),
+        8 => go!(u64, 8),
+        _ => unreachable!("width is checked by the caller"),
+    }
+}
+
+fn inv_sparse<U: Word, const W: usize>(
+    t: Transform,
+    pos: &[u32],
+    p: [&[u8]; W],
+    reference: &[u8],
+    out: &mut [u8],
+) {
+    if t == Transform::None {
+        out.fill(0);
+    } else {
+        out.copy_from_slice(reference);
+    }
+    let mut b = [0u8; W];
+    for (j, &q) in pos.iter().enumerate() {
+        for k in 0..W {
+            b[k] = p[k][j];
+        }
+        let q = q as usize;
+        let o = &mut out[q * W..q * W + W];
+        let r = if t == Transform::None {
+            U::default()
+        } else {
+            U::load(o)
+        };
+        invert(t, U::load(&b), r).store(o);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +547,54 @@ mod tests {
         assert_eq!(d(2.0, f32::from_bits(2.0f32.to_bits() - 1)), 2);
         // XOR of the same pair flips many bits.
         assert!((2.0f32.to_bits() ^ (2.0f32.to_bits() - 1)).count_ones() > 20);
+    }
+
+    #[test]
+    fn fused_plane_transforms_match_the_separate_ones() {
+        for width in [1usize, 2, 4, 8] {
+            let cur: Vec<u8> = (0..width * 101).map(|i| (i * 37 % 253) as u8).collect();
+            let mut r = cur.clone();
+            for i in (0..r.len()).step_by(3) {
+                r[i] ^= 0x5a;
+            }
+            for t in [
+                Transform::None,
+                Transform::Xor,
+                Transform::IntDiff,
+                Transform::Ulp,
+            ] {
+                let mut tv = vec![0; cur.len()];
+                let nnz = forward(t, width, &cur, &r, &mut tv);
+                let mut expected = vec![0; cur.len()];
+                split_planes(width, &tv, &mut expected);
+                let mut planes = vec![0; cur.len()];
+                assert_eq!(forward_planes(t, width, &cur, &r, &mut planes), nnz);
+                assert_eq!(planes, expected, "{t:?} width {width}");
+                let n = cur.len() / width;
+                let views: Vec<&[u8]> = planes.chunks(n).collect();
+                let mut back = vec![0; cur.len()];
+                inverse_planes(t, width, &views, &r, &mut back);
+                assert_eq!(back, cur);
+                // Sparse: the non-zero elements only.
+                let pos: Vec<u32> = (0..n as u32)
+                    .filter(|&i| {
+                        tv[i as usize * width..(i as usize + 1) * width]
+                            .iter()
+                            .any(|&b| b != 0)
+                    })
+                    .collect();
+                let mut gathered: Vec<Vec<u8>> = vec![Vec::new(); width];
+                for &q in &pos {
+                    for (k, g) in gathered.iter_mut().enumerate() {
+                        g.push(tv[q as usize * width + k]);
+                    }
+                }
+                let gviews: Vec<&[u8]> = gathered.iter().map(|g| &g[..]).collect();
+                let mut back = vec![0xee; cur.len()];
+                inverse_sparse(t, width, &pos, &gviews, &r, &mut back);
+                assert_eq!(back, cur, "sparse {t:?} width {width}");
+            }
+        }
     }
 
     #[test]
