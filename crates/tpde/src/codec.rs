@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
+use crate::ans;
 use crate::bits::{elias_delta_len, BitReader, BitWriter};
 use crate::dtype::Family;
 use crate::error::{Error, Result};
@@ -101,6 +102,9 @@ pub struct ChunkParams {
 const SECTION_RAW: u8 = 0;
 const SECTION_ZSTD: u8 = 1;
 const SECTION_CONST: u8 = 2;
+const SECTION_RANS: u8 = 3;
+/// Sections shorter than this are not worth a rANS frequency table.
+const RANS_MIN: usize = 1024;
 /// Bytes of a section head.
 const SECTION_HEAD: usize = 9;
 /// Elements sampled to choose a transform and estimate costs.
@@ -249,6 +253,16 @@ fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) -> Result<()>
     }
     if let Some(level) = level.filter(|_| data.len() > 32) {
         let z = zstd_compress(data, level)?;
+        // rANS where it clearly beats zstd: skewed planes that zstd's
+        // Huffman codes at no less than a bit per byte.
+        if data.len() >= RANS_MIN && ans::estimate(&ans::histogram(data)) < z.len() * 97 / 100 {
+            let a = ans::encode(data);
+            if a.len() < z.len() && a.len() < data.len() {
+                head(SECTION_RANS, a.len());
+                out.extend_from_slice(&a);
+                return Ok(());
+            }
+        }
         if z.len() < data.len() {
             head(SECTION_ZSTD, z.len());
             out.extend_from_slice(&z);
@@ -291,6 +305,12 @@ impl<'a> Sections<'a> {
             SECTION_ZSTD => {
                 let mut out = vec![0u8; len];
                 zstd_decompress_exact(body, &mut out, what)?;
+                Cow::Owned(out)
+            }
+            SECTION_RANS => {
+                let mut out = vec![0u8; len];
+                ans::decode(body, &mut out)
+                    .map_err(|e| Error::corrupt(format!("{what} section: {e}")))?;
                 Cow::Owned(out)
             }
             _ => {

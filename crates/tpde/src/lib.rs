@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ans;
 pub mod atomic;
 pub mod bits;
 pub mod codec;

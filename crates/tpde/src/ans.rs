@@ -1,0 +1,269 @@
+//! A static order-0 rANS coder for byte streams (tpde's own entropy coder).
+//!
+//! zstd's Huffman literals cannot go below one bit per byte, so a byte plane
+//! that is mostly zeros (the top byte of small differences) costs zstd far
+//! more than its entropy; rANS codes it at its entropy.
+//!
+//! Layout of a coded stream (all integers little-endian):
+//!
+//! ```text
+//! u16 m                      number of distinct symbols (1..=256)
+//! m x (u8 symbol, u16 freq)  symbols in increasing order; freqs sum to 2^SCALE_BITS
+//! u32 state0, u32 state1     initial decoder states, each in [L, 256 L)
+//! bytes                      renormalization bytes, read forward
+//! ```
+//!
+//! Symbols at even positions use state 0, odd positions state 1 (two
+//! interleaved states for instruction-level parallelism). After the last
+//! symbol both states are back at `L` and every byte has been read; the
+//! decoder checks both.
+
+use crate::error::{Error, Result};
+
+const SCALE_BITS: u32 = 14;
+const TOTAL: u32 = 1 << SCALE_BITS;
+/// Lower bound of the state interval.
+const L: u32 = 1 << 23;
+
+/// Frequencies of the symbols, normalized to sum to `TOTAL`, every present
+/// symbol at least 1.
+fn normalize(hist: &[u64; 256]) -> [u32; 256] {
+    let total: u64 = hist.iter().sum();
+    let mut f = [0u32; 256];
+    if total == 0 {
+        return f;
+    }
+    let mut sum = 0u32;
+    for (fi, &c) in f.iter_mut().zip(hist) {
+        if c > 0 {
+            *fi = ((c as u128 * u128::from(TOTAL) / u128::from(total)) as u32).max(1);
+            sum += *fi;
+        }
+    }
+    // Give the rounding error to (or take it from) the largest symbols.
+    while sum != TOTAL {
+        let (i, _) = f
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, &v)| v)
+            .expect("256 entries");
+        if sum < TOTAL {
+            f[i] += TOTAL - sum;
+            sum = TOTAL;
+        } else {
+            let take = (sum - TOTAL).min(f[i] - 1);
+            if take == 0 {
+                // Every symbol is at 1 and still too many: impossible, as at
+                // most 256 symbols are present and TOTAL > 256.
+                unreachable!("frequency table cannot be normalized");
+            }
+            f[i] -= take;
+            sum -= take;
+        }
+    }
+    f
+}
+
+/// Size in bytes the coded stream would have, estimated from the entropy.
+pub fn estimate(hist: &[u64; 256]) -> usize {
+    let total: u64 = hist.iter().sum();
+    let t = total as f64;
+    let bits: f64 = hist
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| c as f64 * (t / c as f64).log2())
+        .sum();
+    let m = hist.iter().filter(|&&c| c > 0).count();
+    (bits / 8.0) as usize + 3 * m + 10
+}
+
+/// Histogram of a byte slice.
+pub fn histogram(data: &[u8]) -> [u64; 256] {
+    // Four sub-histograms break the dependency chain on repeated bytes.
+    let mut h = [[0u64; 256]; 4];
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        h[0][c[0] as usize] += 1;
+        h[1][c[1] as usize] += 1;
+        h[2][c[2] as usize] += 1;
+        h[3][c[3] as usize] += 1;
+    }
+    for &b in chunks.remainder() {
+        h[0][b as usize] += 1;
+    }
+    let mut out = [0u64; 256];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = h[0][i] + h[1][i] + h[2][i] + h[3][i];
+    }
+    out
+}
+
+/// Codes `data` (not empty).
+pub fn encode(data: &[u8]) -> Vec<u8> {
+    debug_assert!(!data.is_empty());
+    let freq = normalize(&histogram(data));
+    let mut start = [0u32; 256];
+    let mut acc = 0;
+    for (s, &f) in start.iter_mut().zip(&freq) {
+        *s = acc;
+        acc += f;
+    }
+    // Renormalization bytes are produced back to front.
+    let mut rev: Vec<u8> = Vec::with_capacity(data.len() / 2 + 16);
+    let mut states = [L, L];
+    for (i, &b) in data.iter().enumerate().rev() {
+        let x = &mut states[i & 1];
+        let f = freq[b as usize];
+        let x_max = ((L >> SCALE_BITS) << 8) * f;
+        while *x >= x_max {
+            rev.push(*x as u8);
+            *x >>= 8;
+        }
+        *x = ((*x / f) << SCALE_BITS) + (*x % f) + start[b as usize];
+    }
+    let m = freq.iter().filter(|&&f| f > 0).count();
+    let mut out = Vec::with_capacity(2 + 3 * m + 8 + rev.len());
+    out.extend_from_slice(&(m as u16).to_le_bytes());
+    for (s, &f) in freq.iter().enumerate() {
+        if f > 0 {
+            out.push(s as u8);
+            out.extend_from_slice(&(f as u16).to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&states[0].to_le_bytes());
+    out.extend_from_slice(&states[1].to_le_bytes());
+    out.extend(rev.iter().rev());
+    out
+}
+
+fn corrupt(msg: &str) -> Error {
+    Error::corrupt(format!("rANS stream: {msg}"))
+}
+
+/// Decodes a stream of [`encode`] into exactly `out.len()` bytes.
+pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
+    let m = u16::from_le_bytes(
+        src.get(..2)
+            .ok_or_else(|| corrupt("no symbol count"))?
+            .try_into()
+            .expect("2"),
+    ) as usize;
+    if m == 0 || m > 256 {
+        return Err(corrupt("bad symbol count"));
+    }
+    let table = src
+        .get(2..2 + 3 * m)
+        .ok_or_else(|| corrupt("frequency table cut short"))?;
+    let mut freq = [0u32; 256];
+    let mut sum = 0u32;
+    let mut last: Option<u8> = None;
+    for e in table.chunks_exact(3) {
+        let (s, f) = (e[0], u32::from(u16::from_le_bytes([e[1], e[2]])));
+        if last.is_some_and(|l| l >= s) || f == 0 {
+            return Err(corrupt("frequency table out of order or zero"));
+        }
+        last = Some(s);
+        freq[s as usize] = f;
+        sum += f;
+    }
+    if sum != TOTAL {
+        return Err(corrupt("frequencies do not sum to the scale"));
+    }
+    // Slot -> (symbol, freq, start), packed for one lookup per symbol.
+    let mut slots = vec![(0u8, 0u32, 0u32); TOTAL as usize];
+    let mut acc = 0u32;
+    for (s, &f) in freq.iter().enumerate() {
+        for slot in &mut slots[acc as usize..(acc + f) as usize] {
+            *slot = (s as u8, f, acc);
+        }
+        acc += f;
+    }
+    let mut pos = 2 + 3 * m;
+    let state = |p: usize| -> Result<u32> {
+        let b = src.get(p..p + 4).ok_or_else(|| corrupt("states missing"))?;
+        let x = u32::from_le_bytes(b.try_into().expect("4"));
+        if !(L..L << 8).contains(&x) {
+            return Err(corrupt("state out of range"));
+        }
+        Ok(x)
+    };
+    let mut states = [state(pos)?, state(pos + 4)?];
+    pos += 8;
+    let bytes = &src[pos..];
+    let mut at = 0usize;
+    let mask = TOTAL - 1;
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = &mut states[i & 1];
+        let (s, f, st) = slots[(*x & mask) as usize];
+        *o = s;
+        *x = f * (*x >> SCALE_BITS) + (*x & mask) - st;
+        while *x < L {
+            let &b = bytes.get(at).ok_or_else(|| corrupt("ends early"))?;
+            *x = (*x << 8) | u32::from(b);
+            at += 1;
+        }
+    }
+    if states != [L, L] || at != bytes.len() {
+        return Err(corrupt("final state or length mismatch"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(data: &[u8]) -> usize {
+        let z = encode(data);
+        let mut back = vec![0u8; data.len()];
+        decode(&z, &mut back).unwrap();
+        assert_eq!(back, data);
+        z.len()
+    }
+
+    #[test]
+    fn round_trips_and_reaches_the_entropy() {
+        round_trip(&[7]);
+        round_trip(&[1, 2]);
+        round_trip(&(0..=255u8).collect::<Vec<_>>());
+        // 90% zeros: entropy ~0.57 bits per byte with 10 other symbols.
+        let mut x = 12345u64;
+        let data: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 10 == 0 {
+                    (x >> 20) as u8 % 10 + 1
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let size = round_trip(&data);
+        let est = estimate(&histogram(&data));
+        assert!(size <= est + est / 50, "{size} vs estimate {est}");
+        // Entropy: H(0.9) + 0.1 log2(10) = 0.80 bits per byte.
+        assert!(size < data.len() / 9, "{size}");
+    }
+
+    #[test]
+    fn corrupt_streams_are_errors_not_panics() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * i % 7) as u8).collect();
+        let z = encode(&data);
+        for cut in 0..z.len() {
+            let mut out = vec![0u8; data.len()];
+            assert!(decode(&z[..cut], &mut out).is_err(), "cut {cut}");
+        }
+        // A flipped bit gives an error or other bytes, never a panic; the
+        // chunk checksums of the container catch the other bytes.
+        let mut caught = 0;
+        for bit in 0..z.len() * 8 {
+            let mut bad = z.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let mut out = vec![0u8; data.len()];
+            caught += usize::from(decode(&bad, &mut out).is_err());
+        }
+        assert!(caught > z.len() * 8 / 2, "only {caught} flips detected");
+    }
+}
