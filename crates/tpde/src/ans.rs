@@ -7,11 +7,15 @@
 //! Layout of a coded stream (all integers little-endian):
 //!
 //! ```text
-//! u16 m                      number of distinct symbols (1..=256)
-//! m x (u8 symbol, u16 freq)  symbols in increasing order; freqs sum to 2^SCALE_BITS
+//! u8 table kind              0: list, 1: bitmap
+//!   list:   u8 m-1, then m x (u8 symbol, varint freq), symbols increasing
+//!   bitmap: 32 bytes (bit s%8 of byte s/8 set when symbol s is present),
+//!           then a varint freq per present symbol, in increasing order
 //! u32 state0, u32 state1     initial decoder states, each in [L, 256 L)
 //! bytes                      renormalization bytes, read forward
 //! ```
+//!
+//! Frequencies are LEB128 varints, each >= 1, summing to 2^SCALE_BITS.
 //!
 //! Symbols at even positions use state 0, odd positions state 1 (two
 //! interleaved states for instruction-level parallelism). After the last
@@ -74,7 +78,8 @@ pub fn estimate(hist: &[u64; 256]) -> usize {
         .map(|&c| c as f64 * (t / c as f64).log2())
         .sum();
     let m = hist.iter().filter(|&&c| c > 0).count();
-    (bits / 8.0) as usize + 3 * m + 10
+    let table = if m < 32 { 2 + 3 * m } else { 33 + 2 * m };
+    (bits / 8.0) as usize + table + 9
 }
 
 /// Histogram of a byte slice.
@@ -121,46 +126,96 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
         }
         *x = ((*x / f) << SCALE_BITS) + (*x % f) + start[b as usize];
     }
-    let m = freq.iter().filter(|&&f| f > 0).count();
-    let mut out = Vec::with_capacity(2 + 3 * m + 8 + rev.len());
-    out.extend_from_slice(&(m as u16).to_le_bytes());
-    for (s, &f) in freq.iter().enumerate() {
-        if f > 0 {
-            out.push(s as u8);
-            out.extend_from_slice(&(f as u16).to_le_bytes());
-        }
-    }
+    let mut out = Vec::with_capacity(64 + rev.len());
+    write_table(&freq, &mut out);
     out.extend_from_slice(&states[0].to_le_bytes());
     out.extend_from_slice(&states[1].to_le_bytes());
     out.extend(rev.iter().rev());
     out
 }
 
-fn corrupt(msg: &str) -> Error {
-    Error::corrupt(format!("rANS stream: {msg}"))
+fn put_varint(mut v: u32, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
-/// Decodes a stream of [`encode`] into exactly `out.len()` bytes.
-pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
-    let m = u16::from_le_bytes(
-        src.get(..2)
-            .ok_or_else(|| corrupt("no symbol count"))?
-            .try_into()
-            .expect("2"),
-    ) as usize;
-    if m == 0 || m > 256 {
-        return Err(corrupt("bad symbol count"));
+/// Writes the frequency table, as a list or a bitmap, whichever is shorter.
+fn write_table(freq: &[u32; 256], out: &mut Vec<u8>) {
+    let present = || freq.iter().enumerate().filter(|(_, &f)| f > 0);
+    let m = present().count();
+    if m < 32 {
+        out.push(0);
+        out.push((m - 1) as u8);
+        for (s, &f) in present() {
+            out.push(s as u8);
+            put_varint(f, out);
+        }
+    } else {
+        out.push(1);
+        let mut bits = [0u8; 32];
+        for (s, _) in present() {
+            bits[s / 8] |= 1 << (s % 8);
+        }
+        out.extend_from_slice(&bits);
+        for (_, &f) in present() {
+            put_varint(f, out);
+        }
     }
-    let table = src
-        .get(2..2 + 3 * m)
-        .ok_or_else(|| corrupt("frequency table cut short"))?;
+}
+
+/// Reads a frequency table; returns the frequencies and the offset after it.
+fn read_table(src: &[u8]) -> Result<([u32; 256], usize)> {
+    let mut pos = 0usize;
+    let byte = |pos: &mut usize| -> Result<u8> {
+        let b = *src
+            .get(*pos)
+            .ok_or_else(|| corrupt("frequency table cut short"))?;
+        *pos += 1;
+        Ok(b)
+    };
+    let varint = |pos: &mut usize| -> Result<u32> {
+        let mut v = 0u32;
+        for shift in [0, 7, 14] {
+            let b = byte(pos)?;
+            v |= u32::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt("frequency varint too long"))
+    };
+    let mut symbols = Vec::with_capacity(256);
+    match byte(&mut pos)? {
+        0 => {
+            let m = usize::from(byte(&mut pos)?) + 1;
+            for _ in 0..m {
+                let s = byte(&mut pos)?;
+                symbols.push((s, varint(&mut pos)?));
+            }
+        }
+        1 => {
+            let bits = src
+                .get(pos..pos + 32)
+                .ok_or_else(|| corrupt("frequency table cut short"))?
+                .to_vec();
+            pos += 32;
+            for s in 0..256usize {
+                if bits[s / 8] >> (s % 8) & 1 == 1 {
+                    symbols.push((s as u8, varint(&mut pos)?));
+                }
+            }
+        }
+        _ => return Err(corrupt("unknown table kind")),
+    }
     let mut freq = [0u32; 256];
     let mut sum = 0u32;
     let mut last: Option<u8> = None;
-    for e in table.chunks_exact(3) {
-        let (s, f) = (e[0], u32::from(u16::from_le_bytes([e[1], e[2]])));
-        if last.is_some_and(|l| l >= s) || f == 0 {
-            return Err(corrupt("frequency table out of order or zero"));
+    for (s, f) in symbols {
+        if last.is_some_and(|l| l >= s) || f == 0 || f > TOTAL {
+            return Err(corrupt("frequency table out of order or out of range"));
         }
         last = Some(s);
         freq[s as usize] = f;
@@ -169,6 +224,16 @@ pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
     if sum != TOTAL {
         return Err(corrupt("frequencies do not sum to the scale"));
     }
+    Ok((freq, pos))
+}
+
+fn corrupt(msg: &str) -> Error {
+    Error::corrupt(format!("rANS stream: {msg}"))
+}
+
+/// Decodes a stream of [`encode`] into exactly `out.len()` bytes.
+pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
+    let (freq, mut pos) = read_table(src)?;
     // Slot -> (symbol, freq, start), packed for one lookup per symbol.
     let mut slots = vec![(0u8, 0u32, 0u32); TOTAL as usize];
     let mut acc = 0u32;
@@ -178,7 +243,6 @@ pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
         }
         acc += f;
     }
-    let mut pos = 2 + 3 * m;
     let state = |p: usize| -> Result<u32> {
         let b = src.get(p..p + 4).ok_or_else(|| corrupt("states missing"))?;
         let x = u32::from_le_bytes(b.try_into().expect("4"));

@@ -104,7 +104,7 @@ const SECTION_ZSTD: u8 = 1;
 const SECTION_CONST: u8 = 2;
 const SECTION_RANS: u8 = 3;
 /// Sections shorter than this are not worth a rANS frequency table.
-const RANS_MIN: usize = 1024;
+const RANS_MIN: usize = 256;
 /// Bytes of a section head.
 const SECTION_HEAD: usize = 9;
 /// Elements sampled to choose a transform and estimate costs.
