@@ -55,6 +55,8 @@ pub enum Positions {
     Gaps = 1,
     /// One bit per element.
     Bitmap = 2,
+    /// Gaps as entropy-coded bit lengths plus their low bits.
+    Classes = 3,
 }
 
 impl Positions {
@@ -63,6 +65,7 @@ impl Positions {
             0 => Positions::Dense,
             1 => Positions::Gaps,
             2 => Positions::Bitmap,
+            3 => Positions::Classes,
             other => return Err(Error::corrupt(format!("unknown positions coding {other}"))),
         })
     }
@@ -72,6 +75,7 @@ impl Positions {
             Positions::Dense => "dense",
             Positions::Gaps => "gaps",
             Positions::Bitmap => "bitmap",
+            Positions::Classes => "classes",
         }
     }
 }
@@ -361,6 +365,40 @@ fn elias_gaps(pos: &[u32]) -> Vec<u8> {
     w.finish()
 }
 
+/// The gaps as classes (bit length of each gap, one byte each) and the bits
+/// of each gap below its leading one, packed most significant first.
+fn gap_classes(pos: &[u32]) -> (Vec<u8>, Vec<u8>) {
+    let mut classes = Vec::with_capacity(pos.len());
+    let mut w = BitWriter::with_capacity(pos.len() * 3 / 4 + 8);
+    let mut prev = -1i64;
+    for &p in pos {
+        let g = (i64::from(p) - prev) as u64;
+        prev = i64::from(p);
+        let l = 64 - g.leading_zeros();
+        classes.push(l as u8);
+        if l > 1 {
+            w.write(g & (u64::MAX >> (65 - l)), l - 1);
+        }
+    }
+    (classes, w.finish())
+}
+
+/// Estimated bytes of the gap classes of `pos`: the classes at their entropy
+/// plus the low bits.
+fn classes_estimate(pos: &[u32]) -> u64 {
+    let mut hist = [0u64; 256];
+    let mut low_bits = 0u64;
+    let mut prev = -1i64;
+    for &p in pos {
+        let g = (i64::from(p) - prev) as u64;
+        prev = i64::from(p);
+        let l = 64 - g.leading_zeros();
+        hist[l as usize] += 1;
+        low_bits += u64::from(l - 1);
+    }
+    ans::estimate(&hist) as u64 + low_bits.div_ceil(8) + 2 * SECTION_HEAD as u64
+}
+
 fn gaps_bits(pos: &[u32]) -> u64 {
     let mut prev = -1i64;
     pos.iter()
@@ -397,17 +435,17 @@ fn gather_planes(width: usize, planes: &[u8], n: usize, pos: &[u32]) -> Vec<u8> 
 /// are stored raw without trying zstd.
 fn build_sections(
     width: usize,
-    pos_bytes: Option<&[u8]>,
+    pos_sections: &[&[u8]],
     planes: &[u8],
     sample: &Sample,
     level: i32,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(planes.len() / 2 + 64);
-    if let Some(p) = pos_bytes {
+    for p in pos_sections {
         put_section(&mut out, p, Some(level))?;
     }
     let m = planes.len() / width;
-    let sparse = pos_bytes.is_some();
+    let sparse = !pos_sections.is_empty();
     for k in 0..width {
         let plane = &planes[k * m..(k + 1) * m];
         let random = sample.plane_entropy(k, sparse) > RAW_ENTROPY;
@@ -423,6 +461,17 @@ pub fn encode_chunk(
     cur: &[u8],
     reference: Option<&[u8]>,
     p: ChunkParams,
+) -> Result<(ChunkCoding, Vec<u8>)> {
+    encode_chunk_with(cur, reference, p, None)
+}
+
+/// [`encode_chunk`], or with `force`, exactly that positions coding and no
+/// fallback (for tests of every decoding path).
+fn encode_chunk_with(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    p: ChunkParams,
+    force: Option<Positions>,
 ) -> Result<(ChunkCoding, Vec<u8>)> {
     let width = p.width;
     debug_assert!(cur.len() % width == 0 && !cur.is_empty());
@@ -462,34 +511,54 @@ pub fn encode_chunk(
         nnz,
     };
 
-    // 3. Positions: none (dense), Elias-delta gaps or a bitmap, whichever the
-    // estimates favour; both are built when the estimates are close.
+    // 3. Positions: none (dense), Elias-delta gaps, gap classes or a bitmap,
+    // whichever the estimates favour; sparse and dense are both built when
+    // their estimates are close.
     let dense_est = n as f64 * sample.dense_bits() / 8.0;
     let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
-    let mut try_dense = true;
-    if (nnz as usize) < n {
+    let mut try_dense = force.is_none_or(|f| f == Positions::Dense);
+    if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && (nnz as usize) < n) {
         let pos = changed_positions(&planes, n, nnz);
-        let gb = gaps_bits(&pos);
-        let sparse_est = gb.min(n as u64) as f64 / 8.0 + nnz as f64 * sample.sparse_bits() / 8.0;
-        if sparse_est < dense_est * 1.03 || nnz == 0 {
-            let (positions, pos_bytes) = if gb <= n as u64 {
-                (Positions::Gaps, elias_gaps(&pos))
+        // Bytes of each way to code the positions: Elias-delta gaps (exact),
+        // a bitmap (before zstd), gap classes (estimated).
+        let elias = gaps_bits(&pos).div_ceil(8);
+        let bits = (n as u64).div_ceil(8);
+        let classes = classes_estimate(&pos);
+        let pos_est = elias.min(bits).min(classes);
+        let sparse_est = pos_est as f64 + nnz as f64 * sample.sparse_bits() / 8.0;
+        if force.is_some() || sparse_est < dense_est * 1.03 || nnz == 0 {
+            let choice = force.unwrap_or(if pos_est == elias {
+                Positions::Gaps
+            } else if pos_est == bits {
+                Positions::Bitmap
             } else {
-                (Positions::Bitmap, bitmap(n, &pos))
+                Positions::Classes
+            });
+            let (positions, pos_sections) = match choice {
+                Positions::Gaps => (Positions::Gaps, vec![elias_gaps(&pos)]),
+                Positions::Bitmap => (Positions::Bitmap, vec![bitmap(n, &pos)]),
+                _ => {
+                    let (c, low) = gap_classes(&pos);
+                    (Positions::Classes, vec![c, low])
+                }
             };
             let values = gather_planes(width, &planes, n, &pos);
-            let payload = build_sections(width, Some(&pos_bytes), &values, &sample, p.level)?;
+            let views: Vec<&[u8]> = pos_sections.iter().map(|v| &v[..]).collect();
+            let payload = build_sections(width, &views, &values, &sample, p.level)?;
             best = Some((coding(positions), payload));
-            try_dense = sparse_est > dense_est * 0.97 && nnz > 0;
+            try_dense = force.is_none() && sparse_est > dense_est * 0.97 && nnz > 0;
         }
     }
     if try_dense {
-        let payload = build_sections(width, None, &planes, &sample, p.level)?;
+        let payload = build_sections(width, &[], &planes, &sample, p.level)?;
         if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
             best = Some((coding(Positions::Dense), payload));
         }
     }
     let mut best = best.expect("a coding was built");
+    if force.is_some() {
+        return Ok(best);
+    }
 
     // 4. Fallbacks: plain zstd when the planes barely helped, stored when nothing did.
     if best.1.len() * 10 > cur.len() * 9 {
@@ -593,6 +662,34 @@ pub fn decode_chunk(
             r.expect_end()?;
             Some(pos)
         }
+        Positions::Classes => {
+            let classes = sections.next(nnz, "gap classes")?;
+            let len = sections.peek_len("gap bits")?;
+            // At most 31 low bits per gap: bound the length before allocating.
+            if len > nnz.saturating_mul(4) + 8 {
+                return Err(Error::corrupt(
+                    "gap bits section longer than its chunk allows",
+                ));
+            }
+            let bytes = sections.next(len, "gap bits")?;
+            let mut r = BitReader::new(&bytes);
+            let mut pos = Vec::with_capacity(nnz);
+            let mut prev = -1i64;
+            for &l in classes.iter() {
+                if !(1..=32).contains(&l) {
+                    return Err(Error::corrupt("gap class out of range"));
+                }
+                let g = (1u64 << (l - 1)) | r.read(u32::from(l) - 1)?;
+                let p = prev + g as i64;
+                if p >= n as i64 {
+                    return Err(Error::corrupt("changed position past the end of the chunk"));
+                }
+                pos.push(p as u32);
+                prev = p;
+            }
+            r.expect_end()?;
+            Some(pos)
+        }
         Positions::Bitmap => {
             let bytes = sections.next(n.div_ceil(8), "bitmap")?;
             let mut pos = Vec::with_capacity(nnz);
@@ -624,4 +721,131 @@ pub fn decode_chunk(
         Some(pos) => transform::inverse_sparse(c.transform, width, pos, &views, reference, out),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    fn round_trip(
+        cur: &[u8],
+        reference: Option<&[u8]>,
+        width: usize,
+        family: Family,
+    ) -> ChunkCoding {
+        let (coding, payload) = encode_chunk(
+            cur,
+            reference,
+            ChunkParams {
+                width,
+                family,
+                level: 3,
+            },
+        )
+        .unwrap();
+        assert!(
+            payload.len() <= cur.len(),
+            "payload longer than the raw chunk"
+        );
+        let mut out = vec![0u8; cur.len()];
+        decode_chunk(&coding, &payload, reference, &mut out).unwrap();
+        assert!(out == cur, "{coding:?} does not round-trip");
+        coding
+    }
+
+    /// Patterns of changes: long gaps, random gaps, runs, all changed, none.
+    fn patterns() -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut next = rng(7);
+        let n = 50_000;
+        let reference: Vec<u8> = (0..n * 4).map(|_| next() as u8).collect();
+        let mut out = Vec::new();
+        for (period, run) in [
+            (20_000u64, 1usize),
+            (50, 1),
+            (40, 16),
+            (1, 1),
+            (u64::MAX, 1),
+        ] {
+            let mut cur = reference.clone();
+            let mut i = 0;
+            while i < n {
+                if next() % period == 0 {
+                    for k in i..(i + run).min(n) {
+                        cur[k * 4 + (next() % 4) as usize] ^= (next() as u8) | 1;
+                    }
+                    i += run;
+                } else {
+                    i += 1;
+                }
+            }
+            out.push((reference.clone(), cur));
+        }
+        out
+    }
+
+    #[test]
+    fn every_positions_coding_round_trips_on_every_pattern() {
+        for (reference, cur) in patterns() {
+            for force in [
+                Positions::Dense,
+                Positions::Gaps,
+                Positions::Bitmap,
+                Positions::Classes,
+            ] {
+                let params = ChunkParams {
+                    width: 4,
+                    family: Family::Float,
+                    level: 3,
+                };
+                let (coding, payload) =
+                    encode_chunk_with(&cur, Some(&reference), params, Some(force)).unwrap();
+                assert_eq!(coding.positions, force);
+                let mut out = vec![0u8; cur.len()];
+                decode_chunk(&coding, &payload, Some(&reference), &mut out).unwrap();
+                assert!(out == cur, "{coding:?} does not round-trip");
+            }
+        }
+    }
+
+    /// The encoder's own choice. Random changes cost least as entropy-coded
+    /// dense planes (the zeros of a plane code the positions at their
+    /// entropy); clustered ones as gap classes; no change at all as an empty
+    /// Elias-delta stream.
+    #[test]
+    fn chosen_codings_round_trip() {
+        let mut seen = Vec::new();
+        for (reference, cur) in patterns() {
+            seen.push(round_trip(&cur, Some(&reference), 4, Family::Float).positions);
+        }
+        assert_eq!(seen[4], Positions::Gaps, "{seen:?}");
+        assert_eq!(seen[2], Positions::Classes, "{seen:?}");
+        assert!(seen.contains(&Positions::Classes), "{seen:?}");
+        assert!(seen.contains(&Positions::Dense), "{seen:?}");
+    }
+
+    #[test]
+    fn identical_and_unrelated_chunks() {
+        let mut next = rng(3);
+        let a: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
+        let b: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
+        let same = round_trip(&a, Some(&a), 4, Family::Float);
+        assert_eq!(same.nnz, 0);
+        let other = round_trip(&b, Some(&a), 4, Family::Float);
+        assert_eq!(
+            other.codec,
+            Codec::Stored,
+            "random data is stored, not expanded"
+        );
+        round_trip(&b, None, 8, Family::Float);
+    }
 }
