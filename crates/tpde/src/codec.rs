@@ -305,6 +305,11 @@ impl<'a> Sections<'a> {
             .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
         let data = match coding {
             SECTION_RAW if stored_len == raw_len => Cow::Borrowed(body),
+            _ if raw_len == 0 => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: an empty section must be raw"
+                )))
+            }
             SECTION_CONST if stored_len == 1 => Cow::Owned(vec![body[0]; len]),
             SECTION_ZSTD => {
                 let mut out = vec![0u8; len];
@@ -717,7 +722,13 @@ pub fn decode_chunk(
     }
     let views: Vec<&[u8]> = planes.iter().map(|p| &p[..]).collect();
     match &pos {
-        None => transform::inverse_planes(c.transform, width, &views, reference, out),
+        None => {
+            if transform::inverse_planes(c.transform, width, &views, reference, out) != c.nnz {
+                return Err(Error::corrupt(
+                    "changed count differs from the chunk's values",
+                ));
+            }
+        }
         Some(pos) => transform::inverse_sparse(c.transform, width, pos, &views, reference, out),
     }
     Ok(())

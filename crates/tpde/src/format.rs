@@ -386,6 +386,7 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
                     "delta chunk in a tensor without reference data",
                 ));
             }
+            check_coding(&c)?;
             total = total
                 .checked_add(u64::from(c.raw_len))
                 .ok_or_else(|| Error::corrupt("chunk lengths overflow"))?;
@@ -413,6 +414,39 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
         header_block,
         tensors,
     })
+}
+
+/// Checks that a chunk's coding fields agree with each other and its length.
+fn check_coding(c: &ChunkEntry) -> Result<()> {
+    let k = &c.coding;
+    let width = u32::from(k.width);
+    if !matches!(width, 1 | 2 | 4 | 8) || c.raw_len % width != 0 {
+        return Err(Error::corrupt(format!(
+            "chunk of {} bytes with element width {width}",
+            c.raw_len
+        )));
+    }
+    let elements = u64::from(c.raw_len / width);
+    let ok = match k.codec {
+        Codec::Stored | Codec::Zstd => {
+            width == 1
+                && k.transform == Transform::None
+                && k.positions == Positions::Dense
+                && k.nnz == elements
+        }
+        Codec::Planes => k.transform == Transform::None && k.nnz <= elements,
+        Codec::Delta => k.transform != Transform::None && k.nnz <= elements,
+    };
+    if !ok {
+        return Err(Error::corrupt(format!(
+            "chunk fields disagree: {} codec, {} transform, {} positions, width {width}, {} of {elements} elements changed",
+            k.codec.name(),
+            k.transform.name(),
+            k.positions.name(),
+            k.nnz
+        )));
+    }
+    Ok(())
 }
 
 fn tensor_views(index: &Index) -> Result<Vec<TensorView>> {

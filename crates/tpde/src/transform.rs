@@ -357,14 +357,15 @@ fn fwd_planes<U: Word, const W: usize, const T: u8>(
 }
 
 /// Undoes [`forward_planes`]: rebuilds the original elements from the byte
-/// planes of every transformed element, in one pass.
+/// planes of every transformed element, in one pass. Returns the number of
+/// non-zero transformed elements.
 pub fn inverse_planes(
     t: Transform,
     width: usize,
     planes: &[&[u8]],
     reference: &[u8],
     out: &mut [u8],
-) {
+) -> u64 {
     macro_rules! go {
         ($u:ty, $w:literal) => {{
             let p: [&[u8]; $w] = std::array::from_fn(|k| planes[k]);
@@ -389,9 +390,10 @@ fn inv_planes<U: Word, const W: usize, const T: u8>(
     p: [&[u8]; W],
     reference: &[u8],
     out: &mut [u8],
-) {
+) -> u64 {
     let t = transform_of::<T>();
     let n = out.len() / W;
+    let mut count = 0u64;
     let mut v = [U::default(); BLOCK];
     let mut start = 0;
     while start < n {
@@ -402,6 +404,7 @@ fn inv_planes<U: Word, const W: usize, const T: u8>(
                 *x = x.or_byte(b, k);
             }
         }
+        count += v[..len].iter().filter(|x| !x.is_zero()).count() as u64;
         let o = &mut out[start * W..(start + len) * W];
         if T == 0 {
             for (x, e) in v.iter().zip(o.chunks_exact_mut(W)) {
@@ -415,6 +418,7 @@ fn inv_planes<U: Word, const W: usize, const T: u8>(
         }
         start += len;
     }
+    count
 }
 
 /// Rebuilds the original elements of a sparse chunk: every element is its
@@ -573,7 +577,7 @@ mod tests {
                 let n = cur.len() / width;
                 let views: Vec<&[u8]> = planes.chunks(n).collect();
                 let mut back = vec![0; cur.len()];
-                inverse_planes(t, width, &views, &r, &mut back);
+                assert_eq!(inverse_planes(t, width, &views, &r, &mut back), nnz);
                 assert_eq!(back, cur);
                 // Sparse: the non-zero elements only.
                 let pos: Vec<u32> = (0..n as u32)

@@ -7,12 +7,17 @@ use sha2::{Digest, Sha256};
 const CUR_SHA256: &str = "a9e748739b2e1903196d53b3b60e0c44f015c0df000f560d4745e3a67128b982";
 
 fn read(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/v1")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 #[test]
@@ -45,6 +50,12 @@ fn v1_delta_decodes_byte_for_byte() {
 
 #[test]
 fn v1_delta_refuses_the_wrong_reference() {
-    let err = tpde::decode(&read("delta.tpde"), Some(&read("cur.safetensors")), &mut Vec::new(), None).unwrap_err();
+    let err = tpde::decode(
+        &read("delta.tpde"),
+        Some(&read("cur.safetensors")),
+        &mut Vec::new(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, tpde::Error::WrongReference { .. }), "{err}");
 }

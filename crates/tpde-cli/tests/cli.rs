@@ -1,0 +1,598 @@
+//! The `tpde` binary end to end: round trips, inspect, bench, and errors
+//! (exit code 2, a message naming the problem, no output file left behind,
+//! inputs never overwritten).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn sha256_file(p: &Path) -> String {
+    sha256(&std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())))
+}
+
+/// A safetensors file of F32 tensors (name, values), header padded with
+/// spaces to a multiple of 8, data in the given order.
+fn safetensors(tensors: &[(&str, Vec<f32>)]) -> Vec<u8> {
+    let mut entries = vec![r#""__metadata__":{"format":"pt"}"#.to_string()];
+    let mut offset = 0;
+    for (name, values) in tensors {
+        let end = offset + 4 * values.len();
+        entries.push(format!(
+            r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{offset},{end}]}}"#,
+            values.len()
+        ));
+        offset = end;
+    }
+    let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&header);
+    for (_, values) in tensors {
+        for v in values {
+            file.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    file
+}
+
+/// Checkpoint `step` of a tiny "training run": weights drift a little each step.
+fn checkpoint(step: u32) -> Vec<u8> {
+    let mut seed = 0x1234_5678u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut w: Vec<f32> = (0..3000)
+        .map(|_| (next() % 20001) as f32 / 1e6 - 0.01)
+        .collect();
+    let b: Vec<f32> = (0..64).map(|i| i as f32 * 0.5 + step as f32).collect();
+    for s in 1..=step {
+        for (i, x) in w.iter_mut().enumerate() {
+            if (i as u32 + s) % 7 == 0 {
+                *x += 1e-5 * s as f32;
+            }
+        }
+    }
+    safetensors(&[("layer.weight", w), ("layer.bias", b)])
+}
+
+fn tpde() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tpde"))
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    tpde()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running tpde")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = run(dir, args);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "tpde {args:?} failed ({:?}):\n{out}\n{err}",
+        o.status
+    );
+    out
+}
+
+/// Names in a folder.
+fn listing(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Runs a command that must fail: exit code 2, "tpde: error:" with `needles`
+/// (any one of them, case-insensitively) on stderr, `output` not created, and
+/// nothing else left in the folder.
+fn fails(dir: &Path, args: &[&str], needles: &[&str], output: Option<&str>) -> String {
+    let before = listing(dir);
+    let o = run(dir, args);
+    let (out, err) = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "tpde {args:?} should exit with 2:\n{out}\n{err}"
+    );
+    assert!(err.contains("tpde: error:"), "{err}");
+    let lower = err.to_lowercase();
+    assert!(
+        needles.iter().any(|n| lower.contains(&n.to_lowercase())),
+        "tpde {args:?}: stderr should mention one of {needles:?}:\n{err}"
+    );
+    if let Some(out_path) = output {
+        assert!(
+            !dir.join(out_path).exists(),
+            "tpde {args:?} left its output {out_path} behind"
+        );
+    }
+    assert_eq!(
+        listing(dir),
+        before,
+        "tpde {args:?} left files behind (temporary files?)"
+    );
+    err
+}
+
+struct Setup {
+    dir: TempDir,
+}
+
+impl Setup {
+    /// A folder with three checkpoints.
+    fn new() -> Setup {
+        let dir = TempDir::new().unwrap();
+        for step in [1, 2, 3] {
+            std::fs::write(
+                dir.path().join(format!("ckpt-{step}.safetensors")),
+                checkpoint(step),
+            )
+            .unwrap();
+        }
+        Setup { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn keyframe_round_trip() {
+    let s = Setup::new();
+    let out = ok(
+        s.path(),
+        &["encode", "ckpt-1.safetensors", "-o", "ckpt-1.tpde"],
+    );
+    assert!(out.contains("keyframe"), "{out}");
+    assert!(out.contains("ratio"), "{out}");
+    let out = ok(
+        s.path(),
+        &["decode", "ckpt-1.tpde", "-o", "back.safetensors"],
+    );
+    assert!(out.contains("verified"), "{out}");
+    assert_eq!(
+        sha256_file(&s.file("back.safetensors")),
+        sha256_file(&s.file("ckpt-1.safetensors"))
+    );
+}
+
+#[test]
+fn delta_round_trip() {
+    let s = Setup::new();
+    let out = ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "ckpt-2.tpde",
+        ],
+    );
+    assert!(out.contains("delta"), "{out}");
+    assert!(out.contains("changed elements"), "{out}");
+    ok(
+        s.path(),
+        &[
+            "decode",
+            "ckpt-2.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "back.safetensors",
+        ],
+    );
+    assert_eq!(
+        sha256_file(&s.file("back.safetensors")),
+        sha256_file(&s.file("ckpt-2.safetensors"))
+    );
+    // The delta is smaller than the keyframe.
+    ok(
+        s.path(),
+        &["encode", "ckpt-2.safetensors", "-o", "key.tpde"],
+    );
+    let delta = std::fs::metadata(s.file("ckpt-2.tpde")).unwrap().len();
+    let key = std::fs::metadata(s.file("key.tpde")).unwrap().len();
+    assert!(delta < key, "delta {delta} bytes, keyframe {key} bytes");
+    // Absolute paths and coding options work too.
+    let abs_out = s.file("abs.tpde");
+    ok(
+        s.path(),
+        &[
+            "encode",
+            s.file("ckpt-3.safetensors").to_str().unwrap(),
+            "--ref",
+            s.file("ckpt-2.safetensors").to_str().unwrap(),
+            "-o",
+            abs_out.to_str().unwrap(),
+            "--level",
+            "1",
+            "--chunk-kib",
+            "1",
+            "-j",
+            "1",
+        ],
+    );
+    ok(
+        s.path(),
+        &[
+            "decode",
+            abs_out.to_str().unwrap(),
+            "--ref",
+            "ckpt-2.safetensors",
+            "-o",
+            "back3.safetensors",
+        ],
+    );
+    assert_eq!(
+        sha256_file(&s.file("back3.safetensors")),
+        sha256_file(&s.file("ckpt-3.safetensors"))
+    );
+}
+
+#[test]
+fn inspect_lists_tensors() {
+    let s = Setup::new();
+    ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+        ],
+    );
+    ok(s.path(), &["encode", "ckpt-1.safetensors", "-o", "k.tpde"]);
+    for f in ["d.tpde", "k.tpde"] {
+        let out = ok(s.path(), &["inspect", f]);
+        for needle in ["layer.weight", "layer.bias", "ratio", "F32"] {
+            assert!(out.contains(needle), "inspect {f}: no {needle:?} in\n{out}");
+        }
+    }
+    let out = ok(s.path(), &["inspect", "k.tpde"]);
+    assert!(out.contains("keyframe"), "{out}");
+}
+
+#[test]
+fn bench_table_and_json() {
+    let s = Setup::new();
+    // A file that is not a checkpoint is ignored.
+    std::fs::write(s.file("notes.txt"), "hello").unwrap();
+    let out = ok(s.path(), &["bench", "."]);
+    assert!(out.contains("ratio"), "{out}");
+    for step in [1, 2, 3] {
+        assert!(out.contains(&format!("ckpt-{step}.safetensors")), "{out}");
+    }
+    assert!(out.contains("(key)"), "{out}");
+    assert!(!out.contains("notes.txt"), "{out}");
+
+    let out = ok(s.path(), &["bench", ".", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench --json prints JSON");
+    let rows = v.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 3);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["file"], format!("ckpt-{}.safetensors", i + 1));
+        assert_eq!(row["keyframe"], i == 0);
+        let ratio = row["ratio"].as_f64().expect("a numeric ratio");
+        assert!(ratio > 0.0, "{row}");
+        assert!(row["zstd3_ratio"].as_f64().is_some(), "{row}");
+    }
+    assert!(rows[0]["changed_fraction"].is_null());
+    assert!(rows[1]["changed_fraction"].as_f64().is_some());
+}
+
+#[test]
+fn bench_sorts_names_naturally() {
+    let dir = TempDir::new().unwrap();
+    for step in [10, 2, 1] {
+        std::fs::write(
+            dir.path().join(format!("step-{step}.safetensors")),
+            checkpoint(step),
+        )
+        .unwrap();
+    }
+    let out = ok(dir.path(), &["bench", ".", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let files: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "step-1.safetensors",
+            "step-2.safetensors",
+            "step-10.safetensors"
+        ]
+    );
+}
+
+#[test]
+fn wrong_reference() {
+    let s = Setup::new();
+    ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+        ],
+    );
+    let err = fails(
+        s.path(),
+        &[
+            "decode",
+            "d.tpde",
+            "--ref",
+            "ckpt-3.safetensors",
+            "-o",
+            "out.safetensors",
+        ],
+        &["wrong reference"],
+        Some("out.safetensors"),
+    );
+    assert!(err.contains("digest"), "{err}");
+    // No reference at all.
+    fails(
+        s.path(),
+        &["decode", "d.tpde", "-o", "out.safetensors"],
+        &["--ref", "reference"],
+        Some("out.safetensors"),
+    );
+}
+
+#[test]
+fn not_safetensors() {
+    let s = Setup::new();
+    std::fs::write(s.file("junk.safetensors"), b"this is not a checkpoint").unwrap();
+    fails(
+        s.path(),
+        &["encode", "junk.safetensors", "-o", "junk.tpde"],
+        &["not a valid safetensors"],
+        Some("junk.tpde"),
+    );
+    fails(
+        s.path(),
+        &[
+            "encode",
+            "junk.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "junk.tpde",
+        ],
+        &["not a valid safetensors"],
+        Some("junk.tpde"),
+    );
+    // A reference that is not safetensors.
+    fails(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "junk.safetensors",
+            "-o",
+            "x.tpde",
+        ],
+        &["not a valid safetensors"],
+        Some("x.tpde"),
+    );
+    // An input that does not exist.
+    fails(
+        s.path(),
+        &["encode", "missing.safetensors", "-o", "m.tpde"],
+        &["missing.safetensors"],
+        Some("m.tpde"),
+    );
+}
+
+#[test]
+fn truncated_or_foreign_tpde() {
+    let s = Setup::new();
+    ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+        ],
+    );
+    let full = std::fs::read(s.file("d.tpde")).unwrap();
+    for len in [0, 5, 16, 47, full.len() / 2, full.len() - 1] {
+        std::fs::write(s.file("cut.tpde"), &full[..len]).unwrap();
+        fails(
+            s.path(),
+            &[
+                "decode",
+                "cut.tpde",
+                "--ref",
+                "ckpt-1.safetensors",
+                "-o",
+                "out.safetensors",
+            ],
+            &["truncated", "corrupt"],
+            Some("out.safetensors"),
+        );
+        fails(
+            s.path(),
+            &["inspect", "cut.tpde"],
+            &["truncated", "corrupt"],
+            None,
+        );
+    }
+    // One flipped bit in a payload.
+    let mut flipped = full.clone();
+    flipped[20] ^= 0x10;
+    std::fs::write(s.file("flip.tpde"), &flipped).unwrap();
+    fails(
+        s.path(),
+        &[
+            "decode",
+            "flip.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "out.safetensors",
+        ],
+        &["corrupt", "checksum"],
+        Some("out.safetensors"),
+    );
+    // A safetensors file given as a .tpde file.
+    fails(
+        s.path(),
+        &["decode", "ckpt-1.safetensors", "-o", "out.safetensors"],
+        &["not a .tpde file"],
+        Some("out.safetensors"),
+    );
+    fails(
+        s.path(),
+        &["inspect", "ckpt-1.safetensors"],
+        &["not a .tpde file"],
+        None,
+    );
+}
+
+/// A failed decode leaves an existing output file as it was.
+#[test]
+fn failure_keeps_an_existing_output() {
+    let s = Setup::new();
+    ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+        ],
+    );
+    std::fs::write(s.file("out.safetensors"), b"previous contents").unwrap();
+    fails(
+        s.path(),
+        &[
+            "decode",
+            "d.tpde",
+            "--ref",
+            "ckpt-3.safetensors",
+            "-o",
+            "out.safetensors",
+        ],
+        &["wrong reference"],
+        None,
+    );
+    assert_eq!(
+        std::fs::read(s.file("out.safetensors")).unwrap(),
+        b"previous contents"
+    );
+}
+
+#[test]
+fn output_equal_to_an_input_is_refused() {
+    let s = Setup::new();
+    ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+        ],
+    );
+    let inputs = [
+        "ckpt-1.safetensors",
+        "ckpt-2.safetensors",
+        "ckpt-3.safetensors",
+        "d.tpde",
+    ];
+    let before: Vec<String> = inputs.iter().map(|f| sha256_file(&s.file(f))).collect();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["encode", "ckpt-2.safetensors", "-o", "ckpt-2.safetensors"],
+        vec!["encode", "ckpt-2.safetensors", "-o", "./ckpt-2.safetensors"],
+        vec![
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "ckpt-1.safetensors",
+        ],
+        vec![
+            "decode",
+            "d.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+        ],
+        vec![
+            "decode",
+            "d.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "ckpt-1.safetensors",
+        ],
+    ];
+    for args in cases {
+        fails(s.path(), &args, &["input"], None);
+        let after: Vec<String> = inputs.iter().map(|f| sha256_file(&s.file(f))).collect();
+        assert_eq!(after, before, "tpde {args:?} changed an input");
+    }
+}
+
+#[test]
+fn bench_of_an_empty_folder_fails() {
+    let dir = TempDir::new().unwrap();
+    fails(
+        dir.path(),
+        &["bench", "."],
+        &["no .safetensors files"],
+        None,
+    );
+}
