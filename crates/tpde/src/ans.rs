@@ -11,23 +11,25 @@
 //!   list:   u8 m-1, then m x (u8 symbol, varint freq), symbols increasing
 //!   bitmap: 32 bytes (bit s%8 of byte s/8 set when symbol s is present),
 //!           then a varint freq per present symbol, in increasing order
-//! u32 state0, u32 state1     initial decoder states, each in [L, 256 L)
-//! bytes                      renormalization bytes, read forward
+//! 4 x u32 states             initial decoder states, each in [L, 2^32)
+//! u16 words                  renormalization words, read forward
 //! ```
 //!
 //! Frequencies are LEB128 varints, each >= 1, summing to 2^SCALE_BITS.
-//!
-//! Symbols at even positions use state 0, odd positions state 1 (two
-//! interleaved states for instruction-level parallelism). After the last
-//! symbol both states are back at `L` and every byte has been read; the
-//! decoder checks both.
+//! Symbol i uses state i mod 4 (four interleaved states for
+//! instruction-level parallelism); a state below L after a symbol takes one
+//! 16-bit word. After the last symbol every state is back at `L` and every
+//! word has been read; the decoder checks both.
 
 use crate::error::{Error, Result};
 
-const SCALE_BITS: u32 = 14;
+const SCALE_BITS: u32 = 12;
 const TOTAL: u32 = 1 << SCALE_BITS;
+const MASK: u32 = TOTAL - 1;
 /// Lower bound of the state interval.
-const L: u32 = 1 << 23;
+const L: u32 = 1 << 16;
+/// Interleaved states.
+const STATES: usize = 4;
 
 /// Frequencies of the symbols, normalized to sum to `TOTAL`, every present
 /// symbol at least 1.
@@ -113,24 +115,28 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
         *s = acc;
         acc += f;
     }
-    // Renormalization bytes are produced back to front.
-    let mut rev: Vec<u8> = Vec::with_capacity(data.len() / 2 + 16);
-    let mut states = [L, L];
+    // Renormalization words are produced back to front.
+    let mut rev: Vec<u16> = Vec::with_capacity(data.len() / 4 + 16);
+    let mut states = [L; STATES];
     for (i, &b) in data.iter().enumerate().rev() {
-        let x = &mut states[i & 1];
+        let x = &mut states[i % STATES];
         let f = freq[b as usize];
-        let x_max = ((L >> SCALE_BITS) << 8) * f;
-        while *x >= x_max {
-            rev.push(*x as u8);
-            *x >>= 8;
+        // x stays below 2^32 after coding: x < (L >> SCALE_BITS << 16) * f.
+        let x_max = (u64::from(L >> SCALE_BITS) << 16) * u64::from(f);
+        if u64::from(*x) >= x_max {
+            rev.push(*x as u16);
+            *x >>= 16;
         }
         *x = ((*x / f) << SCALE_BITS) + (*x % f) + start[b as usize];
     }
-    let mut out = Vec::with_capacity(64 + rev.len());
+    let mut out = Vec::with_capacity(64 + 2 * rev.len());
     write_table(&freq, &mut out);
-    out.extend_from_slice(&states[0].to_le_bytes());
-    out.extend_from_slice(&states[1].to_le_bytes());
-    out.extend(rev.iter().rev());
+    for x in states {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    for w in rev.iter().rev() {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
     out
 }
 
@@ -234,40 +240,56 @@ fn corrupt(msg: &str) -> Error {
 /// Decodes a stream of [`encode`] into exactly `out.len()` bytes.
 pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
     let (freq, mut pos) = read_table(src)?;
-    // Slot -> (symbol, freq, start), packed for one lookup per symbol.
-    let mut slots = vec![(0u8, 0u32, 0u32); TOTAL as usize];
+    // Slot -> symbol (bits 24..32), freq - 1 (bits 12..24), slot - start (bits 0..12):
+    // one 16 KiB table, one lookup per symbol.
+    let mut slots = vec![0u32; TOTAL as usize];
     let mut acc = 0u32;
     for (s, &f) in freq.iter().enumerate() {
-        for slot in &mut slots[acc as usize..(acc + f) as usize] {
-            *slot = (s as u8, f, acc);
+        for (k, slot) in slots[acc as usize..(acc + f) as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            *slot = (s as u32) << 24 | (f - 1) << 12 | k as u32;
         }
         acc += f;
     }
-    let state = |p: usize| -> Result<u32> {
-        let b = src.get(p..p + 4).ok_or_else(|| corrupt("states missing"))?;
-        let x = u32::from_le_bytes(b.try_into().expect("4"));
-        if !(L..L << 8).contains(&x) {
+    let mut states = [0u32; STATES];
+    for x in &mut states {
+        let b = src
+            .get(pos..pos + 4)
+            .ok_or_else(|| corrupt("states missing"))?;
+        *x = u32::from_le_bytes(b.try_into().expect("4"));
+        if *x < L {
             return Err(corrupt("state out of range"));
         }
-        Ok(x)
-    };
-    let mut states = [state(pos)?, state(pos + 4)?];
-    pos += 8;
-    let bytes = &src[pos..];
+        pos += 4;
+    }
+    let words = &src[pos..];
+    if words.len() % 2 != 0 {
+        return Err(corrupt("odd number of renormalization bytes"));
+    }
     let mut at = 0usize;
-    let mask = TOTAL - 1;
-    for (i, o) in out.iter_mut().enumerate() {
-        let x = &mut states[i & 1];
-        let (s, f, st) = slots[(*x & mask) as usize];
-        *o = s;
-        *x = f * (*x >> SCALE_BITS) + (*x & mask) - st;
-        while *x < L {
-            let &b = bytes.get(at).ok_or_else(|| corrupt("ends early"))?;
-            *x = (*x << 8) | u32::from(b);
-            at += 1;
+    let mut step = |x: &mut u32, o: &mut u8| -> Result<()> {
+        let e = slots[(*x & MASK) as usize];
+        *o = (e >> 24) as u8;
+        *x = ((e >> 12 & MASK) + 1) * (*x >> SCALE_BITS) + (e & MASK);
+        if *x < L {
+            let w = words.get(at..at + 2).ok_or_else(|| corrupt("ends early"))?;
+            *x = *x << 16 | u32::from(u16::from_le_bytes([w[0], w[1]]));
+            at += 2;
+        }
+        Ok(())
+    };
+    let mut blocks = out.chunks_exact_mut(STATES);
+    for block in &mut blocks {
+        for (x, o) in states.iter_mut().zip(block.iter_mut()) {
+            step(x, o)?;
         }
     }
-    if states != [L, L] || at != bytes.len() {
+    for (x, o) in states.iter_mut().zip(blocks.into_remainder()) {
+        step(x, o)?;
+    }
+    if states != [L; STATES] || at != words.len() {
         return Err(corrupt("final state or length mismatch"));
     }
     Ok(())
