@@ -107,28 +107,78 @@ pub fn histogram(data: &[u8]) -> [u64; 256] {
 
 /// Codes `data` (not empty).
 pub fn encode(data: &[u8]) -> Vec<u8> {
+    encode_with(data, &histogram(data))
+}
+
+/// Per-symbol constants of the encoder: the division by the frequency is a
+/// multiplication by a precomputed reciprocal.
+#[derive(Clone, Copy, Default)]
+struct EncSym {
+    freq: u32,
+    start: u32,
+    /// Renormalize while x >= x_max.
+    x_max: u64,
+    /// ceil(2^(32+l) / freq) with l = ceil(log2 freq): exact quotients for
+    /// every 32-bit x (Granlund and Montgomery, 1994, theorem 4.2).
+    rcp: u64,
+    shift: u32,
+}
+
+impl EncSym {
+    fn new(freq: u32, start: u32) -> Self {
+        let l = 32 - (freq.max(1) - 1).leading_zeros(); // ceil(log2 freq)
+        let shift = 32 + l;
+        EncSym {
+            freq,
+            start,
+            // x stays below 2^32 after coding: x < (L >> SCALE_BITS << 16) * freq.
+            x_max: (u64::from(L >> SCALE_BITS) << 16) * u64::from(freq),
+            rcp: ((1u128 << shift).div_ceil(u128::from(freq.max(1)))) as u64,
+            shift,
+        }
+    }
+
+    #[inline(always)]
+    fn quotient(&self, x: u32) -> u32 {
+        ((u128::from(x) * u128::from(self.rcp)) >> self.shift) as u32
+    }
+}
+
+/// Codes `data` (not empty) whose histogram is `hist`.
+pub fn encode_with(data: &[u8], hist: &[u64; 256]) -> Vec<u8> {
     debug_assert!(!data.is_empty());
-    let freq = normalize(&histogram(data));
-    let mut start = [0u32; 256];
+    let freq = normalize(hist);
+    let mut syms = [EncSym::default(); 256];
     let mut acc = 0;
-    for (s, &f) in start.iter_mut().zip(&freq) {
-        *s = acc;
+    for (e, &f) in syms.iter_mut().zip(&freq) {
+        *e = EncSym::new(f, acc);
         acc += f;
     }
-    // Renormalization words are produced back to front.
+    // Renormalization words are produced back to front; symbol i goes to
+    // state i mod 4, so the tail beyond whole blocks of four is coded first.
     let mut rev: Vec<u16> = Vec::with_capacity(data.len() / 4 + 16);
-    let mut states = [L; STATES];
-    for (i, &b) in data.iter().enumerate().rev() {
-        let x = &mut states[i % STATES];
-        let f = freq[b as usize];
-        // x stays below 2^32 after coding: x < (L >> SCALE_BITS << 16) * f.
-        let x_max = (u64::from(L >> SCALE_BITS) << 16) * u64::from(f);
-        if u64::from(*x) >= x_max {
+    #[inline(always)]
+    fn put(x: &mut u32, e: &EncSym, rev: &mut Vec<u16>) {
+        if u64::from(*x) >= e.x_max {
             rev.push(*x as u16);
             *x >>= 16;
         }
-        *x = ((*x / f) << SCALE_BITS) + (*x % f) + start[b as usize];
+        let q = e.quotient(*x);
+        *x = (q << SCALE_BITS) + (*x - q * e.freq) + e.start;
     }
+    let mut states = [L; STATES];
+    let whole = data.len() / STATES * STATES;
+    for i in (whole..data.len()).rev() {
+        put(&mut states[i % STATES], &syms[data[i] as usize], &mut rev);
+    }
+    let [mut s0, mut s1, mut s2, mut s3] = states;
+    for b in data[..whole].chunks_exact(STATES).rev() {
+        put(&mut s3, &syms[b[3] as usize], &mut rev);
+        put(&mut s2, &syms[b[2] as usize], &mut rev);
+        put(&mut s1, &syms[b[1] as usize], &mut rev);
+        put(&mut s0, &syms[b[0] as usize], &mut rev);
+    }
+    let states = [s0, s1, s2, s3];
     let mut out = Vec::with_capacity(64 + 2 * rev.len());
     write_table(&freq, &mut out);
     for x in states {
@@ -331,6 +381,29 @@ mod tests {
         assert!(size <= est + est / 50, "{size} vs estimate {est}");
         // Entropy: H(0.9) + 0.1 log2(10) = 0.80 bits per byte.
         assert!(size < data.len() / 9, "{size}");
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        let mut xs: Vec<u32> = vec![0, 1, u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) - 1];
+        let mut r = 0x1234_5678_9abc_def0u64;
+        for _ in 0..2000 {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            xs.push(r as u32);
+        }
+        for f in 1..=TOTAL {
+            let e = EncSym::new(f, 0);
+            for &x in &xs {
+                assert_eq!(e.quotient(x), x / f, "{x} / {f}");
+            }
+            // Around multiples of f near the top of the range.
+            let top = u32::MAX - u32::MAX % f;
+            for x in [top, top - 1, top.wrapping_sub(f), top - f + 1] {
+                assert_eq!(e.quotient(x), x / f, "{x} / {f}");
+            }
+        }
     }
 
     #[test]

@@ -109,6 +109,8 @@ const SECTION_CONST: u8 = 2;
 const SECTION_RANS: u8 = 3;
 /// Sections shorter than this are not worth a rANS frequency table.
 const RANS_MIN: usize = 256;
+/// Bytes of a long section that zstd is tried on to predict its full size.
+const PROBE: usize = 64 << 10;
 /// Bytes of a section head.
 const SECTION_HEAD: usize = 9;
 /// Elements sampled to choose a transform and estimate costs.
@@ -132,70 +134,81 @@ fn entropy(hist: &[u64; 256]) -> f64 {
         .sum()
 }
 
-/// Histograms of each byte plane over a sample of transformed elements.
+/// Order-0 statistics of the byte planes of a sample of transformed elements.
 struct Sample {
-    /// Per plane, histograms over all sampled elements.
-    hist: Vec<[u64; 256]>,
-    /// How many sampled elements are zero.
-    zeros: u64,
+    /// Per plane, the entropy in bits per element with every sampled element
+    /// (dense) and with the all-zero elements left out (sparse).
+    dense: Vec<f64>,
+    sparse: Vec<f64>,
+}
+
+/// The elements a sample looks at, gathered into contiguous buffers once and
+/// shared by every candidate transform.
+struct Sampled {
+    cur: Vec<u8>,
+    reference: Vec<u8>,
+}
+
+impl Sampled {
+    fn gather(width: usize, cur: &[u8], reference: &[u8]) -> Sampled {
+        let n = cur.len() / width;
+        if n <= SAMPLE {
+            return Sampled {
+                cur: cur.to_vec(),
+                reference: reference.to_vec(),
+            };
+        }
+        let stride = n.div_ceil(SAMPLE);
+        let pick = |src: &[u8]| -> Vec<u8> {
+            if src.is_empty() {
+                return Vec::new();
+            }
+            let mut v = Vec::with_capacity(SAMPLE * width);
+            for e in src.chunks_exact(width).step_by(stride) {
+                v.extend_from_slice(e);
+            }
+            v
+        };
+        Sampled {
+            cur: pick(cur),
+            reference: pick(reference),
+        }
+    }
 }
 
 impl Sample {
-    fn take(t: Transform, width: usize, cur: &[u8], reference: &[u8]) -> Sample {
-        let n = cur.len() / width;
-        let stride = n.div_ceil(SAMPLE).max(1);
-        let mut hist = vec![[0u64; 256]; width];
-        let mut zeros = 0;
-        let mut out = [0u8; 8];
-        let mut i = 0;
-        while i < n {
-            let r = if t == Transform::None {
-                &[][..]
-            } else {
-                &reference[i * width..(i + 1) * width]
-            };
-            transform::forward(
-                t,
-                width,
-                &cur[i * width..(i + 1) * width],
-                r,
-                &mut out[..width],
-            );
-            let mut zero = true;
-            for k in 0..width {
-                hist[k][out[k] as usize] += 1;
-                zero &= out[k] == 0;
-            }
-            zeros += u64::from(zero);
-            i += stride;
+    fn take(t: Transform, width: usize, s: &Sampled) -> Sample {
+        let mut planes = vec![0u8; s.cur.len()];
+        let nnz = transform::forward_planes(t, width, &s.cur, &s.reference, &mut planes);
+        let m = s.cur.len() / width;
+        let zeros = (m as u64).saturating_sub(nnz);
+        let (mut dense, mut sparse) = (Vec::with_capacity(width), Vec::with_capacity(width));
+        for plane in planes.chunks_exact(m.max(1)) {
+            let mut h = ans::histogram(plane);
+            dense.push(entropy(&h));
+            h[0] -= zeros;
+            sparse.push(entropy(&h));
         }
-        Sample { hist, zeros }
+        Sample { dense, sparse }
     }
 
     /// Estimated bits per element of the planes with all elements (dense).
     fn dense_bits(&self) -> f64 {
-        self.hist.iter().map(entropy).sum()
+        self.dense.iter().sum()
     }
 
     /// Estimated bits per coded element of the planes with the zeros left out.
     fn sparse_bits(&self) -> f64 {
-        self.hist
-            .iter()
-            .map(|h| {
-                let mut h = *h;
-                h[0] -= self.zeros;
-                entropy(&h)
-            })
-            .sum()
+        self.sparse.iter().sum()
     }
 
     /// Entropy of plane `k` when zeros are (`sparse`) or are not left out.
     fn plane_entropy(&self, k: usize, sparse: bool) -> f64 {
-        let mut h = self.hist[k];
         if sparse {
-            h[0] -= self.zeros;
+            self.sparse[k]
+        } else {
+            self.dense[k]
         }
-        entropy(&h)
     }
 }
 
@@ -256,17 +269,38 @@ fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) -> Result<()>
         }
     }
     if let Some(level) = level.filter(|_| data.len() > 32) {
-        let z = zstd_compress(data, level)?;
-        // rANS where it clearly beats zstd: skewed planes that zstd's
-        // Huffman codes at no less than a bit per byte.
-        if data.len() >= RANS_MIN && ans::estimate(&ans::histogram(data)) < z.len() * 97 / 100 {
-            let a = ans::encode(data);
-            if a.len() < z.len() && a.len() < data.len() {
+        // rANS codes a plane at its order-0 entropy; zstd wins only where the
+        // plane repeats itself. A long plane is probed with zstd on its first
+        // PROBE bytes, and coded in full only by the one the probe favours.
+        let hist = (data.len() >= RANS_MIN).then(|| ans::histogram(data));
+        let rans_est = hist.as_ref().map(ans::estimate);
+        let probe_says_rans = match rans_est {
+            Some(est) if data.len() >= 4 * PROBE => {
+                let z = zstd_compress(&data[..PROBE], level)?;
+                (est as f64) < 0.97 * z.len() as f64 * (data.len() / PROBE) as f64
+            }
+            _ => false,
+        };
+        let z = if probe_says_rans {
+            None
+        } else {
+            Some(zstd_compress(data, level)?)
+        };
+        let zlen = z.as_ref().map_or(usize::MAX, Vec::len);
+        if let Some(hist) =
+            hist.filter(|h| probe_says_rans || (ans::estimate(h) as f64) < zlen as f64 * 0.97)
+        {
+            let a = ans::encode_with(data, &hist);
+            if a.len() < zlen && a.len() < data.len() {
                 head(SECTION_RANS, a.len());
                 out.extend_from_slice(&a);
                 return Ok(());
             }
         }
+        let z = match z {
+            Some(z) => z,
+            None => zstd_compress(data, level)?,
+        };
         if z.len() < data.len() {
             head(SECTION_ZSTD, z.len());
             out.extend_from_slice(&z);
@@ -493,11 +527,16 @@ fn encode_chunk_with(
         });
     }
     let r = reference.unwrap_or(&[]);
+    let sampled = Sampled::gather(width, cur, r);
     let cost = |s: &Sample| s.dense_bits().min(s.sparse_bits() + 2.0);
     let (transform, sample) = candidates
         .into_iter()
-        .map(|t| (t, Sample::take(t, width, cur, r)))
-        .min_by(|a, b| cost(&a.1).total_cmp(&cost(&b.1)))
+        .map(|t| {
+            let s = Sample::take(t, width, &sampled);
+            (cost(&s), t, s)
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, t, s)| (t, s))
         .expect("at least one candidate");
 
     // 2. Transform the whole chunk straight into byte planes.
@@ -522,7 +561,19 @@ fn encode_chunk_with(
     let dense_est = n as f64 * sample.dense_bits() / 8.0;
     let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
     let mut try_dense = force.is_none_or(|f| f == Positions::Dense);
-    if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && (nnz as usize) < n) {
+    // When nearly everything changed, positions pay off only if the
+    // unchanged elements cluster; with independent positions nothing beats
+    // the entropy of the changed/unchanged pattern, so when even that floor
+    // loses to dense planes the sparse codings are skipped.
+    let p_changed = nnz as f64 / n as f64;
+    let pattern_bits = if nnz == 0 || nnz as usize == n {
+        0.0
+    } else {
+        -(p_changed * p_changed.log2() + (1.0 - p_changed) * (1.0 - p_changed).log2())
+    };
+    let sparse_floor = (n as f64 * pattern_bits + nnz as f64 * sample.sparse_bits()) / 8.0;
+    let worth_sparse = (nnz as usize) < n && (p_changed < 0.9 || sparse_floor < dense_est * 1.03);
+    if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
         let pos = changed_positions(&planes, n, nnz);
         // Bytes of each way to code the positions: Elias-delta gaps (exact),
         // a bitmap (before zstd), gap classes (estimated).
