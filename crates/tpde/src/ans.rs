@@ -319,7 +319,55 @@ pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
         return Err(corrupt("odd number of renormalization bytes"));
     }
     let mut at = 0usize;
-    let mut step = |x: &mut u32, o: &mut u8| -> Result<()> {
+    #[inline(always)]
+    fn decode_one(slots: &[u32], x: u32) -> (u8, u32) {
+        let e = slots[(x & MASK) as usize];
+        (
+            (e >> 24) as u8,
+            ((e >> 12 & MASK) + 1) * (x >> SCALE_BITS) + (e & MASK),
+        )
+    }
+    let [mut s0, mut s1, mut s2, mut s3] = states;
+    // Fast path: while eight more bytes are surely there, a block of four
+    // symbols (at most one word each) reads them without further checks.
+    let mut i = 0;
+    while i + STATES <= out.len() && at + 2 * STATES <= words.len() {
+        let w = &words[at..at + 2 * STATES];
+        let block = &mut out[i..i + STATES];
+        let mut k = 0;
+        for (x, o) in [&mut s0, &mut s1, &mut s2, &mut s3]
+            .into_iter()
+            .zip(block.iter_mut())
+        {
+            let (sym, nx) = decode_one(&slots, *x);
+            *o = sym;
+            *x = if nx < L {
+                let v = nx << 16 | u32::from(u16::from_le_bytes([w[k], w[k + 1]]));
+                k += 2;
+                v
+            } else {
+                nx
+            };
+        }
+        at += k;
+        i += STATES;
+    }
+    // The rest with full checks; i is a multiple of four, so symbol i goes
+    // to state 0 again.
+    finish(&slots, [s0, s1, s2, s3], &mut out[i..], words, at)
+}
+
+/// Decodes the symbols of `out` (the first one going to state 0) with full
+/// bounds checks, then checks that the stream ends exactly.
+fn finish(
+    slots: &[u32],
+    mut states: [u32; STATES],
+    out: &mut [u8],
+    words: &[u8],
+    mut at: usize,
+) -> Result<()> {
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = &mut states[i % STATES];
         let e = slots[(*x & MASK) as usize];
         *o = (e >> 24) as u8;
         *x = ((e >> 12 & MASK) + 1) * (*x >> SCALE_BITS) + (e & MASK);
@@ -328,16 +376,6 @@ pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
             *x = *x << 16 | u32::from(u16::from_le_bytes([w[0], w[1]]));
             at += 2;
         }
-        Ok(())
-    };
-    let mut blocks = out.chunks_exact_mut(STATES);
-    for block in &mut blocks {
-        for (x, o) in states.iter_mut().zip(block.iter_mut()) {
-            step(x, o)?;
-        }
-    }
-    for (x, o) in states.iter_mut().zip(blocks.into_remainder()) {
-        step(x, o)?;
     }
     if states != [L; STATES] || at != words.len() {
         return Err(corrupt("final state or length mismatch"));
