@@ -74,9 +74,12 @@ pub fn encode(
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
-    if opts.chunk_size < 64 || opts.chunk_size % 8 != 0 || opts.chunk_size > u32::MAX as usize / 2 {
+    if opts.chunk_size < 64
+        || opts.chunk_size % 8 != 0
+        || opts.chunk_size > format::MAX_CHUNK as usize
+    {
         return Err(Error::InvalidArgument(format!(
-            "chunk size {} must be a multiple of 8 between 64 and 2 GiB",
+            "chunk size {} must be a multiple of 8 between 64 bytes and 64 MiB",
             opts.chunk_size
         )));
     }

@@ -29,6 +29,9 @@ pub(crate) const TRAILER_LEN: u64 = 32;
 const CHUNK_ENTRY_LEN: usize = 48;
 const TENSOR_ENTRY_HEAD: usize = 13;
 const FLAG_HAS_REF: u16 = 1;
+/// Largest chunk (decoded bytes) a file may hold: bounds what a decoder
+/// allocates for one chunk, whatever a crafted file claims.
+pub const MAX_CHUNK: u32 = 64 << 20;
 
 /// What kind of file the container holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,6 +423,12 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
 fn check_coding(c: &ChunkEntry) -> Result<()> {
     let k = &c.coding;
     let width = u32::from(k.width);
+    if c.raw_len > MAX_CHUNK {
+        return Err(Error::corrupt(format!(
+            "chunk of {} bytes exceeds the 64 MiB limit",
+            c.raw_len
+        )));
+    }
     if !matches!(width, 1 | 2 | 4 | 8) || c.raw_len % width != 0 {
         return Err(Error::corrupt(format!(
             "chunk of {} bytes with element width {width}",
