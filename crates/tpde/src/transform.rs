@@ -44,7 +44,6 @@ impl Transform {
 
 /// An unsigned machine word of 1, 2, 4 or 8 bytes, read little-endian.
 pub(crate) trait Word: Copy + Eq + Default + Send + Sync {
-    const BYTES: usize;
     fn load(b: &[u8]) -> Self;
     fn store(self, b: &mut [u8]);
     fn is_zero(self) -> bool;
@@ -65,7 +64,6 @@ pub(crate) trait Word: Copy + Eq + Default + Send + Sync {
 macro_rules! word {
     ($u:ty, $i:ty) => {
         impl Word for $u {
-            const BYTES: usize = std::mem::size_of::<$u>();
             #[inline(always)]
             fn load(b: &[u8]) -> Self {
                 <$u>::from_le_bytes(b.try_into().expect("element width"))
@@ -146,25 +144,6 @@ fn invert<W: Word>(t: Transform, v: W, r: W) -> W {
     }
 }
 
-fn forward_w<W: Word>(t: Transform, cur: &[u8], reference: &[u8], out: &mut [u8]) -> u64 {
-    let mut nnz = 0u64;
-    let w = W::BYTES;
-    match t {
-        // Monomorphize the loop per transform so that it vectorizes.
-        Transform::Xor => fwd_loop::<W, 1>(cur, reference, out, &mut nnz),
-        Transform::IntDiff => fwd_loop::<W, 2>(cur, reference, out, &mut nnz),
-        Transform::Ulp => fwd_loop::<W, 3>(cur, reference, out, &mut nnz),
-        Transform::None => {
-            out.copy_from_slice(cur);
-            nnz = cur
-                .chunks_exact(w)
-                .filter(|e| !W::load(e).is_zero())
-                .count() as u64;
-        }
-    }
-    nnz
-}
-
 fn transform_of<const T: u8>() -> Transform {
     match T {
         1 => Transform::Xor,
@@ -174,82 +153,30 @@ fn transform_of<const T: u8>() -> Transform {
     }
 }
 
-#[inline(always)]
-fn fwd_loop<W: Word, const T: u8>(cur: &[u8], reference: &[u8], out: &mut [u8], nnz: &mut u64) {
-    let t = transform_of::<T>();
-    let w = W::BYTES;
-    let mut count = 0u64;
-    for ((c, r), o) in cur
-        .chunks_exact(w)
-        .zip(reference.chunks_exact(w))
-        .zip(out.chunks_exact_mut(w))
-    {
-        let v = apply(t, W::load(c), W::load(r));
-        count += u64::from(!v.is_zero());
-        v.store(o);
-    }
-    *nnz = count;
-}
-
-fn inverse_w<W: Word>(t: Transform, values: &[u8], reference: &[u8], out: &mut [u8]) {
-    let w = W::BYTES;
-    for ((v, r), o) in values
-        .chunks_exact(w)
-        .zip(reference.chunks_exact(w))
-        .zip(out.chunks_exact_mut(w))
-    {
-        invert(t, W::load(v), W::load(r)).store(o);
-    }
-}
-
-/// Transforms `cur` against `reference` (same length, a multiple of `width`)
-/// into `out`, and returns the number of non-zero transformed elements.
-/// With [`Transform::None`] the reference is ignored.
-pub fn forward(t: Transform, width: usize, cur: &[u8], reference: &[u8], out: &mut [u8]) -> u64 {
-    debug_assert_eq!(cur.len(), out.len());
-    debug_assert!(t == Transform::None || cur.len() == reference.len());
-    match width {
-        1 => forward_w::<u8>(t, cur, reference, out),
-        2 => forward_w::<u16>(t, cur, reference, out),
-        4 => forward_w::<u32>(t, cur, reference, out),
-        8 => forward_w::<u64>(t, cur, reference, out),
-        _ => unreachable!("width is checked by the caller"),
-    }
-}
-
-/// Undoes [`forward`]: rebuilds the original elements into `out`.
-pub fn inverse(t: Transform, width: usize, values: &[u8], reference: &[u8], out: &mut [u8]) {
-    if t == Transform::None {
-        out.copy_from_slice(values);
-        return;
-    }
-    match width {
-        1 => inverse_w::<u8>(t, values, reference, out),
-        2 => inverse_w::<u16>(t, values, reference, out),
-        4 => inverse_w::<u32>(t, values, reference, out),
-        8 => inverse_w::<u64>(t, values, reference, out),
-        _ => unreachable!("width is checked by the caller"),
-    }
-}
-
-fn split_w<const W: usize>(values: &[u8], out: &mut [u8]) {
-    let n = values.len() / W;
-    let planes: [&mut [u8]; W] = split_mut::<W>(out, n);
-    for (i, e) in values.chunks_exact(W).enumerate() {
-        for k in 0..W {
-            planes[k][i] = e[k];
+/// Calls `$f::<word, width, transform>($args)` for a width and transform
+/// known only at run time: every loop is compiled once per combination.
+macro_rules! dispatch {
+    ($width:expr, $t:expr, $f:ident, $($arg:expr),*) => {
+        match ($width, $t) {
+            (1, Transform::None) => $f::<u8, 1, 0>($($arg),*),
+            (1, Transform::Xor) => $f::<u8, 1, 1>($($arg),*),
+            (1, Transform::IntDiff) => $f::<u8, 1, 2>($($arg),*),
+            (1, Transform::Ulp) => $f::<u8, 1, 3>($($arg),*),
+            (2, Transform::None) => $f::<u16, 2, 0>($($arg),*),
+            (2, Transform::Xor) => $f::<u16, 2, 1>($($arg),*),
+            (2, Transform::IntDiff) => $f::<u16, 2, 2>($($arg),*),
+            (2, Transform::Ulp) => $f::<u16, 2, 3>($($arg),*),
+            (4, Transform::None) => $f::<u32, 4, 0>($($arg),*),
+            (4, Transform::Xor) => $f::<u32, 4, 1>($($arg),*),
+            (4, Transform::IntDiff) => $f::<u32, 4, 2>($($arg),*),
+            (4, Transform::Ulp) => $f::<u32, 4, 3>($($arg),*),
+            (8, Transform::None) => $f::<u64, 8, 0>($($arg),*),
+            (8, Transform::Xor) => $f::<u64, 8, 1>($($arg),*),
+            (8, Transform::IntDiff) => $f::<u64, 8, 2>($($arg),*),
+            (8, Transform::Ulp) => $f::<u64, 8, 3>($($arg),*),
+            _ => unreachable!("width is checked by the caller"),
         }
-    }
-}
-
-fn merge_w<const W: usize>(planes: &[u8], out: &mut [u8]) {
-    let n = out.len() / W;
-    let p: [&[u8]; W] = std::array::from_fn(|k| &planes[k * n..(k + 1) * n]);
-    for (i, e) in out.chunks_exact_mut(W).enumerate() {
-        for k in 0..W {
-            e[k] = p[k][i];
-        }
-    }
+    };
 }
 
 fn split_mut<const W: usize>(out: &mut [u8], n: usize) -> [&mut [u8]; W] {
@@ -261,34 +188,11 @@ fn split_mut<const W: usize>(out: &mut [u8], n: usize) -> [&mut [u8]; W] {
     })
 }
 
-/// Splits elements of `width` bytes into byte planes, laid out one after
-/// another in `out`: plane k (byte k of each element) at `[k*n, (k+1)*n)`.
-pub fn split_planes(width: usize, values: &[u8], out: &mut [u8]) {
-    debug_assert_eq!(values.len(), out.len());
-    match width {
-        1 => out.copy_from_slice(values),
-        2 => split_w::<2>(values, out),
-        4 => split_w::<4>(values, out),
-        8 => split_w::<8>(values, out),
-        _ => unreachable!("width is checked by the caller"),
-    }
-}
-
-/// Undoes [`split_planes`].
-pub fn merge_planes(width: usize, planes: &[u8], out: &mut [u8]) {
-    debug_assert_eq!(planes.len(), out.len());
-    match width {
-        1 => out.copy_from_slice(planes),
-        2 => merge_w::<2>(planes, out),
-        4 => merge_w::<4>(planes, out),
-        8 => merge_w::<8>(planes, out),
-        _ => unreachable!("width is checked by the caller"),
-    }
-}
-
-/// Transforms `cur` against `reference` and writes the result straight into
-/// byte planes (as [`split_planes`] lays them out), in one pass. Returns the
-/// number of non-zero transformed elements.
+/// Transforms `cur` against `reference` (same length, a multiple of
+/// `width`; ignored with [`Transform::None`]) and writes the result straight
+/// into byte planes, laid out one after another in `planes`: plane k (byte k
+/// of each little-endian element) at `[k*n, (k+1)*n)`. One pass. Returns
+/// the number of non-zero transformed elements.
 pub fn forward_planes(
     t: Transform,
     width: usize,
@@ -298,23 +202,7 @@ pub fn forward_planes(
 ) -> u64 {
     debug_assert_eq!(cur.len(), planes.len());
     debug_assert!(t == Transform::None || cur.len() == reference.len());
-    macro_rules! go {
-        ($u:ty, $w:literal) => {
-            match t {
-                Transform::None => fwd_planes::<$u, $w, 0>(cur, reference, planes),
-                Transform::Xor => fwd_planes::<$u, $w, 1>(cur, reference, planes),
-                Transform::IntDiff => fwd_planes::<$u, $w, 2>(cur, reference, planes),
-                Transform::Ulp => fwd_planes::<$u, $w, 3>(cur, reference, planes),
-            }
-        };
-    }
-    match width {
-        1 => go!(u8, 1),
-        2 => go!(u16, 2),
-        4 => go!(u32, 4),
-        8 => go!(u64, 8),
-        _ => unreachable!("width is checked by the caller"),
-    }
+    dispatch!(width, t, fwd_planes, cur, reference, planes)
 }
 
 /// Elements per block in the fused plane loops: small enough for the stack,
@@ -357,8 +245,8 @@ fn fwd_planes<U: Word, const W: usize, const T: u8>(
 }
 
 /// Undoes [`forward_planes`]: rebuilds the original elements from the byte
-/// planes of every transformed element, in one pass. Returns the number of
-/// non-zero transformed elements.
+/// planes (`width` slices) of every transformed element, in one pass.
+/// Returns the number of non-zero transformed elements.
 pub fn inverse_planes(
     t: Transform,
     width: usize,
@@ -366,31 +254,15 @@ pub fn inverse_planes(
     reference: &[u8],
     out: &mut [u8],
 ) -> u64 {
-    macro_rules! go {
-        ($u:ty, $w:literal) => {{
-            let p: [&[u8]; $w] = std::array::from_fn(|k| planes[k]);
-            match t {
-                Transform::None => inv_planes::<$u, $w, 0>(p, reference, out),
-                Transform::Xor => inv_planes::<$u, $w, 1>(p, reference, out),
-                Transform::IntDiff => inv_planes::<$u, $w, 2>(p, reference, out),
-                Transform::Ulp => inv_planes::<$u, $w, 3>(p, reference, out),
-            }
-        }};
-    }
-    match width {
-        1 => go!(u8, 1),
-        2 => go!(u16, 2),
-        4 => go!(u32, 4),
-        8 => go!(u64, 8),
-        _ => unreachable!("width is checked by the caller"),
-    }
+    dispatch!(width, t, inv_planes, planes, reference, out)
 }
 
 fn inv_planes<U: Word, const W: usize, const T: u8>(
-    p: [&[u8]; W],
+    planes: &[&[u8]],
     reference: &[u8],
     out: &mut [u8],
 ) -> u64 {
+    let p: [&[u8]; W] = std::array::from_fn(|k| planes[k]);
     let t = transform_of::<T>();
     let n = out.len() / W;
     let mut count = 0u64;
@@ -423,8 +295,8 @@ fn inv_planes<U: Word, const W: usize, const T: u8>(
 
 /// Rebuilds the original elements of a sparse chunk: every element is its
 /// reference element except those at `pos`, whose transformed values are
-/// given as byte planes of `pos.len()` values. With [`Transform::None`] the
-/// other elements are zero.
+/// given as byte planes (`width` slices) of `pos.len()` values. With
+/// [`Transform::None`] the other elements are zero.
 pub fn inverse_sparse(
     t: Transform,
     width: usize,
@@ -433,28 +305,17 @@ pub fn inverse_sparse(
     reference: &[u8],
     out: &mut [u8],
 ) {
-    macro_rules! go {
-        ($u:ty, $w:literal) => {{
-            let p: [&[u8]; $w] = std::array::from_fn(|k| planes[k]);
-            inv_sparse::<$u, $w>(t, pos, p, reference, out)
-        }};
-    }
-    match width {
-        1 => go!(u8, 1),
-        2 => go!(u16, 2),
-        4 => go!(u32, 4),
-        8 => go!(u64, 8),
-        _ => unreachable!("width is checked by the caller"),
-    }
+    dispatch!(width, t, inv_sparse, pos, planes, reference, out)
 }
 
-fn inv_sparse<U: Word, const W: usize>(
-    t: Transform,
+fn inv_sparse<U: Word, const W: usize, const T: u8>(
     pos: &[u32],
-    p: [&[u8]; W],
+    planes: &[&[u8]],
     reference: &[u8],
     out: &mut [u8],
 ) {
+    let p: [&[u8]; W] = std::array::from_fn(|k| planes[k]);
+    let t = transform_of::<T>();
     if t == Transform::None {
         out.fill(0);
     } else {
@@ -479,6 +340,50 @@ fn inv_sparse<U: Word, const W: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reference: element by element, no planes, no blocks.
+    fn scalar<U: Word>(t: Transform, w: usize, cur: &[u8], r: &[u8], inv: bool) -> Vec<u8> {
+        let mut out = vec![0u8; cur.len()];
+        for (i, o) in out.chunks_exact_mut(w).enumerate() {
+            let c = U::load(&cur[i * w..(i + 1) * w]);
+            let rr = U::load(&r[i * w..(i + 1) * w]);
+            if inv {
+                invert(t, c, rr)
+            } else {
+                apply(t, c, rr)
+            }
+            .store(o);
+        }
+        out
+    }
+
+    fn reference_impl(t: Transform, width: usize, cur: &[u8], r: &[u8], inv: bool) -> Vec<u8> {
+        match width {
+            1 => scalar::<u8>(t, 1, cur, r, inv),
+            2 => scalar::<u16>(t, 2, cur, r, inv),
+            4 => scalar::<u32>(t, 4, cur, r, inv),
+            _ => scalar::<u64>(t, 8, cur, r, inv),
+        }
+    }
+
+    /// Byte planes of elements, as the format lays them out.
+    fn planes_of(width: usize, v: &[u8]) -> Vec<u8> {
+        let n = v.len() / width;
+        let mut p = vec![0u8; v.len()];
+        for i in 0..n {
+            for k in 0..width {
+                p[k * n + i] = v[i * width + k];
+            }
+        }
+        p
+    }
+
+    const ALL: [Transform; 4] = [
+        Transform::None,
+        Transform::Xor,
+        Transform::IntDiff,
+        Transform::Ulp,
+    ];
 
     fn patterns(width: usize) -> Vec<u8> {
         // Edge bit patterns: zeros, sign bits, all ones, NaN-like and subnormal-like.
@@ -509,17 +414,15 @@ mod tests {
             for shift in 0..n {
                 let mut r = p.clone();
                 r.rotate_left(shift * width);
-                for t in [
-                    Transform::None,
-                    Transform::Xor,
-                    Transform::IntDiff,
-                    Transform::Ulp,
-                ] {
-                    let mut tv = vec![0; p.len()];
-                    let nnz = forward(t, width, &p, &r, &mut tv);
-                    let mut back = vec![0; p.len()];
-                    inverse(t, width, &tv, &r, &mut back);
-                    assert_eq!(back, p, "{t:?} width {width}");
+                for t in ALL {
+                    let tv = reference_impl(t, width, &p, &r, false);
+                    assert_eq!(
+                        reference_impl(t, width, &tv, &r, true),
+                        p,
+                        "{t:?} width {width}"
+                    );
+                    let mut planes = vec![0; p.len()];
+                    let nnz = forward_planes(t, width, &p, &r, &mut planes);
                     if t != Transform::None {
                         let changed = p
                             .chunks(width)
@@ -536,15 +439,8 @@ mod tests {
     #[test]
     fn ulp_difference_is_small_across_zero_and_powers_of_two() {
         let d = |a: f32, b: f32| {
-            let mut out = [0u8; 4];
-            forward(
-                Transform::Ulp,
-                4,
-                &a.to_le_bytes(),
-                &b.to_le_bytes(),
-                &mut out,
-            );
-            u32::from_le_bytes(out)
+            let tv = reference_impl(Transform::Ulp, 4, &a.to_le_bytes(), &b.to_le_bytes(), false);
+            u32::from_le_bytes(tv.try_into().unwrap())
         };
         assert_eq!(d(0.0, -0.0), 2); // one step: zigzag(1)
         assert_eq!(d(-0.0, 0.0), 1); // zigzag(-1)
@@ -553,67 +449,47 @@ mod tests {
         assert!((2.0f32.to_bits() ^ (2.0f32.to_bits() - 1)).count_ones() > 20);
     }
 
+    /// The fused, blocked plane loops give what the element-by-element
+    /// reference gives, across block boundaries, for every width and transform.
     #[test]
-    fn fused_plane_transforms_match_the_separate_ones() {
+    fn fused_plane_transforms_match_the_reference() {
         for width in [1usize, 2, 4, 8] {
-            let cur: Vec<u8> = (0..width * 101).map(|i| (i * 37 % 253) as u8).collect();
-            let mut r = cur.clone();
-            for i in (0..r.len()).step_by(3) {
-                r[i] ^= 0x5a;
-            }
-            for t in [
-                Transform::None,
-                Transform::Xor,
-                Transform::IntDiff,
-                Transform::Ulp,
-            ] {
-                let mut tv = vec![0; cur.len()];
-                let nnz = forward(t, width, &cur, &r, &mut tv);
-                let mut expected = vec![0; cur.len()];
-                split_planes(width, &tv, &mut expected);
-                let mut planes = vec![0; cur.len()];
-                assert_eq!(forward_planes(t, width, &cur, &r, &mut planes), nnz);
-                assert_eq!(planes, expected, "{t:?} width {width}");
-                let n = cur.len() / width;
-                let views: Vec<&[u8]> = planes.chunks(n).collect();
-                let mut back = vec![0; cur.len()];
-                assert_eq!(inverse_planes(t, width, &views, &r, &mut back), nnz);
-                assert_eq!(back, cur);
-                // Sparse: the non-zero elements only.
-                let pos: Vec<u32> = (0..n as u32)
-                    .filter(|&i| {
-                        tv[i as usize * width..(i as usize + 1) * width]
-                            .iter()
-                            .any(|&b| b != 0)
-                    })
-                    .collect();
-                let mut gathered: Vec<Vec<u8>> = vec![Vec::new(); width];
-                for &q in &pos {
-                    for (k, g) in gathered.iter_mut().enumerate() {
-                        g.push(tv[q as usize * width + k]);
-                    }
+            for n in [1usize, 101, BLOCK, BLOCK + 1, 3 * BLOCK + 7] {
+                let cur: Vec<u8> = (0..width * n).map(|i| (i * 37 % 253) as u8).collect();
+                let mut r = cur.clone();
+                for i in (0..r.len()).step_by(3) {
+                    r[i] ^= 0x5a;
                 }
-                let gviews: Vec<&[u8]> = gathered.iter().map(|g| &g[..]).collect();
-                let mut back = vec![0xee; cur.len()];
-                inverse_sparse(t, width, &pos, &gviews, &r, &mut back);
-                assert_eq!(back, cur, "sparse {t:?} width {width}");
+                for t in ALL {
+                    let tv = reference_impl(t, width, &cur, &r, false);
+                    let mut planes = vec![0; cur.len()];
+                    let nnz = forward_planes(t, width, &cur, &r, &mut planes);
+                    assert_eq!(planes, planes_of(width, &tv), "{t:?} width {width} n {n}");
+                    let views: Vec<&[u8]> = planes.chunks(n).collect();
+                    let mut back = vec![0; cur.len()];
+                    assert_eq!(inverse_planes(t, width, &views, &r, &mut back), nnz);
+                    assert_eq!(back, cur);
+                    // Sparse: the non-zero elements only.
+                    let pos: Vec<u32> = (0..n as u32)
+                        .filter(|&i| {
+                            tv[i as usize * width..(i as usize + 1) * width]
+                                .iter()
+                                .any(|&b| b != 0)
+                        })
+                        .collect();
+                    assert_eq!(pos.len() as u64, nnz);
+                    let mut gathered: Vec<Vec<u8>> = vec![Vec::new(); width];
+                    for &q in &pos {
+                        for (k, g) in gathered.iter_mut().enumerate() {
+                            g.push(tv[q as usize * width + k]);
+                        }
+                    }
+                    let gviews: Vec<&[u8]> = gathered.iter().map(|g| &g[..]).collect();
+                    let mut back = vec![0xee; cur.len()];
+                    inverse_sparse(t, width, &pos, &gviews, &r, &mut back);
+                    assert_eq!(back, cur, "sparse {t:?} width {width}");
+                }
             }
-        }
-    }
-
-    #[test]
-    fn planes_round_trip() {
-        for width in [1, 2, 4, 8] {
-            let v: Vec<u8> = (0..width * 37).map(|i| (i * 31 % 251) as u8).collect();
-            let mut p = vec![0; v.len()];
-            split_planes(width, &v, &mut p);
-            assert_eq!(p[0], v[0]);
-            if width > 1 {
-                assert_eq!(p[37], v[1]);
-            }
-            let mut back = vec![0; v.len()];
-            merge_planes(width, &p, &mut back);
-            assert_eq!(back, v);
         }
     }
 }
