@@ -73,6 +73,10 @@ enum Command {
         /// The file to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Decode only this tensor and write its raw bytes (the rest of the
+        /// file is not decoded).
+        #[arg(long)]
+        tensor: Option<String>,
     },
     /// Show what a .tpde file holds, tensor by tensor.
     Inspect {
@@ -127,6 +131,22 @@ fn run(cli: Cli) -> Result<()> {
             input,
             reference,
             output,
+            tensor: Some(name),
+        } => {
+            let n = tpde::files::decode_tensor_file(&input, reference.as_deref(), &name, &output)
+                .with_context(|| format!("decoding tensor {name:?} of {}", input.display()))?;
+            println!(
+                "{} [{name}] -> {} ({n} bytes), verified",
+                input.display(),
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Decode {
+            input,
+            reference,
+            output,
+            tensor: None,
         } => decode(&input, reference.as_deref(), &output),
         Command::Inspect { input } => inspect(&input),
         Command::Bench {

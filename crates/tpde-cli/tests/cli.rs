@@ -596,3 +596,73 @@ fn bench_of_an_empty_folder_fails() {
         None,
     );
 }
+
+#[test]
+fn decode_one_tensor_and_output_permissions() {
+    let s = Setup::new();
+    ok(
+        s.path(),
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "ckpt-2.tpde",
+        ],
+    );
+    ok(
+        s.path(),
+        &[
+            "decode",
+            "ckpt-2.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "--tensor",
+            "layer.bias",
+            "-o",
+            "bias.bin",
+        ],
+    );
+    // layer.bias is 64 F32 values; compare with the original's data section.
+    let cur = checkpoint(2);
+    let n = u64::from_le_bytes(cur[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&cur[8..8 + n]).unwrap();
+    let offsets = &header["layer.bias"]["data_offsets"];
+    let (b, e) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    let bias = std::fs::read(s.path().join("bias.bin")).unwrap();
+    assert_eq!(bias, &cur[8 + n + b..8 + n + e]);
+    fails(
+        s.path(),
+        &[
+            "decode",
+            "ckpt-2.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "--tensor",
+            "nope",
+            "-o",
+            "x.bin",
+        ],
+        &["no tensor named \"nope\""],
+        Some("x.bin"),
+    );
+    // Outputs are ordinary files (not the 0600 of a temporary file).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.path().join("bias.bin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let mode = std::fs::metadata(s.path().join("ckpt-2.tpde"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+}

@@ -14,10 +14,15 @@ pub fn write_atomic<T>(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<T>)
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".tpde-tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tpde-tmp-");
+    // A temporary file is private (0600); the output is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp);
     let value = f(&mut w)?;
     let tmp = w

@@ -44,3 +44,24 @@ pub fn decode_file(
         crate::decode(&bytes, ref_bytes.as_deref(), w, progress)
     })
 }
+
+/// Decodes one tensor of the `.tpde` file `input` and writes its raw bytes
+/// (little-endian elements, as in the safetensors data section) to `out`,
+/// atomically. Only that tensor's chunks are decoded.
+pub fn decode_tensor_file(
+    input: &Path,
+    reference: Option<&Path>,
+    name: &str,
+    out: &Path,
+) -> Result<u64> {
+    let mut inputs = vec![input];
+    inputs.extend(reference);
+    check_not_input(out, &inputs)?;
+    let bytes = FileBytes::open(input)?;
+    let ref_bytes = reference.map(FileBytes::open).transpose()?;
+    let data = crate::decode_tensor(&bytes, ref_bytes.as_deref(), name)?;
+    write_atomic(out, |w| {
+        w.write_all(&data)?;
+        Ok(data.len() as u64)
+    })
+}
