@@ -101,12 +101,20 @@ pub struct ChunkParams {
     pub family: Family,
     /// zstd level for the sections.
     pub level: i32,
+    /// The exponent field of a float element, (shift, bits): plane bytes may
+    /// then be grouped by the exponent of their reference element.
+    pub exponent: Option<(u8, u8)>,
 }
 
 const SECTION_RAW: u8 = 0;
 const SECTION_ZSTD: u8 = 1;
 const SECTION_CONST: u8 = 2;
 const SECTION_RANS: u8 = 3;
+const SECTION_GROUPED: u8 = 4;
+/// Groups of a grouped section, at most.
+const MAX_GROUPS: usize = 16;
+/// Coded elements a chunk needs before grouping is tried.
+const GROUP_MIN: usize = 4096;
 /// Sections shorter than this are not worth a rANS frequency table.
 const RANS_MIN: usize = 256;
 /// Bytes of a long section that zstd is tried on to predict its full size.
@@ -312,6 +320,224 @@ fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) -> Result<()>
     Ok(())
 }
 
+/// The reference's exponents sort the coded elements into groups: the size of
+/// a float's change in units in the last place depends on the magnitude of
+/// the float, so each group's bytes have their own, narrower, distribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Groups {
+    shift: u8,
+    bits: u8,
+    base: u16,
+    count: u8,
+    /// The group of each coded element.
+    of: Vec<u8>,
+    /// Elements in each group.
+    counts: Vec<usize>,
+    /// Where each coded element's byte sits when the groups are laid end to
+    /// end (computed once per chunk, shared by its planes).
+    index: Vec<u32>,
+}
+
+impl Groups {
+    /// Applies `f` to the exponent of each coded element's reference
+    /// element: every element (`pos` is `None`) or those at `pos`.
+    fn map_exponents<T>(
+        reference: &[u8],
+        width: usize,
+        pos: Option<&[u32]>,
+        (shift, bits): (u8, u8),
+        f: impl Fn(u16) -> T,
+    ) -> Vec<T> {
+        fn go<const W: usize, T>(
+            reference: &[u8],
+            pos: Option<&[u32]>,
+            shift: u8,
+            mask: u64,
+            f: impl Fn(u16) -> T,
+        ) -> Vec<T> {
+            let exp = |e: &[u8]| {
+                let mut b = [0u8; 8];
+                b[..W].copy_from_slice(e);
+                f(((u64::from_le_bytes(b) >> shift) & mask) as u16)
+            };
+            match pos {
+                None => reference.chunks_exact(W).map(exp).collect(),
+                Some(pos) => pos
+                    .iter()
+                    .map(|&q| exp(&reference[q as usize * W..(q as usize + 1) * W]))
+                    .collect(),
+            }
+        }
+        let mask = (1u64 << bits) - 1;
+        match width {
+            1 => go::<1, T>(reference, pos, shift, mask, f),
+            2 => go::<2, T>(reference, pos, shift, mask, f),
+            4 => go::<4, T>(reference, pos, shift, mask, f),
+            _ => go::<8, T>(reference, pos, shift, mask, f),
+        }
+    }
+
+    /// The groups with the given parameters, read off the reference in one pass.
+    fn new(
+        reference: &[u8],
+        width: usize,
+        pos: Option<&[u32]>,
+        shift: u8,
+        bits: u8,
+        base: u16,
+        count: u8,
+    ) -> Groups {
+        let top = u16::from(count) - 1;
+        let of = Self::map_exponents(reference, width, pos, (shift, bits), |e| {
+            e.saturating_sub(base).min(top) as u8
+        });
+        let hist = ans::histogram(&of);
+        let counts: Vec<usize> = hist[..usize::from(count)]
+            .iter()
+            .map(|&c| c as usize)
+            .collect();
+        let mut next = [0u32; MAX_GROUPS];
+        let mut start = 0u32;
+        for (n, &c) in next.iter_mut().zip(&counts) {
+            *n = start;
+            start += c as u32;
+        }
+        let index = of
+            .iter()
+            .map(|&k| {
+                let i = next[k as usize];
+                next[k as usize] += 1;
+                i
+            })
+            .collect();
+        Groups {
+            shift,
+            bits,
+            base,
+            count,
+            of,
+            counts,
+            index,
+        }
+    }
+
+    /// Groups for the encoder: the window of `MAX_GROUPS` consecutive
+    /// exponents that holds the most coded elements.
+    fn choose(
+        reference: &[u8],
+        width: usize,
+        pos: Option<&[u32]>,
+        (shift, bits): (u8, u8),
+    ) -> Option<Groups> {
+        if u32::from(shift) + u32::from(bits) > 8 * width as u32 || bits == 0 || bits > 11 {
+            return None;
+        }
+        let mut hist = vec![0usize; 1 << bits];
+        // A sample of the exponents is enough to place the window.
+        let n = pos.map_or(reference.len() / width, <[u32]>::len);
+        let stride = n.div_ceil(SAMPLE).max(1);
+        let sample: Vec<u32> = match pos {
+            None => (0..n).step_by(stride).map(|i| i as u32).collect(),
+            Some(pos) => pos.iter().step_by(stride).copied().collect(),
+        };
+        for e in Self::map_exponents(reference, width, Some(&sample), (shift, bits), usize::from) {
+            hist[e] += 1;
+        }
+        let k = MAX_GROUPS.min(hist.len());
+        let mut best = (0usize, 0usize);
+        let mut sum: usize = hist[..k].iter().sum();
+        for start in 0..=hist.len() - k {
+            if start > 0 {
+                sum = sum + hist[start + k - 1] - hist[start - 1];
+            }
+            if sum > best.1 {
+                best = (start, sum);
+            }
+        }
+        Some(Self::new(
+            reference,
+            width,
+            pos,
+            shift,
+            bits,
+            best.0 as u16,
+            k as u8,
+        ))
+    }
+
+    /// The bytes of `plane` (one per coded element) split by group, in order.
+    fn split(&self, plane: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; plane.len()];
+        for (&i, &b) in self.index.iter().zip(plane) {
+            out[i as usize] = b;
+        }
+        out
+    }
+
+    /// Estimated bytes of `plane` coded whole and coded by groups.
+    fn estimates(&self, plane: &[u8]) -> (f64, f64) {
+        let mut hist = vec![[0u64; 256]; usize::from(self.count)];
+        for (&g, &b) in self.of.iter().zip(plane) {
+            hist[g as usize][b as usize] += 1;
+        }
+        let mut total = [0u64; 256];
+        let mut grouped = 0.0;
+        for h in &hist {
+            for (t, c) in total.iter_mut().zip(h) {
+                *t += c;
+            }
+            if h.iter().any(|&c| c > 0) {
+                grouped += ans::estimate(h) as f64 + SECTION_HEAD as f64;
+            }
+        }
+        (ans::estimate(&total) as f64, grouped)
+    }
+}
+
+/// Appends a plane: grouped by reference exponent where the estimates say
+/// that pays, else as one section.
+fn put_plane(
+    out: &mut Vec<u8>,
+    plane: &[u8],
+    level: Option<i32>,
+    groups: Option<&Groups>,
+) -> Result<()> {
+    if let (Some(g), Some(level)) = (groups, level) {
+        let (whole, grouped) = g.estimates(plane);
+        if grouped < whole * 0.98 {
+            let mut body = vec![g.shift, g.bits];
+            body.extend_from_slice(&g.base.to_le_bytes());
+            body.push(g.count);
+            let parts = g.split(plane);
+            let mut rest = &parts[..];
+            for &c in &g.counts {
+                let (part, tail) = rest.split_at(c);
+                put_section(&mut body, part, Some(level))?;
+                rest = tail;
+            }
+            if body.len() < plane.len() {
+                out.push(SECTION_GROUPED);
+                out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&body);
+                return Ok(());
+            }
+        }
+    }
+    put_section(out, plane, level)
+}
+
+/// What a decoder needs to read grouped sections: the reference and which
+/// elements are coded.
+struct GroupContext<'r> {
+    reference: &'r [u8],
+    width: usize,
+    pos: Option<&'r [u32]>,
+    /// The groups of the last grouped section: the planes of a chunk share
+    /// their parameters, so the exponents are read once.
+    cache: RefCell<Option<Groups>>,
+}
+
 /// Reads sections off a payload.
 struct Sections<'a> {
     rest: &'a [u8],
@@ -321,6 +547,17 @@ impl<'a> Sections<'a> {
     /// The next section, of `len` decoded bytes: borrowed when stored raw,
     /// decoded into a new buffer otherwise.
     fn next(&mut self, len: usize, what: &str) -> Result<Cow<'a, [u8]>> {
+        self.next_in(len, what, None)
+    }
+
+    /// [`Sections::next`], where a grouped section may appear (byte planes of
+    /// a delta chunk).
+    fn next_in(
+        &mut self,
+        len: usize,
+        what: &str,
+        ctx: Option<&GroupContext<'_>>,
+    ) -> Result<Cow<'a, [u8]>> {
         let head = self
             .rest
             .get(..SECTION_HEAD)
@@ -356,6 +593,12 @@ impl<'a> Sections<'a> {
                     .map_err(|e| Error::corrupt(format!("{what} section: {e}")))?;
                 Cow::Owned(out)
             }
+            SECTION_GROUPED => {
+                let ctx = ctx.ok_or_else(|| {
+                    Error::corrupt(format!("{what} section: grouped where no reference is"))
+                })?;
+                Cow::Owned(read_grouped(body, len, ctx, what)?)
+            }
             _ => {
                 return Err(Error::corrupt(format!(
                     "{what} section: bad coding {coding} or length"
@@ -374,6 +617,52 @@ impl<'a> Sections<'a> {
             .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
         Ok(u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize)
     }
+}
+
+/// Decodes the body of a grouped section holding `len` bytes.
+fn read_grouped(body: &[u8], len: usize, ctx: &GroupContext<'_>, what: &str) -> Result<Vec<u8>> {
+    let bad = |m: &str| Error::corrupt(format!("{what} section, grouped: {m}"));
+    let head = body.get(..5).ok_or_else(|| bad("parameters missing"))?;
+    let (shift, bits, base, count) = (
+        head[0],
+        head[1],
+        u16::from_le_bytes([head[2], head[3]]),
+        head[4],
+    );
+    if bits == 0 || bits > 11 || u32::from(shift) + u32::from(bits) > 8 * ctx.width as u32 {
+        return Err(bad("exponent field outside the element"));
+    }
+    if !(1..=MAX_GROUPS as u8).contains(&count) {
+        return Err(bad("group count out of range"));
+    }
+    let mut cache = ctx.cache.borrow_mut();
+    let fresh =
+        |g: &Groups| g.shift == shift && g.bits == bits && g.base == base && g.count == count;
+    if !cache.as_ref().is_some_and(fresh) {
+        *cache = Some(Groups::new(
+            ctx.reference,
+            ctx.width,
+            ctx.pos,
+            shift,
+            bits,
+            base,
+            count,
+        ));
+    }
+    let g = cache.as_ref().expect("set above");
+    if g.of.len() != len {
+        return Err(bad("length differs from the coded elements"));
+    }
+    let mut inner = Sections { rest: &body[5..] };
+    let mut parts = Vec::with_capacity(len);
+    for &c in &g.counts {
+        parts.extend_from_slice(&inner.next(c, what)?);
+    }
+    if !inner.rest.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    let out = g.index.iter().map(|&i| parts[i as usize]).collect();
+    Ok(out)
 }
 
 /// Positions of the non-zero elements, from their byte planes.
@@ -478,6 +767,7 @@ fn build_sections(
     planes: &[u8],
     sample: &Sample,
     level: i32,
+    groups: Option<&Groups>,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(planes.len() / 2 + 64);
     for p in pos_sections {
@@ -488,7 +778,7 @@ fn build_sections(
     for k in 0..width {
         let plane = &planes[k * m..(k + 1) * m];
         let random = sample.plane_entropy(k, sparse) > RAW_ENTROPY;
-        put_section(&mut out, plane, (!random).then_some(level))?;
+        put_plane(&mut out, plane, (!random).then_some(level), groups)?;
     }
     Ok(out)
 }
@@ -600,13 +890,16 @@ fn encode_chunk_with(
             };
             let values = gather_planes(width, &planes, n, &pos);
             let views: Vec<&[u8]> = pos_sections.iter().map(|v| &v[..]).collect();
-            let payload = build_sections(width, &views, &values, &sample, p.level)?;
+            let groups = groups_for(&p, transform, r, Some(&pos));
+            let payload =
+                build_sections(width, &views, &values, &sample, p.level, groups.as_ref())?;
             best = Some((coding(positions), payload));
             try_dense = force.is_none() && sparse_est > dense_est * 0.97 && nnz > 0;
         }
     }
     if try_dense {
-        let payload = build_sections(width, &[], &planes, &sample, p.level)?;
+        let groups = groups_for(&p, transform, r, None);
+        let payload = build_sections(width, &[], &planes, &sample, p.level, groups.as_ref())?;
         if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
             best = Some((coding(Positions::Dense), payload));
         }
@@ -627,6 +920,20 @@ fn encode_chunk_with(
         best = (plain(Codec::Stored, cur.len() as u64), cur.to_vec());
     }
     Ok(best)
+}
+
+/// Groups by reference exponent, for a float delta with enough coded elements.
+fn groups_for(
+    p: &ChunkParams,
+    t: Transform,
+    reference: &[u8],
+    pos: Option<&[u32]>,
+) -> Option<Groups> {
+    let coded = pos.map_or(reference.len() / p.width, <[u32]>::len);
+    if t == Transform::None || coded < GROUP_MIN {
+        return None;
+    }
+    Groups::choose(reference, p.width, pos, p.exponent?)
 }
 
 fn plain(codec: Codec, len: u64) -> ChunkCoding {
@@ -765,8 +1072,14 @@ pub fn decode_chunk(
     };
 
     let m = if pos.is_some() { nnz } else { n };
+    let ctx = (c.codec == Codec::Delta).then(|| GroupContext {
+        reference,
+        width,
+        pos: pos.as_deref(),
+        cache: RefCell::new(None),
+    });
     let planes: Vec<Cow<'_, [u8]>> = (0..width)
-        .map(|_| sections.next(m, "byte plane"))
+        .map(|_| sections.next_in(m, "byte plane", ctx.as_ref()))
         .collect::<Result<_>>()?;
     if !sections.rest.is_empty() {
         return Err(Error::corrupt("chunk payload has trailing bytes"));
@@ -812,6 +1125,7 @@ mod tests {
                 width,
                 family,
                 level: 3,
+                exponent: None,
             },
         )
         .unwrap();
@@ -868,6 +1182,7 @@ mod tests {
                     width: 4,
                     family: Family::Float,
                     level: 3,
+                    exponent: Some((23, 8)),
                 };
                 let (coding, payload) =
                     encode_chunk_with(&cur, Some(&reference), params, Some(force)).unwrap();
@@ -909,5 +1224,75 @@ mod tests {
             "random data is stored, not expanded"
         );
         round_trip(&b, None, 8, Family::Float);
+    }
+
+    /// Weight-like floats with changes of a similar absolute size: the ULP
+    /// difference's top bytes depend on each weight's exponent, so grouping
+    /// them by the reference's exponent pays, and round-trips.
+    #[test]
+    fn grouping_by_reference_exponent_pays_and_round_trips() {
+        let mut next = rng(11);
+        let mut gauss = move || {
+            // Sum of uniforms: roughly normal, enough for the test.
+            (0..6)
+                .map(|_| (next() >> 11) as f64 / (1u64 << 53) as f64)
+                .sum::<f64>()
+                - 3.0
+        };
+        let n = 100_000;
+        let w: Vec<f32> = (0..n).map(|_| (gauss() * 0.05) as f32).collect();
+        let w2: Vec<f32> = w.iter().map(|&x| x + (gauss() * 1e-4) as f32).collect();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (r, c) = (bytes(&w), bytes(&w2));
+        let code = |exponent| {
+            let p = ChunkParams {
+                width: 4,
+                family: Family::Float,
+                level: 3,
+                exponent,
+            };
+            let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+            let mut out = vec![0u8; c.len()];
+            decode_chunk(&coding, &payload, Some(&r), &mut out).unwrap();
+            assert!(out == c);
+            payload
+        };
+        let plain = code(None);
+        let grouped = code(Some((23, 8)));
+        // The top-level section codings of a dense payload.
+        let mut codings = Vec::new();
+        let mut rest = &grouped[..];
+        while !rest.is_empty() {
+            codings.push(rest[0]);
+            let stored = u32::from_le_bytes(rest[5..9].try_into().unwrap()) as usize;
+            rest = &rest[SECTION_HEAD + stored..];
+        }
+        assert_eq!(codings.len(), 4, "{codings:?}");
+        assert!(
+            codings.contains(&SECTION_GROUPED),
+            "no grouped section: {codings:?}"
+        );
+        assert!(
+            (grouped.len() as f64) < plain.len() as f64 * 0.99,
+            "grouped {} vs plain {}",
+            grouped.len(),
+            plain.len()
+        );
+        // Without the reference's context a grouped section is an error.
+        let p = ChunkParams {
+            width: 4,
+            family: Family::Float,
+            level: 3,
+            exponent: Some((23, 8)),
+        };
+        let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+        let mut other = r.clone();
+        other[0] ^= 0x80; // a different exponent for element 0 shifts the groups
+        let mut out = vec![0u8; c.len()];
+        let res = decode_chunk(&coding, &payload, Some(&other), &mut out);
+        assert!(
+            res.is_err() || out != c,
+            "a different reference must not decode to the original"
+        );
     }
 }

@@ -121,6 +121,21 @@ impl Dtype {
         }
     }
 
+    /// Where the exponent field sits in an element of `coding_width()`
+    /// bytes, as (shift, bits), for floating-point dtypes.
+    pub fn exponent_field(&self) -> Option<(u8, u8)> {
+        Some(match self {
+            Dtype::F8E4M3 => (3, 4),
+            Dtype::F8E5M2 => (2, 5),
+            Dtype::F8E8M0 => (0, 8),
+            Dtype::F16 => (10, 5),
+            Dtype::BF16 => (7, 8),
+            Dtype::F32 | Dtype::C64 => (23, 8),
+            Dtype::F64 => (52, 11),
+            _ => return None,
+        })
+    }
+
     /// Which difference transform suits the elements.
     pub fn family(&self) -> Family {
         match self {

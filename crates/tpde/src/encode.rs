@@ -115,6 +115,7 @@ pub fn encode(
                     width: t.dtype.coding_width(),
                     family: t.dtype.family(),
                     level: opts.level,
+                    exponent: t.dtype.exponent_field(),
                 };
                 entries.push((
                     if ref_data.is_some() {
@@ -132,6 +133,7 @@ pub fn encode(
                 width: 1,
                 family: Family::Integer,
                 level: opts.level,
+                exponent: None,
             };
             elements = cur.len() as u64;
             let mode = if reference.is_some() {
