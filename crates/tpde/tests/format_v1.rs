@@ -74,3 +74,15 @@ fn v1_sample_b_decodes_byte_for_byte() {
     let report = tpde::inspect::inspect(&read("delta-b.tpde")).unwrap();
     assert_eq!(report.tensors[1].coding, "delta xor/classes");
 }
+
+/// The third sample holds a grouped section (coding 4).
+#[test]
+fn v1_sample_c_decodes_byte_for_byte() {
+    let reference = read("ref-b.safetensors");
+    let mut out = Vec::new();
+    tpde::decode(&read("delta-c.tpde"), Some(&reference), &mut out, None).unwrap();
+    assert_eq!(
+        sha256_hex(&out),
+        "bf29a250e4e542d986f398c6b6bd03ad37ec48c6c627c7b0d436cb15d9480fd6"
+    );
+}
