@@ -115,7 +115,8 @@ pub fn values(dtype: &str, n: usize, rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-/// The tensors of the fixed reference: one of each common dtype, one empty.
+/// The tensors of the fixed reference: one of each common dtype, one empty,
+/// one large enough for the encoder to group its planes.
 pub fn reference_tensors() -> Vec<Tensor> {
     let mut rng = Rng(0x7470_6465);
     let mut t = |name: &str, dtype: &str, shape: &[u64]| {
@@ -130,6 +131,17 @@ pub fn reference_tensors() -> Vec<Tensor> {
         t("u", "U8", &[40]),
         t("d", "F64", &[8]),
         t("e", "F32", &[0]),
+        // Large enough (> 4096 elements) for grouped sections, with
+        // magnitudes spread over many exponents, as trained weights have.
+        Tensor::new("g", "F32", &[128, 128], {
+            let mut rng = Rng(0x6772);
+            (0..128 * 128)
+                .flat_map(|_| {
+                    let m = (rng.float(6.0) - 6.0).exp2() * rng.float(1.0).signum();
+                    (m as f32).to_le_bytes()
+                })
+                .collect()
+        }),
     ]
 }
 

@@ -82,13 +82,23 @@ fn main() {
     // Dense edits: nearly every element moves by a few ULPs.
     let mut dense = base.clone();
     let mut rng = Rng(99);
-    for (name, width) in [("w", 4), ("b", 2), ("h", 2), ("d", 8), ("i", 4)] {
+    for (name, width) in [("w", 4), ("b", 2), ("h", 2), ("d", 8), ("i", 4), ("g", 4)] {
         edit(&mut dense, name, width, |_, e| {
             let step = (rng.next_u64() % 7) as u8;
             e[0] = e[0].wrapping_add(step).wrapping_sub(3);
         });
     }
     let dense = safetensors(&dense, true, 0);
+
+    // Training-like steps of a similar absolute size on the large tensor:
+    // its planes are written grouped by the reference's exponent.
+    let mut trained = base.clone();
+    let mut rng = Rng(17);
+    edit(&mut trained, "g", 4, |_, e| {
+        let x = f32::from_le_bytes(e[..4].try_into().unwrap()) + rng.float(1e-3) as f32;
+        e.copy_from_slice(&x.to_le_bytes());
+    });
+    let trained = safetensors(&trained, true, 0);
 
     // Shape and dtype changes against the reference, a missing and a new tensor.
     let mut changed = base.clone();
@@ -156,6 +166,10 @@ fn main() {
         ("delta-sparse-64", encode(&sparse, Some(r), 64, s)),
         ("delta-dense-64", encode(&dense, Some(r), 64, s)),
         ("delta-dense-128", encode(&dense, Some(r), 128, s)),
+        (
+            "delta-trained-default",
+            encode(&trained, Some(r), 4 << 20, s),
+        ),
         ("delta-changed-64", encode(&changed, Some(r), 64, s)),
         (
             "opaque-key-64",
