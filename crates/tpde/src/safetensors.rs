@@ -8,7 +8,7 @@
 //!
 //! Every size read from the file is checked before use; nothing is trusted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
@@ -57,12 +57,14 @@ pub struct Header {
     /// The `__metadata__` value, if any (the format wants a map of strings;
     /// tpde keeps whatever is there, since the header is kept byte for byte).
     pub metadata: Option<serde_json::Value>,
+    /// Position of each tensor in `tensors`, by name.
+    by_name: HashMap<String, usize>,
 }
 
 impl Header {
     /// Finds a tensor by name.
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
     /// Total length of the file this header describes.
@@ -192,10 +194,16 @@ pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
             "tensors index {cursor} bytes of data but the data section holds {data_len}"
         )));
     }
+    let by_name = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
     Ok(Header {
         header_len: 8 + n,
         tensors,
         metadata,
+        by_name,
     })
 }
 
