@@ -49,7 +49,8 @@ impl Default for EncodeOptions {
 pub struct EncodeStats {
     pub original_len: u64,
     pub encoded_len: u64,
-    /// Elements whose bits differ from the reference, over chunks coded as deltas.
+    /// Elements whose bits differ from their reference element (over the
+    /// tensors that have one).
     pub changed: u64,
     /// Elements in all tensors.
     pub elements: u64,
@@ -234,9 +235,20 @@ pub fn encode(
                 (None, Some(k)) => entry_of[k].expect("the first copy comes earlier"),
                 (None, None) => unreachable!("only duplicates are skipped"),
             };
-            if entry.coding.codec == Codec::Delta {
-                changed += entry.coding.nnz;
-            }
+            changed += match (entry.coding.codec, j.reference) {
+                (Codec::Delta, _) => entry.coding.nnz,
+                // Coded without its reference (it did not help): count the
+                // elements that differ from it all the same.
+                (_, Some(r)) => {
+                    let w = j.params.width;
+                    j.cur
+                        .chunks_exact(w)
+                        .zip(r.chunks_exact(w))
+                        .filter(|(a, b)| a != b)
+                        .count() as u64
+                }
+                (_, None) => 0,
+            };
             entry_of[i] = Some(entry);
             tensors[j.tensor].chunks.push(entry);
             done += j.cur.len() as u64;
