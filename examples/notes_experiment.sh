@@ -29,7 +29,6 @@ if [ ! -f "$out/weights/epoch-10.safetensors" ]; then
 fi
 for part in weights adam; do
   echo "### $part: tpde bench"
-  target/release/tpde bench "$out/$part" --json > "$out/$part-tpde.json"
   target/release/tpde bench "$out/$part"
   echo
   echo "### $part: baselines (one thread), tpde's ratio merged"
