@@ -102,28 +102,41 @@ struct Job<'a, 'r> {
     reference: Option<&'r [u8]>,
 }
 
-/// Decodes the chunks of `jobs` in parallel, checking each checksum.
-fn decode_jobs(c: &Container<'_>, jobs: &[Job<'_, '_>]) -> Result<Vec<Vec<u8>>> {
-    jobs.par_iter()
-        .map(|j| {
-            let t = &c.tensors[j.tensor];
-            let e = &t.entry.chunks[j.chunk];
-            let mut out = vec![0u8; e.raw_len as usize];
-            decode_chunk(&e.coding, j.payload, j.reference, &mut out).map_err(|err| match err {
-                Error::Corrupt(m) => {
-                    Error::Corrupt(format!("tensor {:?}, chunk {}: {m}", t.info.name, j.chunk))
-                }
-                other => other,
-            })?;
-            if xxhash_rust::xxh3::xxh3_64(&out) != e.checksum {
-                return Err(Error::ChecksumMismatch {
-                    tensor: t.info.name.clone(),
-                    chunk: j.chunk,
-                });
+/// Decoded bytes of the chunks of `jobs`, one after another.
+fn jobs_len(c: &Container<'_>, jobs: &[Job<'_, '_>]) -> usize {
+    jobs.iter()
+        .map(|j| c.tensors[j.tensor].entry.chunks[j.chunk].raw_len as usize)
+        .sum()
+}
+
+/// Decodes the chunks of `jobs` in parallel into `out` (their bytes one
+/// after another, `jobs_len` in all), checking each checksum.
+fn decode_jobs(c: &Container<'_>, jobs: &[Job<'_, '_>], out: &mut [u8]) -> Result<()> {
+    let mut slices = Vec::with_capacity(jobs.len());
+    let mut rest = out;
+    for j in jobs {
+        let len = c.tensors[j.tensor].entry.chunks[j.chunk].raw_len as usize;
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        slices.push(head);
+        rest = tail;
+    }
+    jobs.par_iter().zip(slices).try_for_each(|(j, out)| {
+        let t = &c.tensors[j.tensor];
+        let e = &t.entry.chunks[j.chunk];
+        decode_chunk(&e.coding, j.payload, j.reference, out).map_err(|err| match err {
+            Error::Corrupt(m) => {
+                Error::Corrupt(format!("tensor {:?}, chunk {}: {m}", t.info.name, j.chunk))
             }
-            Ok(out)
-        })
-        .collect()
+            other => other,
+        })?;
+        if xxhash_rust::xxh3::xxh3_64(out) != e.checksum {
+            return Err(Error::ChecksumMismatch {
+                tensor: t.info.name.clone(),
+                chunk: j.chunk,
+            });
+        }
+        Ok(())
+    })
 }
 
 /// Lists the decode jobs of tensor `ti`.
@@ -185,6 +198,8 @@ pub fn decode(
     for ti in 0..c.tensors.len() {
         tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
     }
+    // One buffer, reused by every batch.
+    let mut buf: Vec<u8> = Vec::new();
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
@@ -197,9 +212,9 @@ pub fn decode(
             bytes += len;
             end += 1;
         }
-        for piece in decode_jobs(&c, &jobs[start..end])? {
-            w.emit(&piece)?;
-        }
+        buf.resize(bytes, 0);
+        decode_jobs(&c, &jobs[start..end], &mut buf)?;
+        w.emit(&buf)?;
         if let Some(p) = progress {
             p(w.written);
         }
@@ -235,7 +250,9 @@ pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> 
     let r = check_reference(&c, reference, false)?;
     let mut jobs = Vec::new();
     tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
-    Ok(decode_jobs(&c, &jobs)?.concat())
+    let mut out = vec![0u8; jobs_len(&c, &jobs)];
+    decode_jobs(&c, &jobs, &mut out)?;
+    Ok(out)
 }
 
 struct HashingWriter<'w> {
