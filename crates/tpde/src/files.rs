@@ -7,6 +7,22 @@ use crate::error::Result;
 use crate::mmap::FileBytes;
 use crate::{DecodeStats, EncodeOptions, EncodeStats};
 
+/// Maps an input and its optional reference, after checking that `out`
+/// names neither (an input is never replaced).
+fn open_inputs(
+    input: &Path,
+    reference: Option<&Path>,
+    out: &Path,
+) -> Result<(FileBytes, Option<FileBytes>)> {
+    let mut inputs = vec![input];
+    inputs.extend(reference);
+    check_not_input(out, &inputs)?;
+    Ok((
+        FileBytes::open(input)?,
+        reference.map(FileBytes::open).transpose()?,
+    ))
+}
+
 /// Encodes the file `cur` against `reference` (a keyframe when `None`) into
 /// `out`, atomically: on error, no output file is left behind.
 pub fn encode_file(
@@ -16,13 +32,9 @@ pub fn encode_file(
     opts: &EncodeOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
-    let mut inputs = vec![cur];
-    inputs.extend(reference);
-    check_not_input(out, &inputs)?;
-    let cur_bytes = FileBytes::open(cur)?;
-    let ref_bytes = reference.map(FileBytes::open).transpose()?;
+    let (cur, reference) = open_inputs(cur, reference, out)?;
     write_atomic(out, |w| {
-        crate::encode(&cur_bytes, ref_bytes.as_deref(), opts, w, progress)
+        crate::encode(&cur, reference.as_deref(), opts, w, progress)
     })
 }
 
@@ -35,13 +47,9 @@ pub fn decode_file(
     out: &Path,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<DecodeStats> {
-    let mut inputs = vec![input];
-    inputs.extend(reference);
-    check_not_input(out, &inputs)?;
-    let bytes = FileBytes::open(input)?;
-    let ref_bytes = reference.map(FileBytes::open).transpose()?;
+    let (bytes, reference) = open_inputs(input, reference, out)?;
     write_atomic(out, |w| {
-        crate::decode(&bytes, ref_bytes.as_deref(), w, progress)
+        crate::decode(&bytes, reference.as_deref(), w, progress)
     })
 }
 
@@ -54,12 +62,8 @@ pub fn decode_tensor_file(
     name: &str,
     out: &Path,
 ) -> Result<u64> {
-    let mut inputs = vec![input];
-    inputs.extend(reference);
-    check_not_input(out, &inputs)?;
-    let bytes = FileBytes::open(input)?;
-    let ref_bytes = reference.map(FileBytes::open).transpose()?;
-    let data = crate::decode_tensor(&bytes, ref_bytes.as_deref(), name)?;
+    let (bytes, reference) = open_inputs(input, reference, out)?;
+    let data = crate::decode_tensor(&bytes, reference.as_deref(), name)?;
     write_atomic(out, |w| {
         w.write_all(&data)?;
         Ok(data.len() as u64)
