@@ -162,6 +162,22 @@ impl Setup {
         self.dir.path()
     }
 
+    /// `tpde encode ckpt-2.safetensors --ref ckpt-1.safetensors -o OUT`,
+    /// which must succeed; returns what it printed.
+    fn encode_delta(&self, out: &str) -> String {
+        ok(
+            self.path(),
+            &[
+                "encode",
+                "ckpt-2.safetensors",
+                "--ref",
+                "ckpt-1.safetensors",
+                "-o",
+                out,
+            ],
+        )
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -190,17 +206,7 @@ fn keyframe_round_trip() {
 #[test]
 fn delta_round_trip() {
     let s = Setup::new();
-    let out = ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "ckpt-2.tpde",
-        ],
-    );
+    let out = s.encode_delta("ckpt-2.tpde");
     assert!(out.contains("delta"), "{out}");
     assert!(out.contains("changed elements"), "{out}");
     ok(
@@ -265,17 +271,7 @@ fn delta_round_trip() {
 #[test]
 fn inspect_lists_tensors() {
     let s = Setup::new();
-    ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "d.tpde",
-        ],
-    );
+    s.encode_delta("d.tpde");
     ok(s.path(), &["encode", "ckpt-1.safetensors", "-o", "k.tpde"]);
     for f in ["d.tpde", "k.tpde"] {
         let out = ok(s.path(), &["inspect", f]);
@@ -346,17 +342,7 @@ fn bench_sorts_names_naturally() {
 #[test]
 fn wrong_reference() {
     let s = Setup::new();
-    ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "d.tpde",
-        ],
-    );
+    s.encode_delta("d.tpde");
     let err = fails(
         s.path(),
         &[
@@ -429,17 +415,7 @@ fn not_safetensors() {
 #[test]
 fn truncated_or_foreign_tpde() {
     let s = Setup::new();
-    ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "d.tpde",
-        ],
-    );
+    s.encode_delta("d.tpde");
     let full = std::fs::read(s.file("d.tpde")).unwrap();
     for len in [0, 5, 16, 47, full.len() / 2, full.len() - 1] {
         std::fs::write(s.file("cut.tpde"), &full[..len]).unwrap();
@@ -499,17 +475,7 @@ fn truncated_or_foreign_tpde() {
 #[test]
 fn failure_keeps_an_existing_output() {
     let s = Setup::new();
-    ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "d.tpde",
-        ],
-    );
+    s.encode_delta("d.tpde");
     std::fs::write(s.file("out.safetensors"), b"previous contents").unwrap();
     fails(
         s.path(),
@@ -533,17 +499,7 @@ fn failure_keeps_an_existing_output() {
 #[test]
 fn output_equal_to_an_input_is_refused() {
     let s = Setup::new();
-    ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "d.tpde",
-        ],
-    );
+    s.encode_delta("d.tpde");
     let inputs = [
         "ckpt-1.safetensors",
         "ckpt-2.safetensors",
@@ -600,17 +556,7 @@ fn bench_of_an_empty_folder_fails() {
 #[test]
 fn decode_one_tensor_and_output_permissions() {
     let s = Setup::new();
-    ok(
-        s.path(),
-        &[
-            "encode",
-            "ckpt-2.safetensors",
-            "--ref",
-            "ckpt-1.safetensors",
-            "-o",
-            "ckpt-2.tpde",
-        ],
-    );
+    s.encode_delta("ckpt-2.tpde");
     ok(
         s.path(),
         &[

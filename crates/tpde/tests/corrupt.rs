@@ -407,16 +407,7 @@ fn inspect_refuses_zero_width_and_huge_nnz() {
         bad[at + 35] = 0; // width
         fix_index_hash(&mut bad);
         assert!(common::decode(&bad, Some(&pf)).is_err());
-        let r = std::panic::catch_unwind(|| tpde::inspect::inspect(&bad).is_err());
-        assert!(
-            matches!(r, Ok(true)),
-            "width 0 in the chunk entry at byte {at}: inspect {}",
-            if r.is_err() {
-                "panicked"
-            } else {
-                "returned Ok"
-            }
-        );
+        inspect_refuses(&bad, &format!("width 0 in the chunk entry at byte {at}"));
     }
     let mut bad = packed.clone();
     for at in &delta_chunks {
@@ -424,16 +415,7 @@ fn inspect_refuses_zero_width_and_huge_nnz() {
     }
     fix_index_hash(&mut bad);
     assert!(common::decode(&bad, Some(&pf)).is_err());
-    let r = std::panic::catch_unwind(|| tpde::inspect::inspect(&bad).is_err());
-    assert!(
-        matches!(r, Ok(true)),
-        "nnz = u64::MAX: inspect {}",
-        if r.is_err() {
-            "panicked"
-        } else {
-            "returned Ok"
-        }
-    );
+    inspect_refuses(&bad, "nnz = u64::MAX");
 }
 
 /// FORMAT.md: a chunk entry's `nnz` is the element count for codecs 0 and 1
@@ -942,4 +924,15 @@ fn safetensors_parser_on_hostile_headers() {
             Err(Error::Safetensors(_))
         ));
     }
+}
+
+/// `inspect` must return an error for `bad`: neither panic nor accept it.
+fn inspect_refuses(bad: &[u8], what: &str) {
+    let r = std::panic::catch_unwind(|| tpde::inspect::inspect(bad).is_err());
+    let got = match r {
+        Ok(true) => return,
+        Ok(false) => "returned Ok",
+        Err(_) => "panicked",
+    };
+    panic!("{what}: inspect {got}");
 }
