@@ -172,28 +172,26 @@ pub fn encode(
         .collect();
     // Identical chunks (same bytes, same reference bytes) share one payload:
     // freshly initialized layers are often exact copies of each other.
-    let hashes: Vec<(u64, u64)> = jobs
+    // The chunk hashes double as the checksums of the index.
+    let hashes: Vec<u64> = jobs
         .par_iter()
-        .map(|j| {
-            let h = |b: &[u8]| xxhash_rust::xxh3::xxh3_64(b);
-            (h(j.cur), j.reference.map_or(0, h))
-        })
+        .map(|j| xxhash_rust::xxh3::xxh3_64(j.cur))
         .collect();
-    let mut first_of: HashMap<(u64, u64, usize, bool), usize> = HashMap::new();
+    let mut seen: HashMap<(u64, usize), Vec<usize>> = HashMap::new();
     let dup_of: Vec<Option<usize>> = jobs
         .iter()
         .zip(&hashes)
         .enumerate()
-        .map(|(i, (j, &(hc, hr)))| {
-            let key = (hc, hr, j.cur.len(), j.reference.is_some());
-            match first_of.get(&key) {
-                Some(&k) if jobs[k].cur == j.cur && jobs[k].reference == j.reference => Some(k),
-                Some(_) => None,
-                None => {
-                    first_of.insert(key, i);
-                    None
-                }
+        .map(|(i, (j, &h))| {
+            let same = seen.entry((h, j.cur.len())).or_default();
+            let first = same
+                .iter()
+                .copied()
+                .find(|&k| jobs[k].cur == j.cur && jobs[k].reference == j.reference);
+            if first.is_none() {
+                same.push(i);
             }
+            first
         })
         .collect();
 
@@ -226,7 +224,7 @@ pub fn encode(
                         payload_offset: w.written,
                         payload_len: payload.len() as u32,
                         raw_len: j.cur.len() as u32,
-                        checksum: hashes[i].0,
+                        checksum: hashes[i],
                         coding,
                     };
                     w.write_all(&payload)?;
