@@ -47,12 +47,39 @@ impl CodingArgs {
     }
 }
 
+/// How `tpde encode` reads its input.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    /// safetensors, else a torch.save archive, else bytes.
+    Auto,
+    /// A safetensors file (anything else is refused).
+    Safetensors,
+    /// A torch.save zip archive (.pt, .pth, .bin).
+    Torch,
+    /// Any file, as opaque bytes.
+    Bytes,
+}
+
+impl Kind {
+    fn input(self, path: &Path) -> tpde::InputKind {
+        match self {
+            Kind::Auto if path.extension().is_some_and(|e| e == "safetensors") => {
+                tpde::InputKind::Safetensors
+            }
+            Kind::Auto => tpde::InputKind::Auto,
+            Kind::Safetensors => tpde::InputKind::Safetensors,
+            Kind::Torch => tpde::InputKind::Archive,
+            Kind::Bytes => tpde::InputKind::Opaque,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Encode a safetensors checkpoint, against the previous one with --ref
-    /// (a keyframe without).
+    /// Encode a checkpoint file (safetensors, a torch.save .pt, or any file),
+    /// against the previous one with --ref (a keyframe without).
     Encode {
-        /// The checkpoint to encode (a .safetensors file).
+        /// The checkpoint file to encode.
         cur: PathBuf,
         /// The checkpoint to code it against (usually the previous one).
         #[arg(long = "ref")]
@@ -60,6 +87,11 @@ enum Command {
         /// The .tpde file to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// What the file is. By default a .safetensors file must be one;
+        /// any other file is read as safetensors, else a torch.save archive
+        /// (optimizer.pt), else bytes.
+        #[arg(long = "as", value_enum, default_value_t = Kind::Auto)]
+        kind: Kind,
         #[command(flatten)]
         coding: CodingArgs,
     },
@@ -83,6 +115,9 @@ enum Command {
         /// The .tpde file.
         input: PathBuf,
     },
+    /// A store of a run's checkpoints: add, get back, list, verify, prune.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Code a folder of consecutive checkpoints, each against the previous,
     /// and compare with zstd -3 on the same files.
     Bench {
@@ -125,8 +160,17 @@ fn run(cli: Cli) -> Result<()> {
             cur,
             reference,
             output,
+            kind,
             coding,
-        } => encode(&cur, reference.as_deref(), &output, &coding.options()),
+        } => encode(
+            &cur,
+            reference.as_deref(),
+            &output,
+            &tpde::EncodeOptions {
+                input: kind.input(&cur),
+                ..coding.options()
+            },
+        ),
         Command::Decode {
             input,
             reference,
@@ -155,10 +199,12 @@ fn run(cli: Cli) -> Result<()> {
             repeat,
             coding,
         } => bench::run(&dir, json, repeat.max(1), &coding.options()),
+        Command::Store(cmd) => store::run(cmd),
     }
 }
 
 mod bench;
+mod store;
 
 /// A progress bar on a terminal; hidden when stderr is piped.
 fn progress_bar(total: u64, what: &str) -> ProgressBar {
@@ -200,9 +246,11 @@ fn encode(
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let kind = match reference {
-        Some(r) => format!("delta against {}", r.display()),
+        Some(r) if s.reference_used => format!("delta against {}", r.display()),
+        Some(_) => "keyframe (the reference does not match)".to_string(),
         None => "keyframe".to_string(),
     };
+    let kind = format!("{}, {kind}", s.source_kind.name());
     println!(
         "{} ({}) -> {} ({}), {kind}: ratio {:.3}x, {} MB/s",
         cur.display(),
@@ -212,7 +260,7 @@ fn encode(
         s.original_len as f64 / s.encoded_len as f64,
         (s.original_len as f64 / 1e6 / secs).round()
     );
-    if reference.is_some() && s.elements > 0 {
+    if s.reference_used && s.elements > 0 {
         println!(
             "changed elements: {:.2}%",
             100.0 * s.changed as f64 / s.elements as f64
@@ -257,15 +305,12 @@ fn inspect(input: &Path) -> Result<()> {
         "file:      {} ({} bytes), format version {}",
         input.display(),
         r.encoded_len,
-        tpde::format::VERSION
+        r.version
     );
     println!(
         "original:  {} bytes, {} ({})",
         r.original_len,
-        match r.source_kind {
-            tpde::format::SourceKind::Safetensors => "safetensors",
-            tpde::format::SourceKind::Opaque => "opaque bytes",
-        },
+        r.source_kind.name(),
         if r.header_len > 0 {
             format!("header {} bytes", r.header_len)
         } else {

@@ -62,7 +62,7 @@ fn checkpoint(step: u32) -> Vec<u8> {
     let b: Vec<f32> = (0..64).map(|i| i as f32 * 0.5 + step as f32).collect();
     for s in 1..=step {
         for (i, x) in w.iter_mut().enumerate() {
-            if (i as u32 + s) % 7 == 0 {
+            if (i as u32 + s).is_multiple_of(7) {
                 *x += 1e-5 * s as f32;
             }
         }

@@ -315,7 +315,7 @@ pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
         pos += 4;
     }
     let words = &src[pos..];
-    if words.len() % 2 != 0 {
+    if !words.len().is_multiple_of(2) {
         return Err(corrupt("odd number of renormalization bytes"));
     }
     let mut at = 0usize;
@@ -407,7 +407,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if x % 10 == 0 {
+                if x.is_multiple_of(10) {
                     (x >> 20) as u8 % 10 + 1
                 } else {
                     0

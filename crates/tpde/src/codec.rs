@@ -803,7 +803,7 @@ fn encode_chunk_with(
     force: Option<Positions>,
 ) -> Result<(ChunkCoding, Vec<u8>)> {
     let width = p.width;
-    debug_assert!(cur.len() % width == 0 && !cur.is_empty());
+    debug_assert!(cur.len().is_multiple_of(width) && !cur.is_empty());
     debug_assert!(reference.is_none_or(|r| r.len() == cur.len()));
     let n = cur.len() / width;
 
@@ -955,7 +955,7 @@ pub fn decode_chunk(
     out: &mut [u8],
 ) -> Result<()> {
     let width = usize::from(c.width);
-    if !matches!(width, 1 | 2 | 4 | 8) || out.len() % width != 0 {
+    if !matches!(width, 1 | 2 | 4 | 8) || !out.len().is_multiple_of(width) {
         return Err(Error::corrupt(format!(
             "bad element width {width} for a chunk of {} bytes",
             out.len()
@@ -1155,7 +1155,7 @@ mod tests {
             let mut cur = reference.clone();
             let mut i = 0;
             while i < n {
-                if next() % period == 0 {
+                if next().is_multiple_of(period) {
                     for k in i..(i + run).min(n) {
                         cur[k * 4 + (next() % 4) as usize] ^= (next() as u8) | 1;
                     }

@@ -92,6 +92,19 @@ fn tensor_reference<'r>(
             let start = c.index.header_block.len() as u64 + t.info.begin;
             Ok(Some(r.bytes.get(start as usize..).unwrap_or(&[])))
         }
+        RefMode::Offset => {
+            let range = usize::try_from(t.ref_offset)
+                .ok()
+                .zip(usize::try_from(t.entry.data_len).ok())
+                .and_then(|(s, n)| r.bytes.get(s..s.checked_add(n)?))
+                .ok_or_else(|| {
+                    Error::ReferenceMismatch(format!(
+                        "the reference has no {} bytes at offset {} for tensor {:?}",
+                        t.entry.data_len, t.ref_offset, t.info.name
+                    ))
+                })?;
+            Ok(Some(range))
+        }
     }
 }
 
@@ -193,32 +206,57 @@ pub fn decode(
         hasher: xxhash_rust::xxh3::Xxh3::new(),
         written: 0,
     };
-    w.emit(&c.index.header_block)?;
+    // The output in order: header-block bytes around the tensors' chunks.
+    let mut items = Vec::new();
     let mut jobs = Vec::new();
-    for ti in 0..c.tensors.len() {
+    for (ti, t) in c.tensors.iter().enumerate() {
+        items.push(Item::Block(t.gap.clone()));
+        let first = jobs.len();
         tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+        items.extend((first..jobs.len()).map(Item::Job));
     }
-    // One buffer, reused by every batch.
+    items.push(Item::Block(c.tail.clone()));
+    // One buffer, reused by every batch of jobs.
     let mut buf: Vec<u8> = Vec::new();
-    let mut start = 0;
-    while start < jobs.len() {
-        let mut end = start;
+    let mut at = 0;
+    while at < items.len() {
+        // A batch: the items up to BATCH_BYTES of decoded chunks.
+        let mut end = at;
         let mut bytes = 0usize;
-        while end < jobs.len() {
-            let len = c.tensors[jobs[end].tensor].entry.chunks[jobs[end].chunk].raw_len as usize;
-            if end > start && bytes + len > BATCH_BYTES {
-                break;
+        let mut first_job = None;
+        let mut jobs_end = 0;
+        while end < items.len() {
+            if let Item::Job(k) = items[end] {
+                let len = c.tensors[jobs[k].tensor].entry.chunks[jobs[k].chunk].raw_len as usize;
+                if bytes > 0 && bytes + len > BATCH_BYTES {
+                    break;
+                }
+                bytes += len;
+                first_job.get_or_insert(k);
+                jobs_end = k + 1;
             }
-            bytes += len;
             end += 1;
         }
         buf.resize(bytes, 0);
-        decode_jobs(&c, &jobs[start..end], &mut buf)?;
-        w.emit(&buf)?;
+        if let Some(first) = first_job {
+            decode_jobs(&c, &jobs[first..jobs_end], &mut buf)?;
+        }
+        let mut pos = 0;
+        for item in &items[at..end] {
+            match item {
+                Item::Block(range) => w.emit(&c.index.header_block[range.clone()])?,
+                Item::Job(k) => {
+                    let len =
+                        c.tensors[jobs[*k].tensor].entry.chunks[jobs[*k].chunk].raw_len as usize;
+                    w.emit(&buf[pos..pos + len])?;
+                    pos += len;
+                }
+            }
+        }
         if let Some(p) = progress {
             p(w.written);
         }
-        start = end;
+        at = end;
     }
     if w.written != c.index.original_len || w.hasher.digest128() != c.index.original_digest {
         return Err(Error::corrupt(
@@ -237,7 +275,7 @@ pub fn decode(
 /// digests are not (that would read every byte).
 pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> Result<Vec<u8>> {
     let c = Container::open(container)?;
-    if c.index.source_kind != SourceKind::Safetensors {
+    if c.index.source_kind == SourceKind::Opaque {
         return Err(Error::InvalidArgument(
             "this container holds an opaque file, not tensors".into(),
         ));
@@ -253,6 +291,12 @@ pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> 
     let mut out = vec![0u8; jobs_len(&c, &jobs)];
     decode_jobs(&c, &jobs, &mut out)?;
     Ok(out)
+}
+
+/// A piece of the output: header-block bytes, or a chunk (by job number).
+enum Item {
+    Block(std::ops::Range<usize>),
+    Job(usize),
 }
 
 struct HashingWriter<'w> {

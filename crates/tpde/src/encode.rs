@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use crate::codec::{encode_chunk, ChunkParams, Codec};
 use crate::dtype::Family;
 use crate::error::{Error, Result};
-use crate::format::{self, ChunkEntry, Index, RefId, RefMode, SourceKind, TensorEntry};
-use crate::safetensors;
+use crate::format::{
+    self, ChunkEntry, Index, LayoutEntry, RefId, RefMode, SourceKind, TensorEntry,
+};
+use crate::{archive, safetensors, Dtype};
 
 /// What kind of file is being encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,6 +22,14 @@ pub enum InputKind {
     Safetensors,
     /// Any file, coded as opaque bytes against the same bytes of the reference.
     Opaque,
+    /// A zip archive written by `torch.save` (a `.pt`/`.pth` file): its tensor
+    /// storages are coded as tensors against the storages of the same name in
+    /// the reference archive; anything else is refused.
+    Archive,
+    /// Whichever of the three the file is: safetensors, else a torch archive,
+    /// else opaque bytes. A reference of another kind is not used (the
+    /// container is then a keyframe), nor one that no tensor matches.
+    Auto,
 }
 
 /// Encoder settings.
@@ -54,6 +64,11 @@ pub struct EncodeStats {
     pub changed: u64,
     /// Elements in all tensors.
     pub elements: u64,
+    /// What the file was read as.
+    pub source_kind: SourceKind,
+    /// Whether the container needs the reference to decode (false for a
+    /// keyframe, and with [`InputKind::Auto`] when the reference did not fit).
+    pub reference_used: bool,
 }
 
 struct Job<'a> {
@@ -76,7 +91,7 @@ pub fn encode(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
     if opts.chunk_size < 64
-        || opts.chunk_size % 8 != 0
+        || !opts.chunk_size.is_multiple_of(8)
         || opts.chunk_size > format::MAX_CHUNK as usize
     {
         return Err(Error::InvalidArgument(format!(
@@ -84,84 +99,49 @@ pub fn encode(
             opts.chunk_size
         )));
     }
-    let mut header_block = Vec::new();
-    let mut entries: Vec<(RefMode, u64)> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut elements = 0u64;
-    match opts.input {
-        InputKind::Safetensors => {
-            let header = safetensors::parse(cur)?;
-            let ref_header = match reference {
-                Some(r) => Some(safetensors::parse(r).map_err(|e| {
-                    Error::ReferenceMismatch(format!(
-                        "the reference is not a valid safetensors file: {e}"
-                    ))
-                })?),
-                None => None,
-            };
-            let hl = header.header_len as usize;
-            header_block.extend_from_slice(&cur[..hl]);
-            for (i, t) in header.tensors.iter().enumerate() {
-                let data = &cur[hl + t.begin as usize..hl + t.end as usize];
-                let ref_data = ref_header.as_ref().and_then(|rh| {
-                    let rt = rh.get(&t.name)?;
-                    (rt.dtype == t.dtype && rt.shape == t.shape).then(|| {
-                        let rhl = rh.header_len as usize;
-                        &reference.expect("reference header implies reference")
-                            [rhl + rt.begin as usize..rhl + rt.end as usize]
-                    })
-                });
-                elements += t.elements();
-                let params = ChunkParams {
-                    width: t.dtype.coding_width(),
-                    family: t.dtype.family(),
-                    level: opts.level,
-                    exponent: t.dtype.exponent_field(),
-                };
-                entries.push((
-                    if ref_data.is_some() {
-                        RefMode::SameName
-                    } else {
-                        RefMode::None
-                    },
-                    data.len() as u64,
-                ));
-                push_jobs(&mut jobs, i, data, ref_data, params, opts.chunk_size);
-            }
-        }
-        InputKind::Opaque => {
-            let params = ChunkParams {
-                width: 1,
-                family: Family::Integer,
-                level: opts.level,
-                exponent: None,
-            };
-            elements = cur.len() as u64;
-            let mode = if reference.is_some() {
-                RefMode::SameRange
+    let kind = match opts.input {
+        InputKind::Safetensors => SourceKind::Safetensors,
+        InputKind::Opaque => SourceKind::Opaque,
+        InputKind::Archive => SourceKind::Archive,
+        InputKind::Auto => {
+            if safetensors::parse(cur).is_ok() {
+                SourceKind::Safetensors
+            } else if archive::scan(cur).is_some() {
+                SourceKind::Archive
             } else {
-                RefMode::None
-            };
-            entries.push((mode, cur.len() as u64));
-            let step = opts.chunk_size;
-            for (k, piece) in cur.chunks(step).enumerate() {
-                let start = k * step;
-                let r = reference.and_then(|r| r.get(start..start + piece.len()));
-                jobs.push(Job {
-                    tensor: 0,
-                    cur: piece,
-                    reference: r,
-                    params,
-                });
+                SourceKind::Opaque
             }
         }
-    }
+    };
+    let lenient = opts.input == InputKind::Auto;
+    let (kind, mut plan) = match kind {
+        SourceKind::Safetensors => (kind, plan_safetensors(cur, reference, opts, lenient)?),
+        SourceKind::Archive => match plan_archive(cur, reference, opts) {
+            Ok(plan) => (kind, plan),
+            // An archive tpde cannot lay out is still a file.
+            Err(_) if lenient => (SourceKind::Opaque, plan_opaque(cur, reference, opts)),
+            Err(e) => return Err(e),
+        },
+        SourceKind::Opaque => (kind, plan_opaque(cur, reference, opts)),
+    };
+    let reference_used = plan.entries.iter().any(|e| e.0 != RefMode::None);
+    let reference = if lenient && !reference_used {
+        None
+    } else {
+        reference
+    };
+    let Plan {
+        header_block,
+        entries,
+        jobs,
+        elements,
+    } = std::mem::take(&mut plan);
 
     let mut w = CountingWriter {
         inner: out,
         written: 0,
     };
-    w.write_all(&format::file_header())?;
+    w.write_all(&format::file_header(kind.min_version()))?;
     let mut tensors: Vec<TensorEntry> = entries
         .iter()
         .map(|&(ref_mode, data_len)| TensorEntry {
@@ -264,10 +244,7 @@ pub fn encode(
         }),
         original_len: cur.len() as u64,
         original_digest: format::digest(cur),
-        source_kind: match opts.input {
-            InputKind::Safetensors => SourceKind::Safetensors,
-            InputKind::Opaque => SourceKind::Opaque,
-        },
+        source_kind: kind,
         header_block,
         tensors,
     };
@@ -281,7 +258,165 @@ pub fn encode(
         encoded_len: w.written,
         changed,
         elements,
+        source_kind: kind,
+        reference_used: reference.is_some(),
     })
+}
+
+/// What to code: the header block, one `(ref mode, length)` per tensor, and
+/// the chunk jobs.
+#[derive(Default)]
+struct Plan<'a> {
+    header_block: Vec<u8>,
+    entries: Vec<(RefMode, u64)>,
+    jobs: Vec<Job<'a>>,
+    elements: u64,
+}
+
+fn chunk_params(dtype: &Dtype, level: i32) -> ChunkParams {
+    ChunkParams {
+        width: dtype.coding_width(),
+        family: dtype.family(),
+        level,
+        exponent: dtype.exponent_field(),
+    }
+}
+
+/// A safetensors file: tensors matched by name, dtype and shape. A reference
+/// that is not safetensors is an error, or (`lenient`) not used.
+fn plan_safetensors<'a>(
+    cur: &'a [u8],
+    reference: Option<&'a [u8]>,
+    opts: &EncodeOptions,
+    lenient: bool,
+) -> Result<Plan<'a>> {
+    let header = safetensors::parse(cur)?;
+    let ref_header = match reference.map(safetensors::parse) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) if lenient => None,
+        Some(Err(e)) => {
+            return Err(Error::ReferenceMismatch(format!(
+                "the reference is not a valid safetensors file: {e}"
+            )))
+        }
+        None => None,
+    };
+    let mut plan = Plan::default();
+    let hl = header.header_len as usize;
+    plan.header_block.extend_from_slice(&cur[..hl]);
+    for (i, t) in header.tensors.iter().enumerate() {
+        let data = &cur[hl + t.begin as usize..hl + t.end as usize];
+        let ref_data = ref_header.as_ref().and_then(|rh| {
+            let rt = rh.get(&t.name)?;
+            (rt.dtype == t.dtype && rt.shape == t.shape).then(|| {
+                let rhl = rh.header_len as usize;
+                &reference.expect("reference header implies reference")
+                    [rhl + rt.begin as usize..rhl + rt.end as usize]
+            })
+        });
+        plan.elements += t.elements();
+        let mode = if ref_data.is_some() {
+            RefMode::SameName
+        } else {
+            RefMode::None
+        };
+        plan.entries.push((mode, data.len() as u64));
+        let params = chunk_params(&t.dtype, opts.level);
+        push_jobs(&mut plan.jobs, i, data, ref_data, params, opts.chunk_size);
+    }
+    Ok(plan)
+}
+
+/// A torch.save archive: its storages are the tensors, matched with the
+/// reference's storages by name, dtype and length; the other bytes of the
+/// file go verbatim into the header block.
+fn plan_archive<'a>(
+    cur: &'a [u8],
+    reference: Option<&'a [u8]>,
+    opts: &EncodeOptions,
+) -> Result<Plan<'a>> {
+    let tensors = archive::scan(cur)
+        .ok_or_else(|| Error::InvalidArgument("not a torch.save zip archive".into()))?;
+    let ref_tensors: HashMap<String, archive::ArchiveTensor> = reference
+        .and_then(archive::scan)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let mut plan = Plan::default();
+    let mut layout = Vec::with_capacity(tensors.len());
+    let mut filler = Vec::new();
+    let mut pos = 0usize;
+    for (i, t) in tensors.iter().enumerate() {
+        let (start, len) = (t.offset as usize, t.len as usize);
+        filler.extend_from_slice(&cur[pos..start]);
+        pos = start + len;
+        let data = &cur[start..pos];
+        let matched = ref_tensors
+            .get(&t.name)
+            .filter(|r| r.dtype == t.dtype && r.len == t.len);
+        let ref_data = matched.map(|r| {
+            &reference.expect("reference tensors imply a reference")
+                [r.offset as usize..(r.offset + r.len) as usize]
+        });
+        layout.push(LayoutEntry {
+            name: t.name.clone(),
+            dtype: t.dtype.clone(),
+            offset: t.offset,
+            ref_offset: matched.map_or(0, |r| r.offset),
+        });
+        let width = t.dtype.coding_width();
+        plan.elements += t.len / width as u64;
+        let mode = if ref_data.is_some() {
+            RefMode::Offset
+        } else {
+            RefMode::None
+        };
+        plan.entries.push((mode, t.len));
+        let params = chunk_params(&t.dtype, opts.level);
+        push_jobs(&mut plan.jobs, i, data, ref_data, params, opts.chunk_size);
+    }
+    filler.extend_from_slice(&cur[pos..]);
+    plan.header_block = format::archive_layout(&layout, &filler)?;
+    if plan.header_block.len() as u64 > safetensors::MAX_HEADER_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "the archive has {} bytes outside its tensor storages, more than the format allows",
+            filler.len()
+        )));
+    }
+    Ok(plan)
+}
+
+/// Any file as opaque bytes, against the same byte range of the reference.
+fn plan_opaque<'a>(cur: &'a [u8], reference: Option<&'a [u8]>, opts: &EncodeOptions) -> Plan<'a> {
+    let params = ChunkParams {
+        width: 1,
+        family: Family::Integer,
+        level: opts.level,
+        exponent: None,
+    };
+    let mode = if reference.is_some() {
+        RefMode::SameRange
+    } else {
+        RefMode::None
+    };
+    let mut plan = Plan {
+        elements: cur.len() as u64,
+        entries: vec![(mode, cur.len() as u64)],
+        ..Plan::default()
+    };
+    let step = opts.chunk_size;
+    for (k, piece) in cur.chunks(step).enumerate() {
+        let start = k * step;
+        let r = reference.and_then(|r| r.get(start..start + piece.len()));
+        plan.jobs.push(Job {
+            tensor: 0,
+            cur: piece,
+            reference: r,
+            params,
+        });
+    }
+    plan
 }
 
 fn push_jobs<'a>(

@@ -24,7 +24,7 @@ pub enum Error {
     WrongMagic,
 
     /// A `.tpde` file of a format version this build does not know.
-    #[error("unsupported .tpde format version {0} (this build reads version 1)")]
+    #[error("unsupported .tpde format version {0} (this build reads versions 1 and 2)")]
     UnsupportedVersion(u16),
 
     /// The `.tpde` file is shorter than its own structure says.
@@ -55,6 +55,15 @@ pub enum Error {
     /// The reference lacks data that the file needs (a tensor, a byte range).
     #[error("the reference does not fit this file: {0}")]
     ReferenceMismatch(String),
+
+    /// A checkpoint store problem: not a store, an unknown step, a step
+    /// already stored, a damaged manifest or content file.
+    #[error("store {}: {msg}", path.display())]
+    Store { path: PathBuf, msg: String },
+
+    /// Another process is writing to the store.
+    #[error("store {} is locked: another tpde process is writing to it; try again when it is done", .0.display())]
+    Locked(PathBuf),
 
     /// A caller asked for something that does not exist or cannot be done.
     #[error("{0}")]

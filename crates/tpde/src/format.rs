@@ -17,13 +17,16 @@ use crate::error::{Error, Result};
 use crate::safetensors::{self, TensorInfo, MAX_HEADER_SIZE};
 use crate::transform::Transform;
 use crate::Dtype;
+use std::ops::Range;
 
 /// First eight bytes of every `.tpde` file.
 pub const MAGIC: [u8; 8] = *b"\x89TPDE\r\n\x1a";
 /// Last eight bytes of every `.tpde` file.
 pub const END_MAGIC: [u8; 8] = *b"TPDEEND\0";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The newest format version this build reads. A file is written with the
+/// lowest version that has the features it uses: 1, or 2 for a torch.save
+/// archive (source kind 2), so that version-1 readers still read the rest.
+pub const VERSION: u16 = 2;
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 pub(crate) const TRAILER_LEN: u64 = 32;
 const CHUNK_ENTRY_LEN: usize = 48;
@@ -34,12 +37,35 @@ const FLAG_HAS_REF: u16 = 1;
 pub const MAX_CHUNK: u32 = 64 << 20;
 
 /// What kind of file the container holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SourceKind {
     /// A safetensors file.
+    #[default]
     Safetensors = 0,
     /// Any file, as opaque bytes.
     Opaque = 1,
+    /// A zip archive written by `torch.save` (format version 2): its tensor
+    /// storages are coded as tensors, every other byte is kept verbatim.
+    Archive = 2,
+}
+
+impl SourceKind {
+    /// The lowest format version that has this source kind.
+    pub fn min_version(self) -> u16 {
+        match self {
+            SourceKind::Safetensors | SourceKind::Opaque => 1,
+            SourceKind::Archive => 2,
+        }
+    }
+
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Safetensors => "safetensors",
+            SourceKind::Opaque => "opaque bytes",
+            SourceKind::Archive => "torch archive",
+        }
+    }
 }
 
 /// Where a tensor's reference data comes from.
@@ -51,6 +77,9 @@ pub enum RefMode {
     SameName = 1,
     /// The same byte range of the reference file.
     SameRange = 2,
+    /// The bytes of the reference file at the offset the archive layout
+    /// gives for the tensor (source kind 2 only).
+    Offset = 3,
 }
 
 /// One chunk's index entry.
@@ -100,10 +129,10 @@ pub fn digest_hex(d: u128) -> String {
     format!("{d:032x}")
 }
 
-pub(crate) fn file_header() -> [u8; 16] {
+pub(crate) fn file_header(version: u16) -> [u8; 16] {
     let mut h = [0u8; 16];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..10].copy_from_slice(&version.to_le_bytes());
     h
 }
 
@@ -201,17 +230,64 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone)]
 pub struct TensorView {
     /// Name, dtype, shape and data range, from the original's header (for an
-    /// opaque file: one pseudo-tensor named after nothing, dtype unknown).
+    /// opaque file: one pseudo-tensor named after nothing, dtype unknown; for
+    /// an archive, the range is the absolute one in the original file).
     pub info: TensorInfo,
     pub entry: TensorEntry,
+    /// The bytes of the header block written just before this tensor's data.
+    pub gap: Range<usize>,
+    /// Where the tensor's reference data starts in the reference file
+    /// ([`RefMode::Offset`] only; 0 otherwise).
+    pub ref_offset: u64,
+}
+
+/// One tensor of an archive layout (source kind 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    /// Where the tensor's data starts in the original file.
+    pub offset: u64,
+    /// Where its reference data starts in the reference file (0 without).
+    pub ref_offset: u64,
+}
+
+/// The header block of an archive container: the tensor table, then the
+/// original's bytes outside every tensor (`filler`), in file order.
+pub(crate) fn archive_layout(entries: &[LayoutEntry], filler: &[u8]) -> Result<Vec<u8>> {
+    let mut b = Vec::with_capacity(4 + entries.len() * 40 + filler.len());
+    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        let dtype = e.dtype.to_string();
+        let (Ok(name_len), Ok(dtype_len)) =
+            (u16::try_from(e.name.len()), u8::try_from(dtype.len()))
+        else {
+            return Err(Error::InvalidArgument(format!(
+                "archive entry name {:?} is too long",
+                e.name
+            )));
+        };
+        b.extend_from_slice(&e.offset.to_le_bytes());
+        b.extend_from_slice(&e.ref_offset.to_le_bytes());
+        b.extend_from_slice(&name_len.to_le_bytes());
+        b.extend_from_slice(e.name.as_bytes());
+        b.push(dtype_len);
+        b.extend_from_slice(dtype.as_bytes());
+    }
+    b.extend_from_slice(filler);
+    Ok(b)
 }
 
 /// A parsed and validated `.tpde` file held in memory.
 #[derive(Debug)]
 pub struct Container<'a> {
     bytes: &'a [u8],
+    /// The format version in the file header.
+    pub version: u16,
     pub index: Index,
     pub tensors: Vec<TensorView>,
+    /// The bytes of the header block written after the last tensor.
+    pub tail: Range<usize>,
 }
 
 impl<'a> Container<'a> {
@@ -235,7 +311,7 @@ impl<'a> Container<'a> {
             )));
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion(version));
         }
         if bytes[10..16].iter().any(|&b| b != 0) {
@@ -264,11 +340,19 @@ impl<'a> Container<'a> {
             return Err(Error::corrupt("index checksum mismatch"));
         }
         let index = parse_index(index_bytes, index_offset)?;
-        let tensors = tensor_views(&index)?;
+        if index.source_kind.min_version() > version {
+            return Err(Error::corrupt(format!(
+                "source kind {} in a version {version} file",
+                index.source_kind as u8
+            )));
+        }
+        let (tensors, tail) = tensor_views(&index)?;
         Ok(Container {
             bytes,
+            version,
             index,
             tensors,
+            tail,
         })
     }
 
@@ -312,6 +396,7 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
     let source_kind = match r.u8("source kind")? {
         0 => SourceKind::Safetensors,
         1 => SourceKind::Opaque,
+        2 => SourceKind::Archive,
         k => return Err(Error::corrupt(format!("unknown source kind {k}"))),
     };
     let header_len = r.u32("header length")? as usize;
@@ -340,6 +425,7 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
             0 => RefMode::None,
             1 => RefMode::SameName,
             2 => RefMode::SameRange,
+            3 => RefMode::Offset,
             m => return Err(Error::corrupt(format!("unknown ref mode {m}"))),
         };
         if ref_mode != RefMode::None && reference.is_none() {
@@ -429,7 +515,7 @@ fn check_coding(c: &ChunkEntry) -> Result<()> {
             c.raw_len
         )));
     }
-    if !matches!(width, 1 | 2 | 4 | 8) || c.raw_len % width != 0 {
+    if !matches!(width, 1 | 2 | 4 | 8) || !c.raw_len.is_multiple_of(width) {
         return Err(Error::corrupt(format!(
             "chunk of {} bytes with element width {width}",
             c.raw_len
@@ -458,7 +544,21 @@ fn check_coding(c: &ChunkEntry) -> Result<()> {
     Ok(())
 }
 
-fn tensor_views(index: &Index) -> Result<Vec<TensorView>> {
+/// The tensors of a container with the header-block bytes around each, and
+/// the tail written after the last one.
+fn tensor_views(index: &Index) -> Result<(Vec<TensorView>, Range<usize>)> {
+    let hb = index.header_block.len();
+    let refuse_mode = |entry: &TensorEntry, allowed: &[RefMode]| {
+        if entry.ref_mode == RefMode::None || allowed.contains(&entry.ref_mode) {
+            Ok(())
+        } else {
+            Err(Error::corrupt(format!(
+                "reference mode {} in a {} container",
+                entry.ref_mode as u8,
+                index.source_kind.name()
+            )))
+        }
+    };
     match index.source_kind {
         SourceKind::Safetensors => {
             let header = safetensors::parse_header(&index.header_block, index.original_len)
@@ -470,25 +570,29 @@ fn tensor_views(index: &Index) -> Result<Vec<TensorView>> {
                     index.tensors.len()
                 )));
             }
-            header
+            let views = header
                 .tensors
                 .into_iter()
                 .zip(index.tensors.iter().cloned())
-                .map(|(info, entry)| {
+                .enumerate()
+                .map(|(i, (info, entry))| {
                     if info.len() != entry.data_len {
                         return Err(Error::corrupt(format!(
                             "tensor {:?}: length differs from the header",
                             info.name
                         )));
                     }
-                    if entry.ref_mode == RefMode::SameRange {
-                        return Err(Error::corrupt(
-                            "byte-range reference in a safetensors container",
-                        ));
-                    }
-                    Ok(TensorView { info, entry })
+                    refuse_mode(&entry, &[RefMode::SameName])?;
+                    Ok(TensorView {
+                        info,
+                        entry,
+                        gap: if i == 0 { 0..hb } else { hb..hb },
+                        ref_offset: 0,
+                    })
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            let tail = if views.is_empty() { 0..hb } else { hb..hb };
+            Ok((views, tail))
         }
         SourceKind::Opaque => {
             let [entry] = &index.tensors[..] else {
@@ -496,24 +600,120 @@ fn tensor_views(index: &Index) -> Result<Vec<TensorView>> {
                     "an opaque container holds exactly one entry",
                 ));
             };
-            if !index.header_block.is_empty()
-                || entry.data_len != index.original_len
-                || entry.ref_mode == RefMode::SameName
-            {
+            refuse_mode(entry, &[RefMode::SameRange])?;
+            if hb != 0 || entry.data_len != index.original_len {
                 return Err(Error::corrupt(
                     "opaque container entry does not cover the file",
                 ));
             }
-            Ok(vec![TensorView {
-                info: TensorInfo {
-                    name: String::new(),
-                    dtype: Dtype::Unknown("bytes".into()),
-                    shape: vec![entry.data_len],
-                    begin: 0,
-                    end: entry.data_len,
-                },
-                entry: entry.clone(),
-            }])
+            Ok((
+                vec![TensorView {
+                    info: TensorInfo {
+                        name: String::new(),
+                        dtype: Dtype::Unknown("bytes".into()),
+                        shape: vec![entry.data_len],
+                        begin: 0,
+                        end: entry.data_len,
+                    },
+                    entry: entry.clone(),
+                    gap: 0..0,
+                    ref_offset: 0,
+                }],
+                0..0,
+            ))
         }
+        SourceKind::Archive => archive_views(index),
     }
+}
+
+/// Reads the layout block of an archive container (see [`archive_layout`]).
+fn archive_views(index: &Index) -> Result<(Vec<TensorView>, Range<usize>)> {
+    let block = &index.header_block[..];
+    let mut r = Reader { b: block };
+    let n = r.u32("the archive layout")? as usize;
+    if n != index.tensors.len() {
+        return Err(Error::corrupt(format!(
+            "archive layout has {n} tensors, index has {}",
+            index.tensors.len()
+        )));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let offset = r.u64("the archive layout")?;
+        let ref_offset = r.u64("the archive layout")?;
+        let name_len = r.u16("the archive layout")? as usize;
+        let name = std::str::from_utf8(r.take(name_len, "the archive layout")?)
+            .map_err(|_| Error::corrupt("archive tensor name is not UTF-8"))?
+            .to_string();
+        let dtype_len = r.u8("the archive layout")? as usize;
+        let dtype = std::str::from_utf8(r.take(dtype_len, "the archive layout")?)
+            .map_err(|_| Error::corrupt("archive tensor dtype is not UTF-8"))?;
+        entries.push(LayoutEntry {
+            name,
+            dtype: Dtype::from_name(dtype),
+            offset,
+            ref_offset,
+        });
+    }
+    let mut filler = block.len() - r.b.len();
+    let mut pos = 0u64;
+    let mut views = Vec::with_capacity(n);
+    for (e, entry) in entries.into_iter().zip(index.tensors.iter().cloned()) {
+        let gap = e
+            .offset
+            .checked_sub(pos)
+            .and_then(|g| usize::try_from(g).ok())
+            .filter(|&g| g <= block.len() - filler)
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "archive tensor {:?} overlaps its neighbours or the layout is short",
+                    e.name
+                ))
+            })?;
+        let end = e
+            .offset
+            .checked_add(entry.data_len)
+            .filter(|&end| end <= index.original_len)
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "archive tensor {:?} ends past the original",
+                    e.name
+                ))
+            })?;
+        if entry.ref_mode == RefMode::Offset {
+            if e.ref_offset.checked_add(entry.data_len).is_none() {
+                return Err(Error::corrupt("archive reference offset overflows"));
+            }
+        } else if entry.ref_mode != RefMode::None {
+            return Err(Error::corrupt(format!(
+                "reference mode {} in a torch archive container",
+                entry.ref_mode as u8
+            )));
+        } else if e.ref_offset != 0 {
+            return Err(Error::corrupt(
+                "archive tensor without reference has a reference offset",
+            ));
+        }
+        let width = e.dtype.coding_width() as u64;
+        views.push(TensorView {
+            info: TensorInfo {
+                name: e.name,
+                shape: vec![entry.data_len / width],
+                dtype: e.dtype,
+                begin: e.offset,
+                end,
+            },
+            entry,
+            gap: filler..filler + gap,
+            ref_offset: e.ref_offset,
+        });
+        filler += gap;
+        pos = end;
+    }
+    if pos + (block.len() - filler) as u64 != index.original_len {
+        return Err(Error::corrupt(
+            "archive layout does not add up to the original's length",
+        ));
+    }
+    Ok((views, filler..block.len()))
 }

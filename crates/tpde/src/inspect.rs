@@ -41,6 +41,8 @@ impl TensorReport {
 /// A whole container.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The format version of the file.
+    pub version: u16,
     pub reference: Option<RefId>,
     pub original_len: u64,
     pub encoded_len: u64,
@@ -98,6 +100,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
         })
         .collect();
     Ok(Report {
+        version: c.version,
         reference: c.index.reference,
         original_len: c.index.original_len,
         encoded_len: c.len(),

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod ans;
+pub mod archive;
 pub mod atomic;
 pub mod bits;
 pub mod codec;
@@ -34,6 +35,7 @@ pub mod format;
 pub mod inspect;
 mod mmap;
 pub mod safetensors;
+pub mod store;
 pub mod transform;
 
 pub use decode::{decode, decode_tensor, DecodeStats};

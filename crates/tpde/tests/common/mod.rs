@@ -91,7 +91,7 @@ pub fn safetensors(tensors: &[Tensor], metadata: Option<&[(&str, &str)]>) -> Vec
 /// multiple of 8) and the data section pieces, in order.
 pub fn raw_safetensors(header: &str, data: &[&[u8]], out: &mut Vec<u8>) {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     out.extend_from_slice(&(h.len() as u64).to_le_bytes());

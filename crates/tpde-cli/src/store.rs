@@ -1,0 +1,360 @@
+//! `tpde store ...`: the checkpoint store on the command line.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use tpde::store::{watch, Checkpoint, EntryKind, StepRecord, Store};
+
+use crate::table::Table;
+use crate::{mb, progress_bar};
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Create an empty store.
+    Init {
+        dir: PathBuf,
+        /// A keyframe at least every K checkpoints: restoring any step
+        /// decodes at most K.
+        #[arg(long, default_value_t = tpde::store::DEFAULT_KEYFRAME_EVERY)]
+        keyframe_every: u32,
+    },
+    /// Add a checkpoint: a safetensors file or a checkpoint folder (every
+    /// file in it is kept).
+    Add {
+        dir: PathBuf,
+        path: PathBuf,
+        /// Its step; by default the number in its name (checkpoint-500: 500).
+        #[arg(long)]
+        step: Option<u64>,
+    },
+    /// Restore a checkpoint, byte for byte.
+    Get {
+        dir: PathBuf,
+        step: u64,
+        /// Where to write it (must not exist); by default its original name
+        /// in the current folder.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List the stored checkpoints.
+    Ls {
+        dir: PathBuf,
+        /// Print the manifest as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every content file and restore every step.
+    Verify { dir: PathBuf },
+    /// Remove a checkpoint (the ones coded against it are re-coded).
+    Rm { dir: PathBuf, step: u64 },
+    /// Remove all checkpoints but the last N and every M-th step.
+    Prune {
+        dir: PathBuf,
+        /// Keep the last N checkpoints.
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+        /// Keep the checkpoints whose step is a multiple of M.
+        #[arg(long)]
+        keep_every: Option<u64>,
+    },
+    /// Add each new checkpoint of a training run as it appears.
+    Watch {
+        dir: PathBuf,
+        /// The run's output folder (checkpoint-N folders or step-numbered
+        /// .safetensors files).
+        run_dir: PathBuf,
+        /// Seconds between looks at the run folder.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        /// A checkpoint is complete once it has not changed for this long
+        /// (seconds).
+        #[arg(long, default_value_t = 30.0)]
+        settle: f64,
+        /// Delete each original once its stored copy is verified.
+        #[arg(long)]
+        delete_originals: bool,
+        /// Add what is complete now and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+pub fn run(cmd: StoreCommand) -> Result<()> {
+    match cmd {
+        StoreCommand::Init {
+            dir,
+            keyframe_every,
+        } => {
+            Store::init(&dir, keyframe_every)?;
+            println!(
+                "created store {} (a keyframe at least every {keyframe_every} checkpoints)",
+                dir.display()
+            );
+            Ok(())
+        }
+        StoreCommand::Add { dir, path, step } => {
+            let store = Store::open(&dir)?;
+            let step = match step {
+                Some(s) => s,
+                None => step_of(&path)?,
+            };
+            add(&store, &path, step)
+        }
+        StoreCommand::Get { dir, step, output } => {
+            let store = Store::open(&dir)?;
+            let t = Instant::now();
+            let out = match output {
+                Some(o) => o,
+                None => {
+                    let m = store.manifest()?;
+                    let rec = m
+                        .steps
+                        .iter()
+                        .find(|s| s.step == step)
+                        .with_context(|| format!("no step {step} in {}", dir.display()))?;
+                    PathBuf::from(&rec.name)
+                }
+            };
+            let r = store
+                .get(step, &out)
+                .with_context(|| format!("restoring step {step}"))?;
+            let bytes: u64 = r.files.iter().map(|(_, b)| b.len() as u64).sum();
+            println!(
+                "step {step} -> {} ({} files, {}), verified, {:.2} s",
+                out.display(),
+                r.files.len(),
+                mb(bytes),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        StoreCommand::Ls { dir, json } => {
+            let m = Store::open(&dir)?.manifest()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{}", ls_table(&m.steps));
+            }
+            Ok(())
+        }
+        StoreCommand::Verify { dir } => {
+            let t = Instant::now();
+            let r = Store::open(&dir)?.verify()?;
+            for p in &r.problems {
+                eprintln!("problem: {p}");
+            }
+            if !r.leftovers.is_empty() {
+                println!(
+                    "{} leftover files of an interrupted write (the next write removes them)",
+                    r.leftovers.len()
+                );
+            }
+            if !r.problems.is_empty() {
+                bail!(
+                    "{} problems in {} ({} steps)",
+                    r.problems.len(),
+                    dir.display(),
+                    r.steps
+                );
+            }
+            println!(
+                "ok: {} steps, {} files, {} restored and checked in {:.2} s",
+                r.steps,
+                r.files,
+                mb(r.bytes),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        StoreCommand::Rm { dir, step } => {
+            let recoded = Store::open(&dir)?.remove(step)?;
+            println!("removed step {step}{}", recoded_note(&recoded));
+            Ok(())
+        }
+        StoreCommand::Prune {
+            dir,
+            keep_last,
+            keep_every,
+        } => {
+            if keep_last == 0 && keep_every.is_none() {
+                bail!("say what to keep: --keep-last N and/or --keep-every M");
+            }
+            let store = Store::open(&dir)?;
+            let removed = store.prune(keep_last, keep_every)?;
+            let left = store.steps()?;
+            println!("removed {} steps, {} left", removed.len(), left.len());
+            Ok(())
+        }
+        StoreCommand::Watch {
+            dir,
+            run_dir,
+            interval,
+            settle,
+            delete_originals,
+            once,
+        } => watch_run(&dir, &run_dir, interval, settle, delete_originals, once),
+    }
+}
+
+fn recoded_note(recoded: &[u64]) -> String {
+    if recoded.is_empty() {
+        return String::new();
+    }
+    let v: Vec<String> = recoded.iter().map(u64::to_string).collect();
+    format!(" (re-coded steps {} that depended on it)", v.join(", "))
+}
+
+fn step_of(path: &Path) -> Result<u64> {
+    let name = path
+        .canonicalize()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    watch::step_from_name(name)
+        .with_context(|| format!("no step number in the name {name:?}; give one with --step N"))
+}
+
+fn add(store: &Store, path: &Path, step: u64) -> Result<()> {
+    let t = Instant::now();
+    let ck = Checkpoint::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let pb = progress_bar(ck.len(), &format!("step {step}"));
+    let rec = store
+        .add_checkpoint(&ck, step, &mut |d| pb.set_position(d))
+        .with_context(|| format!("adding {} as step {step}", path.display()))?;
+    pb.finish_and_clear();
+    let (orig, stored) = totals(&rec);
+    println!(
+        "step {step}: {} -> {} ({:.3}x), {}, {:.2} s",
+        mb(orig),
+        mb(stored),
+        orig as f64 / stored.max(1) as f64,
+        frame(&rec),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn totals(rec: &StepRecord) -> (u64, u64) {
+    rec.files
+        .iter()
+        .fold((0, 0), |(o, s), f| (o + f.len, s + f.stored_len))
+}
+
+fn frame(rec: &StepRecord) -> String {
+    match rec.reference {
+        Some(r) => format!("delta against step {r}"),
+        None => "keyframe".into(),
+    }
+}
+
+fn ls_table(steps: &[StepRecord]) -> Table {
+    let mut t = Table::new(&[
+        "step", "name", "files", "original", "stored", "ratio", "frame", "ref", "depth",
+    ]);
+    let (mut to, mut ts) = (0u64, 0u64);
+    for s in steps {
+        let (o, st) = totals(s);
+        to += o;
+        ts += st;
+        t.row(vec![
+            s.step.to_string(),
+            match s.kind {
+                EntryKind::Dir => format!("{}/", s.name),
+                EntryKind::File => s.name.clone(),
+            },
+            s.files.len().to_string(),
+            mb(o),
+            mb(st),
+            format!("{:.3}x", o as f64 / st.max(1) as f64),
+            if s.reference.is_some() {
+                "delta"
+            } else {
+                "keyframe"
+            }
+            .into(),
+            s.reference.map_or("-".into(), |r| r.to_string()),
+            s.depth.to_string(),
+        ]);
+    }
+    t.separator();
+    t.row(vec![
+        "total".into(),
+        format!("{} steps", steps.len()),
+        steps
+            .iter()
+            .map(|s| s.files.len())
+            .sum::<usize>()
+            .to_string(),
+        mb(to),
+        mb(ts),
+        format!("{:.3}x", to as f64 / ts.max(1) as f64),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    t
+}
+
+/// Polls `run_dir`, adding each checkpoint once it has stopped changing for
+/// `settle` seconds.
+fn watch_run(
+    dir: &Path,
+    run_dir: &Path,
+    interval: f64,
+    settle: f64,
+    delete_originals: bool,
+    once: bool,
+) -> Result<()> {
+    let store = Store::open(dir)?;
+    let settle = Duration::from_secs_f64(settle.max(0.0));
+    let interval = Duration::from_secs_f64(interval.max(0.1));
+    // Path -> (signature, when it was first seen so).
+    let mut seen: std::collections::HashMap<PathBuf, (Vec<_>, Instant)> = Default::default();
+    if !once {
+        println!(
+            "watching {} for checkpoints (every {:.0} s; Ctrl-C to stop)",
+            run_dir.display(),
+            interval.as_secs_f64()
+        );
+    }
+    loop {
+        let stored = store.steps()?;
+        let mut pending = false;
+        for c in watch::candidates(run_dir)? {
+            if stored.binary_search(&c.step).is_ok() {
+                continue;
+            }
+            let sig = watch::signature(&c.path)?;
+            let stable = match seen.get(&c.path) {
+                Some((s, since)) if *s == sig => since.elapsed() >= settle,
+                _ => {
+                    seen.insert(c.path.clone(), (sig, Instant::now()));
+                    settle.is_zero()
+                }
+            };
+            if !stable {
+                pending = true;
+                continue;
+            }
+            add(&store, &c.path, c.step)?;
+            seen.remove(&c.path);
+            if delete_originals {
+                store
+                    .check_against(c.step, &c.path)
+                    .with_context(|| format!("verifying step {} before deleting", c.step))?;
+                let r = if c.path.is_dir() {
+                    std::fs::remove_dir_all(&c.path)
+                } else {
+                    std::fs::remove_file(&c.path)
+                };
+                r.with_context(|| format!("deleting {}", c.path.display()))?;
+                println!("step {}: verified, deleted {}", c.step, c.path.display());
+            }
+        }
+        if once && !pending {
+            return Ok(());
+        }
+        std::thread::sleep(if once { settle.min(interval) } else { interval });
+    }
+}

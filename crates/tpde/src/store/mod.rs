@@ -1,0 +1,944 @@
+//! The checkpoint store: a training run's checkpoints as keyframes and
+//! deltas in a directory, any step back byte for byte.
+//!
+//! ```text
+//! DIR/tpde-store.json          the manifest: the commit record (written last)
+//! DIR/lock                     held (flock) by whoever writes; readers share it
+//! DIR/objects/ab/ab12….tpde    content files, named by the XXH3-128 of their bytes
+//! DIR/tmp/                     files being written
+//! ```
+//!
+//! Every file of a checkpoint becomes one `.tpde` container, coded against the
+//! file of the same path in the reference step (the stored step just before
+//! it) or on its own in a keyframe. Content files are written under temporary
+//! names, fsynced and renamed; the manifest is replaced the same way, last,
+//! and only then are content files that it no longer lists removed. A crash at
+//! any point leaves the previous manifest, whose every content file exists.
+
+mod io;
+mod manifest;
+pub mod watch;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{File, TryLockError};
+use std::io::Write;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+
+pub use io::Faults;
+pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
+
+use crate::error::{Error, Result};
+use crate::format;
+use crate::mmap::FileBytes;
+use crate::{EncodeOptions, InputKind};
+use io::StoreIo;
+use manifest::safe_relative;
+
+const MANIFEST: &str = "tpde-store.json";
+const LOCK: &str = "lock";
+const OBJECTS: &str = "objects";
+const TMP: &str = "tmp";
+/// A delta is kept when it is smaller than this share of the size a keyframe
+/// is expected to have (from the chain's keyframe).
+const DELTA_PAYS: f64 = 0.9;
+
+/// Default keyframe interval of `tpde store init`.
+pub const DEFAULT_KEYFRAME_EVERY: u32 = 10;
+
+/// The bytes of one input file: memory-mapped, or in memory.
+pub enum Bytes {
+    Mapped(FileBytes),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A checkpoint to add: one file, or the files of a folder.
+pub struct Checkpoint {
+    /// The file or folder name.
+    pub name: String,
+    pub kind: EntryKind,
+    /// `(relative path, bytes)`, sorted by path.
+    pub files: Vec<(String, Bytes)>,
+    /// Sub-folders (relative paths), sorted.
+    pub dirs: Vec<String>,
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint file or folder (recursively). Symbolic links and
+    /// special files are refused: the store could not give them back as they
+    /// were.
+    pub fn from_path(path: &Path) -> Result<Checkpoint> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let name = path
+            .canonicalize()
+            .map_err(|e| Error::io(path, e))?
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{} has no usable name", path.display()))
+            })?;
+        if meta.is_file() {
+            let bytes = Bytes::Mapped(FileBytes::open(path)?);
+            return Ok(Checkpoint {
+                files: vec![(name.clone(), bytes)],
+                name,
+                kind: EntryKind::File,
+                dirs: Vec::new(),
+            });
+        }
+        let mut ck = Checkpoint {
+            name,
+            kind: EntryKind::Dir,
+            files: Vec::new(),
+            dirs: Vec::new(),
+        };
+        walk(path, "", &mut ck)?;
+        ck.files.sort_by(|a, b| a.0.cmp(&b.0));
+        ck.dirs.sort();
+        Ok(ck)
+    }
+
+    /// A folder checkpoint held in memory.
+    pub fn from_files(name: &str, files: Vec<(String, Vec<u8>)>) -> Result<Checkpoint> {
+        let mut files: Vec<(String, Bytes)> = files
+            .into_iter()
+            .map(|(p, b)| (p, Bytes::Owned(b)))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut dirs = BTreeSet::new();
+        for (p, _) in &files {
+            if !safe_relative(p) {
+                return Err(Error::InvalidArgument(format!("bad file path {p:?}")));
+            }
+            let mut at = p.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                dirs.insert(parent.to_string());
+                at = parent;
+            }
+        }
+        if files.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(Error::InvalidArgument("a file path is given twice".into()));
+        }
+        Ok(Checkpoint {
+            name: name.to_string(),
+            kind: EntryKind::Dir,
+            files,
+            dirs: dirs.into_iter().collect(),
+        })
+    }
+
+    /// Bytes of all files together.
+    pub fn len(&self) -> u64 {
+        self.files.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+
+    /// True when it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn walk(dir: &Path, prefix: &str, ck: &mut Checkpoint) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_str().ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: file name is not UTF-8", path.display()))
+        })?;
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if !safe_relative(&rel) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: unusual file name",
+                path.display()
+            )));
+        }
+        let ft = e.file_type().map_err(|e| Error::io(&path, e))?;
+        if ft.is_dir() {
+            ck.dirs.push(rel.clone());
+            walk(&path, &rel, ck)?;
+        } else if ft.is_file() {
+            ck.files.push((rel, Bytes::Mapped(FileBytes::open(&path)?)));
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a symbolic link or special file; the store keeps only files and folders",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint restored in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub name: String,
+    pub kind: EntryKind,
+    /// `(relative path, bytes)` in the manifest's order.
+    pub files: Vec<(String, Vec<u8>)>,
+    pub dirs: Vec<String>,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub steps: usize,
+    pub files: usize,
+    /// Bytes restored and checked.
+    pub bytes: u64,
+    /// Each problem, naming the step and file.
+    pub problems: Vec<String>,
+    /// Files no manifest lists (left by an interrupted write; the next write
+    /// removes them).
+    pub leftovers: Vec<PathBuf>,
+}
+
+/// A checkpoint store in a directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    io: StoreIo,
+}
+
+/// Decoded files of one step, by path.
+type Files = HashMap<String, Vec<u8>>;
+
+impl Store {
+    /// Creates an empty store in `dir` (created if missing; it must hold no
+    /// store yet).
+    pub fn init(dir: &Path, keyframe_every: u32) -> Result<Store> {
+        if keyframe_every == 0 {
+            return Err(Error::InvalidArgument(
+                "the keyframe interval must be at least 1".into(),
+            ));
+        }
+        let store = Store {
+            root: dir.to_path_buf(),
+            io: StoreIo::default(),
+        };
+        if dir.join(MANIFEST).exists() {
+            return Err(store.err("already holds a store"));
+        }
+        for d in [dir.to_path_buf(), dir.join(OBJECTS), dir.join(TMP)] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        let _lock = store.lock_exclusive()?;
+        store.save_manifest(&Manifest::new(keyframe_every))?;
+        Ok(store)
+    }
+
+    /// Opens the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let store = Store {
+            root: dir.to_path_buf(),
+            io: StoreIo::default(),
+        };
+        if !dir.join(MANIFEST).is_file() {
+            return Err(store.err(format!(
+                "not a tpde store (no {MANIFEST}); create one with `tpde store init`"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Opens a store whose writes fail as `faults` says (crash tests).
+    #[doc(hidden)]
+    pub fn open_with_faults(dir: &Path, faults: Faults) -> Result<Store> {
+        let mut store = Store::open(dir)?;
+        store.io = StoreIo::with_faults(faults);
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::Store {
+            path: self.root.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    fn lock_file(&self, write: bool) -> Result<File> {
+        let path = self.root.join(LOCK);
+        File::options()
+            .read(true)
+            .write(write)
+            .create(write)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Holds the store for writing until dropped; another writer gets
+    /// [`Error::Locked`].
+    fn lock_exclusive(&self) -> Result<File> {
+        let f = self.lock_file(true)?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(TryLockError::WouldBlock) => Err(Error::Locked(self.root.clone())),
+            Err(TryLockError::Error(e)) => Err(Error::io(self.root.join(LOCK), e)),
+        }
+    }
+
+    /// Holds the store for reading until dropped (waits for a writer).
+    fn lock_shared(&self) -> Result<Option<File>> {
+        // A read-only store without a lock file can still be read.
+        let Ok(f) = self.lock_file(false) else {
+            return Ok(None);
+        };
+        f.lock_shared()
+            .map_err(|e| Error::io(self.root.join(LOCK), e))?;
+        Ok(Some(f))
+    }
+
+    fn load_manifest(&self) -> Result<Manifest> {
+        let path = self.root.join(MANIFEST);
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let m: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| self.err(format!("damaged manifest {MANIFEST}: {e}")))?;
+        m.check()
+            .map_err(|e| self.err(format!("damaged manifest {MANIFEST}: {e}")))?;
+        Ok(m)
+    }
+
+    fn save_manifest(&self, m: &Manifest) -> Result<()> {
+        let mut text = serde_json::to_vec_pretty(m).map_err(|e| self.err(e.to_string()))?;
+        text.push(b'\n');
+        let path = self.root.join(MANIFEST);
+        self.io
+            .write_file(&self.root.join(TMP), &path, &text)
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// The manifest as it is now.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let _lock = self.lock_shared()?;
+        self.load_manifest()
+    }
+
+    /// The stored steps, in increasing order.
+    pub fn steps(&self) -> Result<Vec<u64>> {
+        Ok(self.manifest()?.steps.iter().map(|s| s.step).collect())
+    }
+
+    fn object_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join(OBJECTS)
+            .join(&name[..2])
+            .join(format!("{name}.tpde"))
+    }
+
+    /// Writes a content file through `f`; returns its name and length.
+    fn write_object(
+        &self,
+        f: impl FnOnce(&mut dyn Write) -> Result<crate::EncodeStats>,
+    ) -> Result<(String, crate::EncodeStats)> {
+        let tmp = io::temp_name(&self.root.join(TMP), "object");
+        let mut file = self.io.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut hw = HashWriter {
+            inner: &mut file,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        };
+        let written = f(&mut hw).and_then(|stats| {
+            let name = format::digest_hex(hw.hasher.digest128());
+            self.io.finish(file).map_err(|e| Error::io(&tmp, e))?;
+            Ok((name, stats))
+        });
+        let (name, stats) = match written {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.io.remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let dest = self.object_path(&name);
+        let dir = dest.parent().expect("objects have a folder");
+        let io_err = |e| Error::io(&dest, e);
+        if dest.exists() {
+            // The same content is stored already (an unchanged file).
+            self.io.remove_file(&tmp).map_err(io_err)?;
+        } else {
+            self.io.create_dir_all(dir).map_err(io_err)?;
+            self.io.rename(&tmp, &dest).map_err(io_err)?;
+            self.io.sync_dir(dir).map_err(io_err)?;
+        }
+        Ok((name, stats))
+    }
+
+    /// Codes the files of `ck` as step `step`, against `reference` (its step
+    /// and decoded files) or as a keyframe.
+    fn code_step(
+        &self,
+        step: u64,
+        ck: &Checkpoint,
+        reference: Option<(u64, &Files)>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<StepRecord> {
+        let mut files = Vec::with_capacity(ck.files.len());
+        let opts = EncodeOptions {
+            input: InputKind::Auto,
+            ..EncodeOptions::default()
+        };
+        let mut done = 0u64;
+        for (path, bytes) in &ck.files {
+            let ref_bytes = reference.and_then(|(_, f)| f.get(path)).map(Vec::as_slice);
+            let (object, stats) = self
+                .write_object(|w| crate::encode(bytes, ref_bytes, &opts, w, None))
+                .map_err(|e| self.err(format!("step {step}, file {path}: {e}")))?;
+            files.push(FileRecord {
+                path: path.clone(),
+                len: bytes.len() as u64,
+                digest: format::digest_hex(format::digest(bytes)),
+                object,
+                stored_len: stats.encoded_len,
+                delta: stats.reference_used,
+                coding: stats.source_kind.name().to_string(),
+            });
+            done += bytes.len() as u64;
+            progress(done);
+        }
+        Ok(StepRecord {
+            step,
+            name: ck.name.clone(),
+            kind: ck.kind,
+            reference: reference.map(|(r, _)| r),
+            depth: 0, // set by Manifest::fix_depths
+            dirs: ck.dirs.clone(),
+            files,
+        })
+    }
+
+    /// Codes `ck` as step `step` of `m`: against `reference` when that is
+    /// given and the delta pays off against a keyframe, else as a keyframe.
+    fn code_best(
+        &self,
+        m: &Manifest,
+        step: u64,
+        ck: &Checkpoint,
+        reference: Option<u64>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<StepRecord> {
+        let Some(r) = reference else {
+            return self.code_step(step, ck, None, progress);
+        };
+        let paths: HashSet<String> = ck.files.iter().map(|(p, _)| p.clone()).collect();
+        let ref_files = self.restore_files(m, r, Some(&paths))?;
+        let delta = self.code_step(step, ck, Some((r, &ref_files)), progress)?;
+        drop(ref_files);
+        // Expected keyframe size: this checkpoint at its chain keyframe's ratio.
+        let key = m.chain(r)[0];
+        let key_ratio = stored(key) as f64 / original(key).max(1) as f64;
+        let expected_key = key_ratio * ck.len() as f64;
+        if (stored(&delta) as f64) < DELTA_PAYS * expected_key
+            || !delta.files.iter().any(|f| f.delta)
+        {
+            return Ok(delta);
+        }
+        let key = self.code_step(step, ck, None, &mut |_| {})?;
+        Ok(if stored(&key) <= stored(&delta) {
+            key
+        } else {
+            delta
+        })
+    }
+
+    /// Adds the checkpoint file or folder at `path` as step `step`.
+    pub fn add(&self, path: &Path, step: u64) -> Result<StepRecord> {
+        self.add_checkpoint(&Checkpoint::from_path(path)?, step, &mut |_| {})
+    }
+
+    /// Adds a checkpoint as step `step`; `progress` is told the bytes coded
+    /// so far. The step is coded against the stored step just before it,
+    /// unless that would make its chain longer than the keyframe interval or
+    /// the delta does not pay off.
+    pub fn add_checkpoint(
+        &self,
+        ck: &Checkpoint,
+        step: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<StepRecord> {
+        let _lock = self.lock_exclusive()?;
+        let mut m = self.load_manifest()?;
+        if m.get(step).is_some() {
+            return Err(self.err(format!(
+                "step {step} is stored already; remove it first with `tpde store rm`"
+            )));
+        }
+        if !safe_relative(&ck.name) || ck.name.contains('/') {
+            return Err(Error::InvalidArgument(format!(
+                "unusual checkpoint name {:?}",
+                ck.name
+            )));
+        }
+        self.collect_garbage(&m)?;
+        let reference = m
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.step < step)
+            .filter(|s| s.depth < m.keyframe_every)
+            .map(|s| s.step);
+        let rec = self.code_best(&m, step, ck, reference, progress)?;
+        m.put(rec);
+        m.fix_depths();
+        self.save_manifest(&m)?;
+        self.collect_garbage(&m)?;
+        Ok(m.get(step).expect("just added").clone())
+    }
+
+    /// Decodes the content file of `f` (of step `step`) against `reference`.
+    fn decode_file(&self, step: u64, f: &FileRecord, reference: Option<&[u8]>) -> Result<Vec<u8>> {
+        let path = self.object_path(&f.object);
+        let what = |e: &dyn std::fmt::Display| {
+            self.err(format!(
+                "step {step}, file {}: content file {}: {e}",
+                f.path,
+                path.display()
+            ))
+        };
+        let bytes = std::fs::read(&path).map_err(|e| what(&e))?;
+        let mut out = Vec::with_capacity(f.len as usize);
+        crate::decode(&bytes, reference, &mut out, None).map_err(|e| what(&e))?;
+        if format::digest_hex(format::digest(&out)) != f.digest || out.len() as u64 != f.len {
+            return Err(what(&"decodes to a file other than the one stored"));
+        }
+        Ok(out)
+    }
+
+    /// Decodes the files of `step` (all, or those in `want`) by walking its
+    /// chain from the keyframe, keeping only what the next step needs.
+    fn restore_files(
+        &self,
+        m: &Manifest,
+        step: u64,
+        want: Option<&HashSet<String>>,
+    ) -> Result<Files> {
+        let chain = m.chain(step);
+        if chain.is_empty() {
+            return Err(self.err(format!("no step {step}")));
+        }
+        // need[i]: the paths of chain[i] to decode.
+        let mut need: Vec<HashSet<&str>> = vec![HashSet::new(); chain.len()];
+        let last = chain.len() - 1;
+        need[last] = chain[last]
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .filter(|p| want.is_none_or(|w| w.contains(*p)))
+            .collect();
+        for i in (1..chain.len()).rev() {
+            let next: HashSet<&str> = chain[i]
+                .files
+                .iter()
+                .filter(|f| f.delta && need[i].contains(f.path.as_str()))
+                .map(|f| f.path.as_str())
+                .collect();
+            need[i - 1] = next;
+        }
+        let mut cur = Files::new();
+        for (i, rec) in chain.iter().enumerate() {
+            let mut next = Files::new();
+            for f in rec
+                .files
+                .iter()
+                .filter(|f| need[i].contains(f.path.as_str()))
+            {
+                let reference = if f.delta {
+                    Some(cur.get(&f.path).ok_or_else(|| {
+                        self.err(format!(
+                            "step {}, file {}: its reference step {:?} lacks the file",
+                            rec.step, f.path, rec.reference
+                        ))
+                    })?)
+                } else {
+                    None
+                };
+                let bytes = self.decode_file(rec.step, f, reference.map(Vec::as_slice))?;
+                next.insert(f.path.clone(), bytes);
+            }
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Restores step `step` in memory.
+    pub fn restore(&self, step: u64) -> Result<Restored> {
+        let _lock = self.lock_shared()?;
+        let m = self.load_manifest()?;
+        let rec = m
+            .get(step)
+            .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
+        let mut files = self.restore_files(&m, step, None)?;
+        Ok(Restored {
+            name: rec.name.clone(),
+            kind: rec.kind,
+            files: rec
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), files.remove(&f.path).unwrap_or_default()))
+                .collect(),
+            dirs: rec.dirs.clone(),
+        })
+    }
+
+    /// Restores step `step` to `out` (a file or a folder, as it was added),
+    /// atomically: `out` appears whole or not at all. `out` must not exist.
+    pub fn get(&self, step: u64, out: &Path) -> Result<Restored> {
+        if out.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists already; tpde does not overwrite it",
+                out.display()
+            )));
+        }
+        let r = self.restore(step)?;
+        write_restored(&r, out)?;
+        Ok(r)
+    }
+
+    /// Checks every content file against its name and restores every step,
+    /// comparing each file with its recorded digest.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let _lock = self.lock_shared()?;
+        let m = self.load_manifest()?;
+        let mut report = VerifyReport {
+            steps: m.steps.len(),
+            ..VerifyReport::default()
+        };
+        // Content files: their bytes must hash to their names.
+        let mut damaged: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for s in &m.steps {
+            for f in &s.files {
+                report.files += 1;
+                if !seen.insert(&f.object) {
+                    continue;
+                }
+                let path = self.object_path(&f.object);
+                let problem = match std::fs::read(&path) {
+                    Ok(b) if format::digest_hex(format::digest(&b)) == f.object => continue,
+                    Ok(_) => "is damaged (its bytes do not hash to its name)".to_string(),
+                    Err(e) => format!("cannot be read: {e}"),
+                };
+                damaged.insert(&f.object);
+                for s2 in &m.steps {
+                    for f2 in s2.files.iter().filter(|f2| f2.object == f.object) {
+                        report.problems.push(format!(
+                            "step {}, file {}: content file {} {problem}",
+                            s2.step,
+                            f2.path,
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+        // Every step, in order, each decoded once.
+        let mut dependants: HashMap<u64, usize> = HashMap::new();
+        for s in &m.steps {
+            if let Some(r) = s.reference {
+                *dependants.entry(r).or_default() += 1;
+            }
+        }
+        let mut cache: HashMap<u64, Files> = HashMap::new();
+        let mut broken: HashSet<u64> = HashSet::new();
+        for s in &m.steps {
+            let reference = match s.reference {
+                Some(r) if broken.contains(&r) => {
+                    report.problems.push(format!(
+                        "step {}: cannot be restored, its reference step {r} is damaged",
+                        s.step
+                    ));
+                    broken.insert(s.step);
+                    None
+                }
+                Some(r) => cache.get(&r),
+                None => None,
+            };
+            if !broken.contains(&s.step) {
+                let mut files = Files::new();
+                for f in &s.files {
+                    if damaged.contains(f.object.as_str()) {
+                        broken.insert(s.step);
+                        continue;
+                    }
+                    let r = if f.delta {
+                        reference.and_then(|rf| rf.get(&f.path)).map(Vec::as_slice)
+                    } else {
+                        None
+                    };
+                    match self.decode_file(s.step, f, r) {
+                        Ok(b) => {
+                            report.bytes += b.len() as u64;
+                            files.insert(f.path.clone(), b);
+                        }
+                        Err(e) => {
+                            report.problems.push(e.to_string());
+                            broken.insert(s.step);
+                        }
+                    }
+                }
+                if !broken.contains(&s.step) && dependants.get(&s.step).is_some_and(|&n| n > 0) {
+                    cache.insert(s.step, files);
+                }
+            }
+            if let Some(r) = s.reference {
+                if let Some(n) = dependants.get_mut(&r) {
+                    *n -= 1;
+                    if *n == 0 {
+                        cache.remove(&r);
+                    }
+                }
+            }
+        }
+        report.leftovers = self.garbage(&m)?;
+        Ok(report)
+    }
+
+    /// Checks that step `step` restores to exactly the files at `original`
+    /// (before deleting an original).
+    pub fn check_against(&self, step: u64, original: &Path) -> Result<()> {
+        let r = self.restore(step)?;
+        let ck = Checkpoint::from_path(original)?;
+        let same = r.files.len() == ck.files.len()
+            && r.files
+                .iter()
+                .zip(&ck.files)
+                .all(|((p, b), (q, c))| p == q && b[..] == c[..])
+            && r.dirs == ck.dirs;
+        if same {
+            Ok(())
+        } else {
+            Err(self.err(format!(
+                "step {step} does not restore to {}",
+                original.display()
+            )))
+        }
+    }
+
+    /// Removes one step. Steps coded against it are re-coded first (against
+    /// its own reference, or as keyframes), so every other step stays
+    /// restorable. Returns the re-coded steps.
+    pub fn remove(&self, step: u64) -> Result<Vec<u64>> {
+        self.remove_steps(&BTreeSet::from([step]))
+    }
+
+    /// Removes every step except the last `keep_last` and those whose step
+    /// number is a multiple of `keep_every`. Returns the removed steps.
+    pub fn prune(&self, keep_last: usize, keep_every: Option<u64>) -> Result<Vec<u64>> {
+        if keep_every == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--keep-every must be at least 1".into(),
+            ));
+        }
+        let m = self.manifest()?;
+        let n = m.steps.len();
+        let remove: BTreeSet<u64> = m
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| i + keep_last < n && keep_every.is_none_or(|k| s.step % k != 0))
+            .map(|(_, s)| s.step)
+            .collect();
+        if remove.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.remove_steps(&remove)?;
+        Ok(remove.into_iter().collect())
+    }
+
+    /// Removes `remove` in one commit, re-coding the kept steps whose
+    /// reference goes against their nearest kept ancestor.
+    pub fn remove_steps(&self, remove: &BTreeSet<u64>) -> Result<Vec<u64>> {
+        let _lock = self.lock_exclusive()?;
+        let m = self.load_manifest()?;
+        if let Some(s) = remove.iter().find(|s| m.get(**s).is_none()) {
+            return Err(self.err(format!("no step {s} (stored: {})", list_steps(&m))));
+        }
+        self.collect_garbage(&m)?;
+        let mut new = m.clone();
+        new.steps.retain(|s| !remove.contains(&s.step));
+        let mut recoded = Vec::new();
+        for rec in &m.steps {
+            if remove.contains(&rec.step) || !rec.reference.is_some_and(|r| remove.contains(&r)) {
+                continue;
+            }
+            let mut anchor = rec.reference;
+            while let Some(a) = anchor.filter(|a| remove.contains(a)) {
+                anchor = m.get(a).and_then(|s| s.reference);
+            }
+            let files = self.restore_files(&m, rec.step, None)?;
+            let ck = Checkpoint {
+                name: rec.name.clone(),
+                kind: rec.kind,
+                files: rec
+                    .files
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.path.clone(),
+                            Bytes::Owned(files.get(&f.path).cloned().unwrap_or_default()),
+                        )
+                    })
+                    .collect(),
+                dirs: rec.dirs.clone(),
+            };
+            drop(files);
+            let coded = self.code_best(&m, rec.step, &ck, anchor, &mut |_| {})?;
+            new.put(coded);
+            recoded.push(rec.step);
+        }
+        new.fix_depths();
+        new.check()
+            .map_err(|e| self.err(format!("internal: {e}")))?;
+        self.save_manifest(&new)?;
+        self.collect_garbage(&new)?;
+        Ok(recoded)
+    }
+
+    /// Files under `tmp/` and `objects/` that `m` does not list.
+    fn garbage(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
+        let listed: HashSet<&str> = m
+            .steps
+            .iter()
+            .flat_map(|s| s.files.iter().map(|f| f.object.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        let tmp = self.root.join(TMP);
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                out.push(e.path());
+            }
+        }
+        let objects = self.root.join(OBJECTS);
+        if let Ok(rd) = std::fs::read_dir(&objects) {
+            for sub in rd.flatten() {
+                let Ok(files) = std::fs::read_dir(sub.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let name = f.file_name();
+                    let keep = name
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".tpde"))
+                        .is_some_and(|n| listed.contains(n));
+                    if !keep {
+                        out.push(f.path());
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes what `garbage` finds (under the write lock).
+    fn collect_garbage(&self, m: &Manifest) -> Result<()> {
+        for p in self.garbage(m)? {
+            let r = if p.is_dir() {
+                self.io.remove_dir_all(&p)
+            } else {
+                self.io.remove_file(&p)
+            };
+            r.map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn stored(s: &StepRecord) -> u64 {
+    s.files.iter().map(|f| f.stored_len).sum()
+}
+
+fn original(s: &StepRecord) -> u64 {
+    s.files.iter().map(|f| f.len).sum()
+}
+
+fn list_steps(m: &Manifest) -> String {
+    if m.steps.is_empty() {
+        return "none".into();
+    }
+    let v: Vec<String> = m.steps.iter().map(|s| s.step.to_string()).collect();
+    v.join(", ")
+}
+
+/// Writes a restored checkpoint to `out` atomically: a file through a
+/// temporary file, a folder built under a temporary name and renamed.
+pub fn write_restored(r: &Restored, out: &Path) -> Result<()> {
+    if r.kind == EntryKind::File {
+        let bytes = &r.files.first().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
+        return crate::atomic::write_atomic(out, |w| Ok(w.write_all(bytes)?));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tpde-tmp-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    for d in &r.dirs {
+        let p = tmp.path().join(d);
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    for (rel, bytes) in &r.files {
+        let p = tmp.path().join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let mut f = File::create(&p).map_err(|e| Error::io(&p, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&p, e))?;
+        f.sync_all().map_err(|e| Error::io(&p, e))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755));
+    }
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::io(out, e));
+    }
+    if let Ok(d) = File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+struct HashWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
