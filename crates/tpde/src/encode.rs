@@ -23,7 +23,7 @@ pub enum InputKind {
     /// Any file, coded as opaque bytes against the same bytes of the reference.
     Opaque,
     /// A zip archive written by `torch.save` (a `.pt`/`.pth` file): its tensor
-    /// storages are coded as tensors against the storages of the same name in
+    /// storages are coded as tensors against the storages of the same name (below the archive's top folder) in
     /// the reference archive; anything else is refused.
     Archive,
     /// Whichever of the three the file is: safetensors, else a torch archive,
@@ -337,11 +337,14 @@ fn plan_archive<'a>(
 ) -> Result<Plan<'a>> {
     let tensors = archive::scan(cur)
         .ok_or_else(|| Error::InvalidArgument("not a torch.save zip archive".into()))?;
+    // torch.save names the archive's top folder after the file
+    // (`optimizer/data/3`): storages match by the name below it.
+    let key = |name: &str| name.split_once('/').map_or(name, |(_, rest)| rest).to_string();
     let ref_tensors: HashMap<String, archive::ArchiveTensor> = reference
         .and_then(archive::scan)
         .unwrap_or_default()
         .into_iter()
-        .map(|t| (t.name.clone(), t))
+        .map(|t| (key(&t.name), t))
         .collect();
     let mut plan = Plan::default();
     let mut layout = Vec::with_capacity(tensors.len());
@@ -353,7 +356,7 @@ fn plan_archive<'a>(
         pos = start + len;
         let data = &cur[start..pos];
         let matched = ref_tensors
-            .get(&t.name)
+            .get(&key(&t.name))
             .filter(|r| r.dtype == t.dtype && r.len == t.len);
         let ref_data = matched.map(|r| {
             &reference.expect("reference tensors imply a reference")

@@ -1,0 +1,82 @@
+//! Frozen sample files of format version 2 (torch.save archives), decoded
+//! forever.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::sha256;
+
+const CUR_SHA256: &str = "b5f56004489a5ce991d9d67d0e2b9f8c55e4580d3807ebdbea5a6f99ae9552cf";
+
+fn read(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/v2")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn decode(container: &[u8], reference: Option<&[u8]>) -> tpde::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    tpde::decode(container, reference, &mut out, None)?;
+    Ok(out)
+}
+
+#[test]
+fn inputs_are_the_frozen_ones() {
+    assert_eq!(sha256(&read("cur.pt")), CUR_SHA256);
+}
+
+#[test]
+fn v2_keyframe_decodes_byte_for_byte() {
+    assert_eq!(sha256(&decode(&read("key.tpde"), None).unwrap()), CUR_SHA256);
+    let report = tpde::inspect::inspect(&read("key.tpde")).unwrap();
+    assert_eq!(report.version, 2);
+    assert_eq!(report.source_kind, tpde::format::SourceKind::Archive);
+    let dtypes: Vec<&str> = report.tensors.iter().map(|t| t.dtype.as_str()).collect();
+    assert!(dtypes.contains(&"BF16") && dtypes.contains(&"I64") && dtypes.contains(&"BOOL"));
+}
+
+#[test]
+fn v2_delta_decodes_byte_for_byte() {
+    let reference = read("ref.pt");
+    let out = decode(&read("delta.tpde"), Some(&reference)).unwrap();
+    assert_eq!(sha256(&out), CUR_SHA256);
+    assert!(read("delta.tpde").len() * 3 < read("key.tpde").len());
+    // One storage alone.
+    let cur = read("cur.pt");
+    let t = tpde::archive::scan(&cur).unwrap().remove(2);
+    let alone = tpde::decode_tensor(&read("delta.tpde"), Some(&reference), &t.name).unwrap();
+    assert_eq!(alone, &cur[t.offset as usize..(t.offset + t.len) as usize]);
+}
+
+#[test]
+fn v2_delta_refuses_the_wrong_reference() {
+    let err = decode(&read("delta.tpde"), Some(&read("cur.pt"))).unwrap_err();
+    assert!(matches!(err, tpde::Error::WrongReference { .. }), "{err}");
+    let err = decode(&read("delta.tpde"), None).unwrap_err();
+    assert!(matches!(err, tpde::Error::MissingReference), "{err}");
+}
+
+#[test]
+fn an_archive_marked_version_1_is_refused() {
+    let mut bad = read("key.tpde");
+    bad[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let err = decode(&bad, None).unwrap_err();
+    assert!(err.to_string().contains("source kind 2 in a version 1 file"), "{err}");
+}
+
+#[test]
+fn re_encoding_gives_the_same_bytes() {
+    let opts = tpde::EncodeOptions {
+        chunk_size: 1024,
+        input: tpde::InputKind::Archive,
+        ..Default::default()
+    };
+    let mut key = Vec::new();
+    tpde::encode(&read("cur.pt"), None, &opts, &mut key, None).unwrap();
+    assert_eq!(sha256(&key), sha256(&read("key.tpde")));
+    let mut delta = Vec::new();
+    tpde::encode(&read("cur.pt"), Some(&read("ref.pt")), &opts, &mut delta, None).unwrap();
+    assert_eq!(sha256(&delta), sha256(&read("delta.tpde")));
+}
