@@ -24,7 +24,7 @@ FUZZ_RSS_MB=${FUZZ_RSS_MB:-2048}
 if [[ $# -gt 0 ]]; then
     TARGETS=("$@")
 else
-    TARGETS=(decode safetensors roundtrip)
+    TARGETS=(decode safetensors roundtrip archive)
 fi
 
 if ! [[ $FUZZ_SECONDS =~ ^[0-9]+$ ]] || [[ $FUZZ_SECONDS -lt 1 ]]; then

@@ -306,7 +306,7 @@ fn watch_run(
     delete_originals: bool,
     once: bool,
 ) -> Result<()> {
-    let store = Store::open(dir)?;
+    let store = Store::open(dir)?.keep_latest();
     let settle = Duration::from_secs_f64(settle.max(0.0));
     let interval = Duration::from_secs_f64(interval.max(0.1));
     // Path -> (signature, when it was first seen so).

@@ -612,3 +612,212 @@ fn decode_one_tensor_and_output_permissions() {
         assert_eq!(mode & 0o777, 0o644);
     }
 }
+
+/// A run folder with `checkpoint-N/` folders (a model file and a JSON file
+/// each) for the steps given.
+fn hf_run(dir: &Path, steps: &[u32]) {
+    for &step in steps {
+        let ck = dir.join(format!("run/checkpoint-{step}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("model.safetensors"), checkpoint(step)).unwrap();
+        std::fs::write(
+            ck.join("trainer_state.json"),
+            format!("{{\"global_step\": {step}}}\n"),
+        )
+        .unwrap();
+    }
+}
+
+fn tree_sha(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                sha256_file(&p),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn store_add_ls_get_verify_rm_prune() {
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[1, 2, 3, 4]);
+    ok(d, &["store", "init", "st", "--keyframe-every", "3"]);
+    fails(d, &["store", "init", "st"], &["already"], None);
+    for step in [1, 2, 3, 4] {
+        let out = ok(
+            d,
+            &["store", "add", "st", &format!("run/checkpoint-{step}")],
+        );
+        assert!(out.contains(&format!("step {step}:")), "{out}");
+    }
+    // A single file, its step given.
+    ok(
+        d,
+        &["store", "add", "st", "ckpt-3.safetensors", "--step", "500"],
+    );
+    std::fs::copy(s.file("ckpt-1.safetensors"), s.file("latest.safetensors")).unwrap();
+    fails(
+        d,
+        &["store", "add", "st", "latest.safetensors"],
+        &["no step number"],
+        None,
+    );
+    fails(
+        d,
+        &["store", "add", "st", "run/checkpoint-1"],
+        &["stored already"],
+        None,
+    );
+    let ls = ok(d, &["store", "ls", "st"]);
+    for needle in [
+        "checkpoint-3/",
+        "ckpt-3.safetensors",
+        "keyframe",
+        "delta",
+        "total",
+    ] {
+        assert!(ls.contains(needle), "{needle} not in\n{ls}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(d, &["store", "ls", "st", "--json"])).unwrap();
+    assert_eq!(json["steps"].as_array().unwrap().len(), 5);
+    // A keyframe every 3: step 4 is one.
+    assert_eq!(json["steps"][2]["reference"], 2);
+    assert_eq!(json["steps"][3]["reference"], serde_json::Value::Null);
+
+    ok(d, &["store", "get", "st", "3", "-o", "back3"]);
+    assert_eq!(
+        tree_sha(&d.join("back3")),
+        tree_sha(&d.join("run/checkpoint-3"))
+    );
+    ok(
+        d,
+        &["store", "get", "st", "500", "-o", "back500.safetensors"],
+    );
+    assert_eq!(
+        sha256_file(&d.join("back500.safetensors")),
+        sha256_file(&s.file("ckpt-3.safetensors"))
+    );
+    fails(
+        d,
+        &["store", "get", "st", "3", "-o", "back3"],
+        &["exists"],
+        None,
+    );
+    fails(
+        d,
+        &["store", "get", "st", "7", "-o", "x"],
+        &["no step 7"],
+        Some("x"),
+    );
+    assert!(ok(d, &["store", "verify", "st"]).contains("ok: 5 steps"));
+
+    let out = ok(d, &["store", "rm", "st", "2"]);
+    assert!(out.contains("re-coded steps 3"), "{out}");
+    ok(d, &["store", "get", "st", "3", "-o", "again3"]);
+    assert_eq!(
+        tree_sha(&d.join("again3")),
+        tree_sha(&d.join("run/checkpoint-3"))
+    );
+    fails(d, &["store", "prune", "st"], &["say what to keep"], None);
+    let out = ok(
+        d,
+        &[
+            "store",
+            "prune",
+            "st",
+            "--keep-last",
+            "1",
+            "--keep-every",
+            "3",
+        ],
+    );
+    assert!(out.contains("removed 2 steps, 2 left"), "{out}");
+    assert!(ok(d, &["store", "verify", "st"]).contains("ok: 2 steps"));
+}
+
+#[test]
+fn store_verify_names_a_damaged_file() {
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[1, 2]);
+    ok(d, &["store", "init", "st"]);
+    ok(d, &["store", "add", "st", "run/checkpoint-1"]);
+    ok(d, &["store", "add", "st", "run/checkpoint-2"]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("st/tpde-store.json")).unwrap()).unwrap();
+    let obj = m["steps"][1]["files"][0]["object"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = d.join(format!("st/objects/{}/{obj}.tpde", &obj[..2]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+    let err = fails(d, &["store", "verify", "st"], &["1 problems"], None);
+    assert!(err.contains("step 2, file model.safetensors"), "{err}");
+    fails(
+        d,
+        &["store", "get", "st", "2", "-o", "x"],
+        &["step 2, file model.safetensors"],
+        Some("x"),
+    );
+    // Step 1 does not depend on it.
+    ok(d, &["store", "get", "st", "1", "-o", "x"]);
+}
+
+#[test]
+fn store_watch_adds_complete_checkpoints() {
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[10, 20]);
+    // The Trainer's folder being written, and a file that is not a checkpoint.
+    std::fs::create_dir_all(d.join("run/tmp-checkpoint-30")).unwrap();
+    std::fs::write(d.join("run/notes.txt"), "x").unwrap();
+    let originals: Vec<_> = [10, 20]
+        .iter()
+        .map(|s| tree_sha(&d.join(format!("run/checkpoint-{s}"))))
+        .collect();
+    ok(d, &["store", "init", "st"]);
+    let out = ok(
+        d,
+        &[
+            "store",
+            "watch",
+            "st",
+            "run",
+            "--once",
+            "--settle",
+            "0",
+            "--delete-originals",
+        ],
+    );
+    assert!(out.contains("step 10: verified, deleted"), "{out}");
+    assert!(out.contains("step 20:"), "{out}");
+    assert!(!d.join("run/checkpoint-10").exists());
+    assert!(d.join("run/tmp-checkpoint-30").exists());
+    for (k, step) in ["10", "20"].iter().enumerate() {
+        ok(
+            d,
+            &["store", "get", "st", step, "-o", &format!("back{step}")],
+        );
+        assert_eq!(tree_sha(&d.join(format!("back{step}"))), originals[k]);
+    }
+    // Without --delete-originals nothing is deleted; nothing new: no-op.
+    hf_run(d, &[30]);
+    ok(
+        d,
+        &["store", "watch", "st", "run", "--once", "--settle", "0"],
+    );
+    assert!(d.join("run/checkpoint-30").exists());
+    let out = ok(d, &["store", "ls", "st"]);
+    assert!(out.contains("3 steps"), "{out}");
+}

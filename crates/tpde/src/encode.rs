@@ -339,7 +339,11 @@ fn plan_archive<'a>(
         .ok_or_else(|| Error::InvalidArgument("not a torch.save zip archive".into()))?;
     // torch.save names the archive's top folder after the file
     // (`optimizer/data/3`): storages match by the name below it.
-    let key = |name: &str| name.split_once('/').map_or(name, |(_, rest)| rest).to_string();
+    let key = |name: &str| {
+        name.split_once('/')
+            .map_or(name, |(_, rest)| rest)
+            .to_string()
+    };
     let ref_tensors: HashMap<String, archive::ArchiveTensor> = reference
         .and_then(archive::scan)
         .unwrap_or_default()

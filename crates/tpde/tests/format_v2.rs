@@ -29,7 +29,10 @@ fn inputs_are_the_frozen_ones() {
 
 #[test]
 fn v2_keyframe_decodes_byte_for_byte() {
-    assert_eq!(sha256(&decode(&read("key.tpde"), None).unwrap()), CUR_SHA256);
+    assert_eq!(
+        sha256(&decode(&read("key.tpde"), None).unwrap()),
+        CUR_SHA256
+    );
     let report = tpde::inspect::inspect(&read("key.tpde")).unwrap();
     assert_eq!(report.version, 2);
     assert_eq!(report.source_kind, tpde::format::SourceKind::Archive);
@@ -63,7 +66,11 @@ fn an_archive_marked_version_1_is_refused() {
     let mut bad = read("key.tpde");
     bad[8..10].copy_from_slice(&1u16.to_le_bytes());
     let err = decode(&bad, None).unwrap_err();
-    assert!(err.to_string().contains("source kind 2 in a version 1 file"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("source kind 2 in a version 1 file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,6 +84,31 @@ fn re_encoding_gives_the_same_bytes() {
     tpde::encode(&read("cur.pt"), None, &opts, &mut key, None).unwrap();
     assert_eq!(sha256(&key), sha256(&read("key.tpde")));
     let mut delta = Vec::new();
-    tpde::encode(&read("cur.pt"), Some(&read("ref.pt")), &opts, &mut delta, None).unwrap();
+    tpde::encode(
+        &read("cur.pt"),
+        Some(&read("ref.pt")),
+        &opts,
+        &mut delta,
+        None,
+    )
+    .unwrap();
     assert_eq!(sha256(&delta), sha256(&read("delta.tpde")));
+}
+
+#[test]
+fn an_archive_smaller_than_its_layout_round_trips() {
+    // Found by the `archive` fuzz target: storages so small that the layout
+    // table is longer than the whole original.
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/regress/archive-tiny-storages.bin");
+    let cur = std::fs::read(p).unwrap();
+    let opts = tpde::EncodeOptions {
+        chunk_size: 256,
+        input: tpde::InputKind::Auto,
+        ..Default::default()
+    };
+    let mut packed = Vec::new();
+    let stats = tpde::encode(&cur, None, &opts, &mut packed, None).unwrap();
+    assert_eq!(stats.source_kind, tpde::format::SourceKind::Archive);
+    assert_eq!(decode(&packed, None).unwrap(), cur);
 }

@@ -405,3 +405,41 @@ fn bad_requests_get_clear_errors() {
     std::fs::write(&manifest, &good).unwrap();
     check_steps(&store, &run, &run.steps);
 }
+
+#[test]
+fn keeping_the_latest_in_memory_codes_the_same_bytes() {
+    let run = Run::new(8, 8);
+    let (_a, plain) = new_store(&run, &run.steps, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let kept = Store::init(dir.path(), 10).unwrap().keep_latest();
+    for &s in &run.steps {
+        kept.add(&run.path(s), s).unwrap();
+    }
+    assert_eq!(kept.manifest().unwrap(), plain.manifest().unwrap());
+    // The next add codes against the kept files, not the stored chain: it
+    // works even with the content files moved away.
+    let objects = kept.root().join("objects");
+    let moved = dir.path().join("moved");
+    std::fs::rename(&objects, &moved).unwrap();
+    std::fs::create_dir(&objects).unwrap();
+    let extra = Run::new(9, 8);
+    kept.add(&extra.path(90), 90).unwrap();
+    assert_eq!(
+        kept.manifest().unwrap().get(90).unwrap().reference,
+        Some(80)
+    );
+    assert!(plain.add(&extra.path(90), 90).is_ok());
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::rename(&moved, &objects).unwrap();
+    // In-memory checkpoints (what the Python package saves) round-trip too.
+    let files = vec![
+        ("a/b.bin".to_string(), vec![1u8, 2, 3]),
+        ("top.json".to_string(), b"{}".to_vec()),
+    ];
+    let ck = tpde::store::Checkpoint::from_files("mem", files.clone()).unwrap();
+    kept.add_checkpoint(&ck, 1000, &mut |_| {}).unwrap();
+    let r = kept.restore(1000).unwrap();
+    assert_eq!(r.files, files);
+    assert_eq!(r.dirs, ["a"]);
+    assert!(tpde::store::Checkpoint::from_files("x", vec![("../up".into(), vec![])]).is_err());
+}

@@ -1,7 +1,7 @@
 //! Writes the seed corpora of the fuzz targets: valid `.tpde` files for
 //! `decode` (keyframes and deltas against `tpde_fuzz::reference()`, single-
 //! and multi-chunk, safetensors and opaque) and valid safetensors files for
-//! `safetensors`.
+//! `safetensors`; torch.save archives for `archive`.
 //!
 //! Usage: make_corpus [CORPUS_DIR]   (default: the `corpus` folder beside
 //! this crate's Cargo.toml). Files are named by content, so reruns only
@@ -51,6 +51,23 @@ fn main() {
     let dec = root.join("decode");
     let st = root.join("safetensors");
     let rt = root.join("roundtrip");
+    // torch.save archives written by torch (the test fixtures).
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/tpde/tests/data");
+    for (name, file) in [
+        ("v2-ref.pt", "v2/ref.pt"),
+        ("v2-cur.pt", "v2/cur.pt"),
+        ("mixed.pt", "torch/mixed.pt"),
+        ("optimizer.pt", "torch/step-2/optimizer.pt"),
+        ("rng_state.pth", "torch/step-2/rng_state.pth"),
+        ("deflated.zip", "torch/deflated.zip"),
+    ] {
+        let bytes = std::fs::read(data.join(file)).expect("read a fixture");
+        write(&root.join("archive"), name, &bytes);
+    }
+    for name in ["key", "delta"] {
+        let bytes = std::fs::read(data.join(format!("v2/{name}.tpde"))).expect("read a sample");
+        write(&root.join("decode"), &format!("v2-{name}.tpde"), &bytes);
+    }
     let r = reference();
     let base = reference_tensors();
 

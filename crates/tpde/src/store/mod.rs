@@ -213,10 +213,18 @@ pub struct VerifyReport {
 }
 
 /// A checkpoint store in a directory.
-#[derive(Debug)]
 pub struct Store {
     root: PathBuf,
     io: StoreIo,
+    /// With [`Store::keep_latest`]: the files of the last step this handle
+    /// added, the reference of the next add without decoding its chain.
+    latest: Option<std::sync::Mutex<Option<(u64, Files)>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
 }
 
 /// Decoded files of one step, by path.
@@ -234,6 +242,7 @@ impl Store {
         let store = Store {
             root: dir.to_path_buf(),
             io: StoreIo::default(),
+            latest: None,
         };
         if dir.join(MANIFEST).exists() {
             return Err(store.err("already holds a store"));
@@ -251,6 +260,7 @@ impl Store {
         let store = Store {
             root: dir.to_path_buf(),
             io: StoreIo::default(),
+            latest: None,
         };
         if !dir.join(MANIFEST).is_file() {
             return Err(store.err(format!(
@@ -266,6 +276,15 @@ impl Store {
         let mut store = Store::open(dir)?;
         store.io = StoreIo::with_faults(faults);
         Ok(store)
+    }
+
+    /// Keeps the files of the last step added through this handle in memory
+    /// (one checkpoint's worth), so that adding the next one does not decode
+    /// the reference's chain: for a process that adds steps one after
+    /// another (`tpde store watch`, a training loop).
+    pub fn keep_latest(mut self) -> Store {
+        self.latest = Some(std::sync::Mutex::new(None));
+        self
     }
 
     /// The store's directory.
@@ -444,7 +463,10 @@ impl Store {
             return self.code_step(step, ck, None, progress);
         };
         let paths: HashSet<String> = ck.files.iter().map(|(p, _)| p.clone()).collect();
-        let ref_files = self.restore_files(m, r, Some(&paths))?;
+        let ref_files = match self.cached(m, r) {
+            Some(files) => files,
+            None => self.restore_files(m, r, Some(&paths))?,
+        };
         let delta = self.code_step(step, ck, Some((r, &ref_files)), progress)?;
         drop(ref_files);
         // Expected keyframe size: this checkpoint at its chain keyframe's ratio.
@@ -462,6 +484,20 @@ impl Store {
         } else {
             delta
         })
+    }
+
+    /// The kept files of step `r`, when they are those the manifest lists.
+    fn cached(&self, m: &Manifest, r: u64) -> Option<Files> {
+        let mut slot = self.latest.as_ref()?.lock().ok()?;
+        let (step, files) = slot.take()?;
+        let rec = m.get(r)?;
+        let same = step == r
+            && rec.files.iter().all(|f| {
+                files
+                    .get(&f.path)
+                    .is_some_and(|b| format::digest_hex(format::digest(b)) == f.digest)
+            });
+        same.then_some(files)
     }
 
     /// Adds the checkpoint file or folder at `path` as step `step`.
@@ -505,6 +541,18 @@ impl Store {
         m.fix_depths();
         self.save_manifest(&m)?;
         self.collect_garbage(&m)?;
+        if let Some(slot) = &self.latest {
+            if m.steps.last().is_some_and(|s| s.step == step) {
+                let files = ck
+                    .files
+                    .iter()
+                    .map(|(p, b)| (p.clone(), b.to_vec()))
+                    .collect();
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some((step, files));
+                }
+            }
+        }
         Ok(m.get(step).expect("just added").clone())
     }
 
