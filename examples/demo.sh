@@ -26,3 +26,18 @@ echo "### one step: $cur against $prev"
 "$tpde" decode "$out/epoch-03.tpde" --ref "$prev" -o "$out/epoch-03.safetensors"
 sha256sum "$cur" "$out/epoch-03.safetensors"
 cmp "$cur" "$out/epoch-03.safetensors" && echo "restored byte for byte"
+
+echo
+echo "### a store: the run's checkpoints as folders (model + optimizer state), any step back"
+for e in 01 02 03; do
+  ck=$out/run/checkpoint-$e
+  mkdir -p "$ck"
+  cp "$data/weights/epoch-$e.safetensors" "$ck/model.safetensors"
+  cp "$data/adam/epoch-$e.safetensors" "$ck/optimizer.safetensors"
+done
+"$tpde" store init "$out/store" --keyframe-every 10
+for e in 01 02 03; do "$tpde" store add "$out/store" "$out/run/checkpoint-$e"; done
+"$tpde" store ls "$out/store"
+"$tpde" store get "$out/store" 2 -o "$out/restored-2"
+diff -r "$out/run/checkpoint-02" "$out/restored-2" && echo "step 2 restored byte for byte"
+"$tpde" store verify "$out/store"
