@@ -591,13 +591,18 @@ mod tests {
         }
     }
 
+    /// Name, dtype and length of each storage found.
+    fn summary(found: &[ArchiveTensor]) -> Vec<(&str, Dtype, u64)> {
+        found
+            .iter()
+            .map(|t| (t.name.as_str(), t.dtype.clone(), t.len))
+            .collect()
+    }
+
     #[test]
     fn dtype_mapping() {
         let found = scan(MIXED).unwrap();
-        let got: Vec<(&str, Dtype, u64)> = found
-            .iter()
-            .map(|t| (t.name.as_str(), t.dtype.clone(), t.len))
-            .collect();
+        let got = summary(&found);
         assert_eq!(
             got,
             [
@@ -837,10 +842,7 @@ mod tests {
         );
         let found = scan(&zip).unwrap();
         check_invariants(&zip, &found);
-        let got: Vec<(&str, Dtype, u64)> = found
-            .iter()
-            .map(|t| (t.name.as_str(), t.dtype.clone(), t.len))
-            .collect();
+        let got = summary(&found);
         assert_eq!(
             got,
             [
