@@ -1,4 +1,4 @@
-//! A strict reader of the safetensors format.
+//! A strict reader (and a small writer) of the safetensors format.
 //!
 //! ```text
 //! [0, 8)        u64 little-endian N: the header size
@@ -307,5 +307,145 @@ mod tests {
         let h = parse(&f).unwrap();
         assert_eq!(h.tensors[0].dtype, Dtype::Unknown("Q3_K".into()));
         assert_eq!(h.tensors[0].dtype.coding_width(), 1);
+    }
+}
+
+/// One tensor to write: name, dtype name, shape, little-endian bytes.
+pub struct TensorData<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [u64],
+    pub data: &'a [u8],
+}
+
+/// Writes a safetensors file. Tensors are laid out widest element type first
+/// (then in the order given), so that with the header padded to a multiple of
+/// 8 every tensor's data is aligned to its element size. Each byte length
+/// must match dtype and shape; names must be unique and not `__metadata__`.
+pub fn write(
+    tensors: &[TensorData<'_>],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    let width = |t: &TensorData| Dtype::from_name(t.dtype).coding_width();
+    order.sort_by_key(|&i| std::cmp::Reverse(width(&tensors[i])));
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        let m = m
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    }
+    let mut offset = 0u64;
+    for &i in &order {
+        let t = &tensors[i];
+        let bits = Dtype::from_name(t.dtype).bits();
+        let elements = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let expected = match (bits, elements) {
+            (Some(b), Some(n)) => n.checked_mul(b).map(|x| x.div_ceil(8)),
+            (None, Some(_)) => Some(t.data.len() as u64), // an unknown dtype: any length
+            _ => None,
+        };
+        if expected != Some(t.data.len() as u64) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {:?}: {} bytes do not hold a {} tensor of shape {:?}",
+                t.name,
+                t.data.len(),
+                t.dtype,
+                t.shape
+            )));
+        }
+        if t.name == "__metadata__" || header.contains_key(t.name) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor name {:?} is used twice or reserved",
+                t.name
+            )));
+        }
+        let end = offset + t.data.len() as u64;
+        header.insert(
+            t.name.to_string(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + offset as usize);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for &i in &order {
+        out.extend_from_slice(tensors[i].data);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn written_files_parse_aligned_and_round_trip() {
+        let a = [1u8; 6]; // 3 x F16
+        let b = [2u8; 16]; // 2 x F64
+        let c = [3u8; 5]; // 5 x BOOL
+        let tensors = [
+            TensorData {
+                name: "a",
+                dtype: "F16",
+                shape: &[3],
+                data: &a,
+            },
+            TensorData {
+                name: "b",
+                dtype: "F64",
+                shape: &[2, 1],
+                data: &b,
+            },
+            TensorData {
+                name: "c",
+                dtype: "BOOL",
+                shape: &[5],
+                data: &c,
+            },
+        ];
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let file = write(&tensors, Some(&meta)).unwrap();
+        let h = parse(&file).unwrap();
+        assert_eq!(h.header_len % 8, 0);
+        for t in &tensors {
+            let info = h.get(t.name).unwrap();
+            let start = (h.header_len + info.begin) as usize;
+            assert_eq!(&file[start..start + t.data.len()], t.data);
+            // Aligned to the element size.
+            assert_eq!(start % info.dtype.coding_width(), 0);
+        }
+        // The widest first.
+        assert_eq!(h.tensors[0].name, "b");
+        let bad = [TensorData {
+            name: "x",
+            dtype: "F32",
+            shape: &[2],
+            data: &a,
+        }];
+        assert!(write(&bad, None).is_err());
+        let twice = [
+            TensorData {
+                name: "x",
+                dtype: "U8",
+                shape: &[1],
+                data: &c[..1],
+            },
+            TensorData {
+                name: "x",
+                dtype: "U8",
+                shape: &[1],
+                data: &c[..1],
+            },
+        ];
+        assert!(write(&twice, None).is_err());
     }
 }

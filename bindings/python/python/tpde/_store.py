@@ -1,0 +1,143 @@
+"""``tpde.Store``: a training run's checkpoints, saved from Python."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from . import _state
+from ._tpde import Store as _Store
+from ._tpde import TpdeError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise TpdeError(f"a step is a non-negative int, not {step!r}")
+    return step
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`Store.verify` found."""
+
+    steps: int
+    files: int
+    bytes: int
+    problems: List[str] = field(default_factory=list)
+    leftovers: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every step restored and every content file was intact."""
+        return not self.problems
+
+
+class Store:
+    """A checkpoint store (a folder): every checkpoint coded against the
+    previous one, with a keyframe at least every ``keyframe_every`` steps, and
+    any of them back byte for byte.
+
+    ``Store(path)`` opens the store in ``path`` or creates it. Saving
+    (:meth:`save`, :meth:`add`) keeps the last saved checkpoint in memory so
+    that the next one is coded against it without decoding the chain.
+    """
+
+    def __init__(self, path: PathLike, *, keyframe_every: Optional[int] = None,
+                 create: bool = True) -> None:
+        if keyframe_every is not None and (
+            isinstance(keyframe_every, bool) or not isinstance(keyframe_every, int)
+            or keyframe_every < 1
+        ):
+            raise TpdeError(f"keyframe_every is a positive int, not {keyframe_every!r}")
+        self._inner = _Store(os.fspath(path), keyframe_every=keyframe_every, create=create)
+
+    @property
+    def path(self) -> str:
+        """The store's folder."""
+        return os.fspath(self._inner.path)
+
+    def steps(self) -> List[int]:
+        """The stored steps, in increasing order."""
+        return self._inner.steps()
+
+    def __contains__(self, step: object) -> bool:
+        return step in self.steps()
+
+    def __len__(self) -> int:
+        return len(self.steps())
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.steps())
+
+    def __repr__(self) -> str:
+        return f"tpde.Store({self.path!r})"
+
+    def save(self, step: int, state: Any) -> None:
+        """Stores ``state`` (a state dict, or any nesting of dicts, lists and
+        tuples holding torch tensors, numpy arrays and plain values: model,
+        optimizer and RNG states together) as step ``step``."""
+        step = _step(step)
+        tensors, structure = _state.flatten(state)
+        self._inner.add_tensors(step, f"step-{step}", tensors, [(_state.STRUCTURE, structure)])
+
+    def load(self, step: int, *, numpy: bool = False, map_location: Any = None,
+             trusted: bool = False) -> Any:
+        """Restores the state saved as step ``step``: torch tensors (numpy
+        arrays with ``numpy=True``; moved with ``map_location``). Objects other
+        than containers, plain values, torch dtypes/devices/sizes and numpy
+        scalars are unpickled only with ``trusted=True``."""
+        step = _step(step)
+        name, kind, files, _dirs = self._inner.restore(step)
+        by_path = dict(files)
+        if kind != "dir" or _state.TENSORS not in by_path or _state.STRUCTURE not in by_path:
+            raise TpdeError(
+                f"step {step} ({name}) was added as files, not saved with Store.save: "
+                f"restore it with Store.get(step, path)"
+            )
+        return _state.unflatten(by_path[_state.STRUCTURE].tobytes(), by_path[_state.TENSORS],
+                                numpy=numpy, map_location=map_location, trusted=trusted)
+
+    def add(self, path: PathLike, step: Optional[int] = None) -> None:
+        """Adds a checkpoint file or folder (a Hugging Face ``checkpoint-N/``:
+        every file is kept). The step defaults to the number in its name."""
+        if step is None:
+            digits = "".join(c if c.isdigit() else " " for c in os.path.basename(
+                os.path.normpath(os.fspath(path))).removesuffix(".safetensors")).split()
+            if not digits:
+                raise TpdeError(f"no step number in {os.fspath(path)!r}: pass step=")
+            step = int(digits[-1])
+        self._inner.add_path(os.fspath(path), _step(step))
+
+    def get(self, step: int, out: PathLike) -> None:
+        """Writes step ``step`` to ``out`` (a file or folder, as it was added;
+        ``out`` must not exist)."""
+        self._inner.get(_step(step), os.fspath(out))
+
+    def files(self, step: int) -> Dict[str, bytes]:
+        """The files of step ``step`` in memory, by relative path."""
+        _name, _kind, files, _dirs = self._inner.restore(_step(step))
+        return {p: a.tobytes() for p, a in files}
+
+    def manifest(self) -> Dict[str, Any]:
+        """The store's manifest (see docs/STORE.md)."""
+        return json.loads(self._inner.manifest_json())
+
+    def verify(self) -> VerifyReport:
+        """Checks every content file and restores every step."""
+        steps, files, nbytes, problems, leftovers = self._inner.verify()
+        return VerifyReport(steps, files, nbytes, problems, leftovers)
+
+    def remove(self, step: int) -> List[int]:
+        """Removes step ``step``; returns the steps re-coded because of it."""
+        return self._inner.remove(_step(step))
+
+    def prune(self, keep_last: int = 0, keep_every: Optional[int] = None) -> List[int]:
+        """Keeps the last ``keep_last`` steps and the multiples of
+        ``keep_every``; returns the removed steps."""
+        if keep_last == 0 and keep_every is None:
+            raise TpdeError("say what to keep: keep_last and/or keep_every")
+        return self._inner.prune(keep_last, keep_every)

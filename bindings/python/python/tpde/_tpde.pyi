@@ -1,0 +1,66 @@
+"""Type stubs of the Rust extension module ``tpde._tpde``."""
+
+import os
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+_Path = Union[str, os.PathLike[str]]
+
+__version__: str
+
+class TpdeError(Exception):
+    """Raised for every tpde failure, with a message naming the problem."""
+
+def encode(
+    data: bytes,
+    reference: Optional[bytes] = None,
+    *,
+    kind: str = "auto",
+    level: int = 3,
+    chunk_kib: int = 4096,
+) -> bytes:
+    """Encodes a checkpoint file's bytes against ``reference`` (a keyframe
+    without); ``kind`` is "auto", "safetensors", "torch" or "bytes"."""
+
+def decode(data: bytes, reference: Optional[bytes] = None) -> bytes:
+    """Decodes a ``.tpde`` container, every checksum verified."""
+
+def encode_file(
+    path: _Path, out: _Path, reference: Optional[_Path] = None, *, kind: str = "auto"
+) -> Tuple[int, int]:
+    """Encodes the file ``path`` into ``out``; returns (original, stored) bytes."""
+
+def decode_file(path: _Path, out: _Path, reference: Optional[_Path] = None) -> int:
+    """Decodes the ``.tpde`` file ``path`` into ``out``; returns its length."""
+
+def safetensors_index(
+    buf: npt.NDArray[np.uint8],
+) -> Tuple[List[Tuple[str, str, List[int], int, int]], Optional[str]]:
+    """The tensors (name, dtype, shape, begin, end) of a safetensors buffer,
+    and its metadata as JSON."""
+
+class Store:
+    def __init__(
+        self, path: _Path, *, keyframe_every: Optional[int] = None, create: bool = True
+    ) -> None: ...
+    @property
+    def path(self) -> str: ...
+    def steps(self) -> List[int]: ...
+    def manifest_json(self) -> str: ...
+    def add_path(self, path: _Path, step: int) -> None: ...
+    def add_tensors(
+        self,
+        step: int,
+        name: str,
+        tensors: List[Tuple[str, str, List[int], npt.NDArray[np.uint8]]],
+        extra: List[Tuple[str, bytes]],
+    ) -> None: ...
+    def restore(
+        self, step: int
+    ) -> Tuple[str, str, List[Tuple[str, npt.NDArray[np.uint8]]], List[str]]: ...
+    def get(self, step: int, out: _Path) -> None: ...
+    def verify(self) -> Tuple[int, int, int, List[str], int]: ...
+    def remove(self, step: int) -> List[int]: ...
+    def prune(self, keep_last: int = 0, keep_every: Optional[int] = None) -> List[int]: ...

@@ -1,0 +1,314 @@
+//! `tpde._tpde`: the Rust core of the Python package. Every call that does
+//! real work releases the GIL; every error becomes `tpde.TpdeError` with the
+//! library's message. The torch-specific code is Python (`tpde/_state.py`).
+
+use std::path::PathBuf;
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+
+create_exception!(
+    _tpde,
+    TpdeError,
+    PyException,
+    "Raised for every tpde failure, with a message naming the problem."
+);
+
+fn err(e: tpde::Error) -> PyErr {
+    TpdeError::new_err(e.to_string())
+}
+
+fn input_kind(kind: &str) -> PyResult<tpde::InputKind> {
+    Ok(match kind {
+        "auto" => tpde::InputKind::Auto,
+        "safetensors" => tpde::InputKind::Safetensors,
+        "torch" => tpde::InputKind::Archive,
+        "bytes" => tpde::InputKind::Opaque,
+        other => {
+            return Err(TpdeError::new_err(format!(
+                "unknown kind {other:?}: use \"auto\", \"safetensors\", \"torch\" or \"bytes\""
+            )))
+        }
+    })
+}
+
+/// Encodes the bytes of a checkpoint file against `reference` (a keyframe
+/// without) and returns the `.tpde` container.
+#[pyfunction]
+#[pyo3(signature = (data, reference=None, *, kind="auto", level=3, chunk_kib=4096))]
+fn encode<'py>(
+    py: Python<'py>,
+    data: PyBackedBytes,
+    reference: Option<PyBackedBytes>,
+    kind: &str,
+    level: i32,
+    chunk_kib: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let opts = tpde::EncodeOptions {
+        chunk_size: chunk_kib.saturating_mul(1024),
+        level,
+        input: input_kind(kind)?,
+    };
+    let out = py
+        .detach(|| {
+            let mut out = Vec::new();
+            tpde::encode(&data, reference.as_deref(), &opts, &mut out, None).map(|_| out)
+        })
+        .map_err(err)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Decodes a `.tpde` container (with the reference it was encoded against,
+/// for a delta) and returns the original bytes, every checksum verified.
+#[pyfunction]
+#[pyo3(signature = (data, reference=None))]
+fn decode<'py>(
+    py: Python<'py>,
+    data: PyBackedBytes,
+    reference: Option<PyBackedBytes>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let out = py
+        .detach(|| {
+            let mut out = Vec::new();
+            tpde::decode(&data, reference.as_deref(), &mut out, None).map(|_| out)
+        })
+        .map_err(err)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Encodes the file `path` into `out` (atomically); returns (original bytes,
+/// stored bytes).
+#[pyfunction]
+#[pyo3(signature = (path, out, reference=None, *, kind="auto"))]
+fn encode_file(
+    py: Python<'_>,
+    path: PathBuf,
+    out: PathBuf,
+    reference: Option<PathBuf>,
+    kind: &str,
+) -> PyResult<(u64, u64)> {
+    let opts = tpde::EncodeOptions {
+        input: input_kind(kind)?,
+        ..Default::default()
+    };
+    let s = py
+        .detach(|| tpde::files::encode_file(&path, reference.as_deref(), &out, &opts, None))
+        .map_err(err)?;
+    Ok((s.original_len, s.encoded_len))
+}
+
+/// Decodes the `.tpde` file `path` into `out` (atomically, verified).
+#[pyfunction]
+#[pyo3(signature = (path, out, reference=None))]
+fn decode_file(
+    py: Python<'_>,
+    path: PathBuf,
+    out: PathBuf,
+    reference: Option<PathBuf>,
+) -> PyResult<u64> {
+    let s = py
+        .detach(|| tpde::files::decode_file(&path, reference.as_deref(), &out, None))
+        .map_err(err)?;
+    Ok(s.original_len)
+}
+
+/// One tensor of a safetensors buffer: (name, dtype, shape, begin, end),
+/// begin and end absolute in the buffer.
+type TensorSpan = (String, String, Vec<u64>, u64, u64);
+
+/// Parses the safetensors file in `buf` (strictly) and returns its tensors
+/// and its `__metadata__` as JSON (or None).
+#[pyfunction]
+fn safetensors_index(buf: PyReadonlyArray1<'_, u8>) -> PyResult<(Vec<TensorSpan>, Option<String>)> {
+    let bytes = buf
+        .as_slice()
+        .map_err(|e| TpdeError::new_err(e.to_string()))?;
+    let h = tpde::safetensors::parse(bytes).map_err(err)?;
+    let spans = h
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dtype.name().to_string(),
+                t.shape.clone(),
+                h.header_len + t.begin,
+                h.header_len + t.end,
+            )
+        })
+        .collect();
+    Ok((spans, h.metadata.as_ref().map(|m| m.to_string())))
+}
+
+/// A checkpoint store (see docs/STORE.md); `tpde.Store` wraps it.
+#[pyclass(frozen, module = "tpde._tpde")]
+struct Store {
+    inner: tpde::store::Store,
+}
+
+/// A restored checkpoint: (name, "file" or "dir", [(path, uint8 array)], dirs).
+type RestoredPy<'py> = (
+    String,
+    String,
+    Vec<(String, Bound<'py, PyArray1<u8>>)>,
+    Vec<String>,
+);
+
+#[pymethods]
+impl Store {
+    /// Opens the store in `path`, creating it (with a keyframe every
+    /// `keyframe_every` steps) when `create` is set and there is none.
+    #[new]
+    #[pyo3(signature = (path, *, keyframe_every=None, create=true))]
+    fn new(path: PathBuf, keyframe_every: Option<u32>, create: bool) -> PyResult<Self> {
+        let exists = path.join("tpde-store.json").is_file();
+        let inner = if exists || !create {
+            tpde::store::Store::open(&path)
+        } else {
+            tpde::store::Store::init(
+                &path,
+                keyframe_every.unwrap_or(tpde::store::DEFAULT_KEYFRAME_EVERY),
+            )
+        }
+        .map_err(err)?;
+        Ok(Store {
+            inner: inner.keep_latest(),
+        })
+    }
+
+    /// The store's folder.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.root().to_path_buf()
+    }
+
+    /// The stored steps, in increasing order.
+    fn steps(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        py.detach(|| self.inner.steps()).map_err(err)
+    }
+
+    /// The manifest as JSON text.
+    fn manifest_json(&self, py: Python<'_>) -> PyResult<String> {
+        let m = py.detach(|| self.inner.manifest()).map_err(err)?;
+        serde_json::to_string(&m).map_err(|e| TpdeError::new_err(e.to_string()))
+    }
+
+    /// Adds a checkpoint file or folder as step `step`.
+    fn add_path(&self, py: Python<'_>, path: PathBuf, step: u64) -> PyResult<()> {
+        py.detach(|| self.inner.add(&path, step))
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Adds step `step` as a folder `name` holding `tensors.safetensors`
+    /// (built from `tensors`: (name, dtype, shape, little-endian bytes as a
+    /// uint8 array)) and the files `extra` ((path, bytes)).
+    fn add_tensors(
+        &self,
+        py: Python<'_>,
+        step: u64,
+        name: String,
+        tensors: Vec<(String, String, Vec<u64>, PyReadonlyArray1<'_, u8>)>,
+        extra: Vec<(String, PyBackedBytes)>,
+    ) -> PyResult<()> {
+        let mut data = Vec::with_capacity(tensors.len());
+        for (n, _, _, a) in &tensors {
+            data.push(a.as_slice().map_err(|e| {
+                TpdeError::new_err(format!("tensor {n:?}: {e} (pass a contiguous array)"))
+            })?);
+        }
+        let specs: Vec<(&str, &str, &[u64])> = tensors
+            .iter()
+            .map(|(n, d, s, _)| (n.as_str(), d.as_str(), s.as_slice()))
+            .collect();
+        py.detach(|| {
+            let list: Vec<tpde::safetensors::TensorData> = specs
+                .iter()
+                .zip(&data)
+                .map(
+                    |(&(name, dtype, shape), data)| tpde::safetensors::TensorData {
+                        name,
+                        dtype,
+                        shape,
+                        data,
+                    },
+                )
+                .collect();
+            let file = tpde::safetensors::write(&list, None)?;
+            let mut files = vec![("tensors.safetensors".to_string(), file)];
+            files.extend(extra.iter().map(|(p, b)| (p.clone(), b.to_vec())));
+            let ck = tpde::store::Checkpoint::from_files(&name, files)?;
+            self.inner.add_checkpoint(&ck, step, &mut |_| {})
+        })
+        .map(|_| ())
+        .map_err(err)
+    }
+
+    /// Restores step `step` in memory.
+    fn restore<'py>(&self, py: Python<'py>, step: u64) -> PyResult<RestoredPy<'py>> {
+        let r = py.detach(|| self.inner.restore(step)).map_err(err)?;
+        let kind = match r.kind {
+            tpde::store::EntryKind::File => "file",
+            tpde::store::EntryKind::Dir => "dir",
+        };
+        let files = r
+            .files
+            .into_iter()
+            .map(|(p, b)| (p, PyArray1::from_vec(py, b)))
+            .collect();
+        Ok((r.name, kind.to_string(), files, r.dirs))
+    }
+
+    /// Restores step `step` to `out` (a file or folder that must not exist).
+    fn get(&self, py: Python<'_>, step: u64, out: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.get(step, &out))
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Checks every content file and restores every step: (steps, files,
+    /// bytes, problems, leftovers).
+    fn verify(&self, py: Python<'_>) -> PyResult<(usize, usize, u64, Vec<String>, usize)> {
+        let r = py.detach(|| self.inner.verify()).map_err(err)?;
+        Ok((r.steps, r.files, r.bytes, r.problems, r.leftovers.len()))
+    }
+
+    /// Removes step `step`; returns the steps re-coded because of it.
+    fn remove(&self, py: Python<'_>, step: u64) -> PyResult<Vec<u64>> {
+        py.detach(|| self.inner.remove(step)).map_err(err)
+    }
+
+    /// Keeps the last `keep_last` steps and the multiples of `keep_every`;
+    /// returns the removed steps.
+    #[pyo3(signature = (keep_last=0, keep_every=None))]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        keep_last: usize,
+        keep_every: Option<u64>,
+    ) -> PyResult<Vec<u64>> {
+        py.detach(|| self.inner.prune(keep_last, keep_every))
+            .map_err(err)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("tpde.Store({:?})", self.inner.root())
+    }
+}
+
+#[pymodule]
+fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("TpdeError", m.py().get_type::<TpdeError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Store>()?;
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_file, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_file, m)?)?;
+    m.add_function(wrap_pyfunction!(safetensors_index, m)?)?;
+    Ok(())
+}
