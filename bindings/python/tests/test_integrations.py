@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import os
+import pickle
 import warnings
 
 import pytest
@@ -113,15 +114,15 @@ def test_hf_trainer_checkpoints_round_trip(tmp_path):
         assert a["model.safetensors"] == _tree_digests(
             out1 / f"checkpoint-{step}")["model.safetensors"]
 
-    # Resume from a restored step; the resumed run's own save of step 6 is
-    # checked against the stored one (kept if equal, replaced if not).
+    # Resume from a restored step. The resumed run saves step 6 again, into
+    # another output_dir (so training_args.bin differs): the stored step 6 is
+    # replaced by what the Trainer wrote last.
     out3 = tmp_path / "out3"
     path = restore_checkpoint(store2, 4, out3)
     assert path == os.path.join(str(out3), "checkpoint-4")
     assert _tree_digests(path) == _tree_digests(tmp_path / "back2-4")
     resumed = _hf_trainer(out3, [TpdeCallback(store2)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.warns(UserWarning, match=r"step 6 .* differs .*training_args.bin.*replacing"):
         resumed.train(resume_from_checkpoint=path)
     assert resumed.state.global_step == 6
     store = tpde.Store(store2)
@@ -130,6 +131,13 @@ def test_hf_trainer_checkpoints_round_trip(tmp_path):
         rel: open(out3 / "checkpoint-6" / rel, "rb").read()
         for rel in _tree_digests(out3 / "checkpoint-6")
     }
+    assert store.verify().ok
+    # A new callback finding the same folder stored already leaves it be.
+    before = store.manifest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TpdeCallback(store2).on_save(resumed.args, resumed.state, resumed.control)
+    assert store.manifest() == before
     with pytest.raises(tpde.TpdeError, match="exists already"):
         restore_checkpoint(store2, 4, out3)
 
@@ -142,6 +150,7 @@ def test_hf_trainer_delete_keeps_best(tmp_path):
     trainer = _hf_trainer(out, [TpdeCallback(store_path, delete_checkpoints=True)],
                           eval_strategy="steps", eval_steps=2, save_strategy="steps",
                           load_best_model_at_end=True, metric_for_best_model="loss",
+                          greater_is_better=True,  # the best is an early step here
                           save_total_limit=2)
     trainer.train()  # loads the best checkpoint's folder at the end: it must exist
     best = trainer.state.best_model_checkpoint
@@ -150,6 +159,42 @@ def test_hf_trainer_delete_keeps_best(tmp_path):
     store = tpde.Store(store_path)
     assert store.steps() == [2, 4, 6]
     assert store.verify().ok
+
+
+def test_hf_callback_edge_cases(tmp_path):
+    """Without a Trainer: other ranks, a missing folder, a folder that no
+    longer matches its stored step (never deleted)."""
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from tpde.integrations.transformers import TpdeCallback
+
+    out = tmp_path / "out"
+    folder = out / "checkpoint-3"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "data.bin").write_bytes(b"\x01\x02" * 100)
+    args = SimpleNamespace(output_dir=str(out), load_best_model_at_end=False)
+    cb = TpdeCallback(tmp_path / "s.tpde", delete_checkpoints=True)
+
+    cb.on_save(args, SimpleNamespace(is_world_process_zero=False, global_step=3), None)
+    assert not (tmp_path / "s.tpde").exists()  # other ranks never open the store
+
+    with pytest.warns(UserWarning, match="no checkpoint folder"):
+        cb.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=5), None)
+
+    class Tamper(TpdeCallback):  # the folder changes between add and check
+        def _add(self, folder, step):
+            super()._add(folder, step)
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                f.write("{ }")
+
+    cb = Tamper(tmp_path / "s.tpde", delete_checkpoints=True)
+    with pytest.warns(UserWarning, match="config.json: stored bytes differ.*kept"):
+        cb.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=3), None)
+    assert folder.is_dir()
+    assert tpde.Store(tmp_path / "s.tpde").files(3)["config.json"] == b"{}"
+    assert tpde.Store(tmp_path / "s.tpde").files(3)["sub/data.bin"] == b"\x01\x02" * 100
 
 
 # -- PyTorch Lightning ---------------------------------------------------------
@@ -279,6 +324,10 @@ def test_lightning_removal(tmp_path):
     assert store.steps() == [12]
 
     io = TpdeCheckpointIO(store_path)
+    ck = io.load_checkpoint(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 12 and ck["state_dict"]["layer.weight"].device.type == "cpu"
+    # Spawned processes get a copy of the plugin; it reopens the store.
+    assert pickle.loads(pickle.dumps(io)).store.steps() == [12]
     io.remove_checkpoint(ckpts / "epoch=2-step=12.ckpt")
     assert store.steps() == [12]  # last.ckpt still names it
     io.remove_checkpoint(ckpts / "last.ckpt")

@@ -162,6 +162,7 @@ class TpdeCallback(TrainerCallback):
             if not same(kept, best):
                 shutil.rmtree(kept, ignore_errors=True)
                 self._kept_best.discard(kept)
+                logger.info("tpde: deleted %s (stored; no longer the best)", kept)
         problems = _differences(self.store, step, folder)
         if problems:
             msg = (f"tpde: step {step} as stored does not match {folder} "
@@ -171,6 +172,7 @@ class TpdeCallback(TrainerCallback):
             return
         if same(folder, best):
             self._kept_best.add(folder)
+            logger.info("tpde: kept %s (stored; the best checkpoint)", folder)
             return
         shutil.rmtree(folder)
         logger.info("tpde: deleted %s (stored as step %d)", folder, step)
