@@ -175,8 +175,19 @@ def test_bad_input_raises_tpde_error(store, tmp_path):
         store.save(1, {})
     with pytest.raises(tpde.TpdeError, match="cannot save"):
         store.save(2, {"f": lambda: 1})
-    with pytest.raises(TypeError):
+    # Wrong types anywhere: TpdeError with a message, never a bare TypeError.
+    with pytest.raises(tpde.TpdeError, match="data must be bytes, not str"):
         tpde.decode("not bytes")
+    with pytest.raises(tpde.TpdeError, match="must be a path"):
+        tpde.encode_file(None, tmp_path / "x")
+    with pytest.raises(tpde.TpdeError, match="must be a path"):
+        tpde.Store(123)
+    with pytest.raises(tpde.TpdeError):
+        store.save(2**70, {})
+    with pytest.raises(tpde.TpdeError):
+        tpde.encode(b"x", level="high")
+    with pytest.raises(tpde.TpdeError, match="cannot read the stored state"):
+        store.load(1, map_location="no-such-device")
     with pytest.raises(tpde.TpdeError, match="not a .tpde file"):
         tpde.decode(b"garbage garbage garbage garbage garbage")
     with pytest.raises(tpde.TpdeError, match="not a tpde store"):

@@ -9,8 +9,9 @@
 Every failure raises :class:`tpde.TpdeError` with a message naming the problem.
 """
 
+from ._api import decode, decode_file, encode, encode_file
 from ._store import Store, VerifyReport
-from ._tpde import TpdeError, __version__, decode, decode_file, encode, encode_file
+from ._tpde import TpdeError, __version__
 
 __all__ = [
     "Store",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from . import _state
+from ._api import _path, tpde_errors
 from ._tpde import Store as _Store
 from ._tpde import TpdeError
 
@@ -46,6 +47,7 @@ class Store:
     that the next one is coded against it without decoding the chain.
     """
 
+    @tpde_errors
     def __init__(self, path: PathLike, *, keyframe_every: Optional[int] = None,
                  create: bool = True) -> None:
         if keyframe_every is not None and (
@@ -53,13 +55,14 @@ class Store:
             or keyframe_every < 1
         ):
             raise TpdeError(f"keyframe_every is a positive int, not {keyframe_every!r}")
-        self._inner = _Store(os.fspath(path), keyframe_every=keyframe_every, create=create)
+        self._inner = _Store(_path("path", path), keyframe_every=keyframe_every, create=create)
 
     @property
     def path(self) -> str:
         """The store's folder."""
         return os.fspath(self._inner.path)
 
+    @tpde_errors
     def steps(self) -> List[int]:
         """The stored steps, in increasing order."""
         return self._inner.steps()
@@ -76,6 +79,7 @@ class Store:
     def __repr__(self) -> str:
         return f"tpde.Store({self.path!r})"
 
+    @tpde_errors
     def save(self, step: int, state: Any) -> None:
         """Stores ``state`` (a state dict, or any nesting of dicts, lists and
         tuples holding torch tensors, numpy arrays and plain values: model,
@@ -84,6 +88,7 @@ class Store:
         tensors, structure = _state.flatten(state)
         self._inner.add_tensors(step, f"step-{step}", tensors, [(_state.STRUCTURE, structure)])
 
+    @tpde_errors
     def load(self, step: int, *, numpy: bool = False, map_location: Any = None,
              trusted: bool = False) -> Any:
         """Restores the state saved as step ``step``: torch tensors (numpy
@@ -101,40 +106,47 @@ class Store:
         return _state.unflatten(by_path[_state.STRUCTURE].tobytes(), by_path[_state.TENSORS],
                                 numpy=numpy, map_location=map_location, trusted=trusted)
 
+    @tpde_errors
     def add(self, path: PathLike, step: Optional[int] = None) -> None:
         """Adds a checkpoint file or folder (a Hugging Face ``checkpoint-N/``:
         every file is kept). The step defaults to the number in its name."""
         if step is None:
             digits = "".join(c if c.isdigit() else " " for c in os.path.basename(
-                os.path.normpath(os.fspath(path))).removesuffix(".safetensors")).split()
+                os.path.normpath(_path("path", path))).removesuffix(".safetensors")).split()
             if not digits:
                 raise TpdeError(f"no step number in {os.fspath(path)!r}: pass step=")
             step = int(digits[-1])
-        self._inner.add_path(os.fspath(path), _step(step))
+        self._inner.add_path(_path("path", path), _step(step))
 
+    @tpde_errors
     def get(self, step: int, out: PathLike) -> None:
         """Writes step ``step`` to ``out`` (a file or folder, as it was added;
         ``out`` must not exist)."""
-        self._inner.get(_step(step), os.fspath(out))
+        self._inner.get(_step(step), _path("out", out))
 
+    @tpde_errors
     def files(self, step: int) -> Dict[str, bytes]:
         """The files of step ``step`` in memory, by relative path."""
         _name, _kind, files, _dirs = self._inner.restore(_step(step))
         return {p: a.tobytes() for p, a in files}
 
+    @tpde_errors
     def manifest(self) -> Dict[str, Any]:
         """The store's manifest (see docs/STORE.md)."""
         return json.loads(self._inner.manifest_json())
 
+    @tpde_errors
     def verify(self) -> VerifyReport:
         """Checks every content file and restores every step."""
         steps, files, nbytes, problems, leftovers = self._inner.verify()
         return VerifyReport(steps, files, nbytes, problems, leftovers)
 
+    @tpde_errors
     def remove(self, step: int) -> List[int]:
         """Removes step ``step``; returns the steps re-coded because of it."""
         return self._inner.remove(_step(step))
 
+    @tpde_errors
     def prune(self, keep_last: int = 0, keep_every: Optional[int] = None) -> List[int]:
         """Keeps the last ``keep_last`` steps and the multiples of
         ``keep_every``; returns the removed steps."""

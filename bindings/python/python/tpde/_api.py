@@ -1,0 +1,80 @@
+"""The file and bytes functions, with arguments checked so that every misuse
+raises TpdeError (not a TypeError from deep inside)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Optional, Tuple, TypeVar, Union
+
+from . import _tpde
+from ._tpde import TpdeError
+
+PathLike = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
+
+
+def tpde_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turns the TypeError/ValueError/OverflowError of argument conversion
+    into TpdeError, keeping the message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except TpdeError:
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            raise TpdeError(f"{fn.__name__}: {e}") from e
+
+    return wrapper
+
+
+def _bytes(what: str, data: Any) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TpdeError(f"{what} must be bytes, not {type(data).__name__}")
+
+
+def _path(what: str, p: Any) -> str:
+    try:
+        return os.fspath(p)
+    except TypeError:
+        raise TpdeError(f"{what} must be a path, not {type(p).__name__}") from None
+
+
+@tpde_errors
+def encode(data: bytes, reference: Optional[bytes] = None, *, kind: str = "auto",
+           level: int = 3, chunk_kib: int = 4096) -> bytes:
+    """Encodes the bytes of a checkpoint file against ``reference`` (a
+    keyframe without) and returns the ``.tpde`` container. ``kind`` is
+    "auto", "safetensors", "torch" or "bytes"."""
+    ref = None if reference is None else _bytes("reference", reference)
+    return _tpde.encode(_bytes("data", data), ref, kind=kind, level=level, chunk_kib=chunk_kib)
+
+
+@tpde_errors
+def decode(data: bytes, reference: Optional[bytes] = None) -> bytes:
+    """Decodes a ``.tpde`` container (with the reference it was encoded
+    against, for a delta), every checksum verified."""
+    ref = None if reference is None else _bytes("reference", reference)
+    return _tpde.decode(_bytes("data", data), ref)
+
+
+@tpde_errors
+def encode_file(path: PathLike, out: PathLike, reference: Optional[PathLike] = None, *,
+                kind: str = "auto") -> Tuple[int, int]:
+    """Encodes the file ``path`` into ``out`` (written atomically); returns
+    (original bytes, stored bytes)."""
+    ref = None if reference is None else _path("reference", reference)
+    return _tpde.encode_file(_path("path", path), _path("out", out), ref, kind=kind)
+
+
+@tpde_errors
+def decode_file(path: PathLike, out: PathLike, reference: Optional[PathLike] = None) -> int:
+    """Decodes the ``.tpde`` file ``path`` into ``out`` (atomically, verified);
+    returns its length."""
+    ref = None if reference is None else _path("reference", reference)
+    return _tpde.decode_file(_path("path", path), _path("out", out), ref)
