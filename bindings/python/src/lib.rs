@@ -22,6 +22,25 @@ fn err(e: tpde::Error) -> PyErr {
     TpdeError::new_err(e.to_string())
 }
 
+/// The lossy bound from the keyword arguments (at most one of them).
+fn bound(
+    max_abs_error: Option<f64>,
+    max_rel_error: Option<f64>,
+) -> PyResult<Option<tpde::lossy::Bound>> {
+    use tpde::lossy::Bound;
+    let b = match (max_abs_error, max_rel_error) {
+        (Some(_), Some(_)) => {
+            return Err(TpdeError::new_err(
+                "give max_abs_error or max_rel_error, not both",
+            ))
+        }
+        (Some(e), None) => Some(Bound::MaxAbsError(e)),
+        (None, Some(r)) => Some(Bound::MaxRelError(r)),
+        (None, None) => None,
+    };
+    b.map(|b| b.check().map_err(TpdeError::new_err)).transpose()
+}
+
 fn input_kind(kind: &str) -> PyResult<tpde::InputKind> {
     Ok(match kind {
         "auto" => tpde::InputKind::Auto,
@@ -39,7 +58,8 @@ fn input_kind(kind: &str) -> PyResult<tpde::InputKind> {
 /// Encodes the bytes of a checkpoint file against `reference` (a keyframe
 /// without) and returns the `.tpde` container.
 #[pyfunction]
-#[pyo3(signature = (data, reference=None, *, kind="auto", level=3, chunk_kib=4096))]
+#[pyo3(signature = (data, reference=None, *, kind="auto", level=3, chunk_kib=4096, max_abs_error=None, max_rel_error=None))]
+#[allow(clippy::too_many_arguments)]
 fn encode<'py>(
     py: Python<'py>,
     data: PyBackedBytes,
@@ -47,11 +67,14 @@ fn encode<'py>(
     kind: &str,
     level: i32,
     chunk_kib: usize,
+    max_abs_error: Option<f64>,
+    max_rel_error: Option<f64>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let opts = tpde::EncodeOptions {
         chunk_size: chunk_kib.saturating_mul(1024),
         level,
         input: input_kind(kind)?,
+        lossy: bound(max_abs_error, max_rel_error)?,
     };
     let out = py
         .detach(|| {
@@ -198,15 +221,29 @@ impl Store {
     }
 
     /// Adds a checkpoint file or folder as step `step`.
-    fn add_path(&self, py: Python<'_>, path: PathBuf, step: u64) -> PyResult<()> {
-        py.detach(|| self.inner.add(&path, step))
-            .map(|_| ())
-            .map_err(err)
+    #[pyo3(signature = (path, step, *, max_abs_error=None, max_rel_error=None))]
+    fn add_path(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        step: u64,
+        max_abs_error: Option<f64>,
+        max_rel_error: Option<f64>,
+    ) -> PyResult<()> {
+        let lossy = bound(max_abs_error, max_rel_error)?;
+        py.detach(|| {
+            let ck = tpde::store::Checkpoint::from_path(&path)?;
+            self.inner.add_checkpoint(&ck, step, lossy, &mut |_| {})
+        })
+        .map(|_| ())
+        .map_err(err)
     }
 
     /// Adds step `step` as a folder `name` holding `tensors.safetensors`
     /// (built from `tensors`: (name, dtype, shape, little-endian bytes as a
     /// uint8 array)) and the files `extra` ((path, bytes)).
+    #[pyo3(signature = (step, name, tensors, extra, *, max_abs_error=None, max_rel_error=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_tensors(
         &self,
         py: Python<'_>,
@@ -214,7 +251,10 @@ impl Store {
         name: String,
         tensors: Vec<(String, String, Vec<u64>, PyReadonlyArray1<'_, u8>)>,
         extra: Vec<(String, PyBackedBytes)>,
+        max_abs_error: Option<f64>,
+        max_rel_error: Option<f64>,
     ) -> PyResult<()> {
+        let lossy = bound(max_abs_error, max_rel_error)?;
         let mut data = Vec::with_capacity(tensors.len());
         for (n, _, _, a) in &tensors {
             data.push(a.as_slice().map_err(|e| {
@@ -242,7 +282,7 @@ impl Store {
             let mut files = vec![("tensors.safetensors".to_string(), file)];
             files.extend(extra.iter().map(|(p, b)| (p.clone(), b.to_vec())));
             let ck = tpde::store::Checkpoint::from_files(&name, files)?;
-            self.inner.add_checkpoint(&ck, step, &mut |_| {})
+            self.inner.add_checkpoint(&ck, step, lossy, &mut |_| {})
         })
         .map(|_| ())
         .map_err(err)

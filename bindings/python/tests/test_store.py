@@ -219,3 +219,25 @@ def test_a_corrupted_store_raises_and_names_the_file(store):
     open(manifest, "w").write("{not json")
     with pytest.raises(tpde.TpdeError, match="damaged manifest"):
         store.steps()
+
+
+def test_lossy_saves_stay_within_the_bound_along_a_chain(store):
+    torch.manual_seed(3)
+    w = torch.randn(5000) * 0.05
+    bf = torch.randn(300).to(torch.bfloat16)
+    counts = torch.arange(10)
+    for step in range(1, 13):
+        w = w + torch.randn(5000) * 1e-3
+        w[::997] = float("nan")
+        store.save(step, {"w": w, "bf": bf, "n": counts}, max_abs_error=1e-3)
+        back = store.load(step)
+        ok = torch.isnan(w)
+        assert torch.equal(torch.isnan(back["w"]), ok)
+        assert (back["w"][~ok].double() - w[~ok].double()).abs().max() <= 1e-3
+        assert torch.equal(back["n"], counts)
+    files = store.manifest()["steps"][-1]["files"]
+    assert {f["path"]: f.get("lossy") for f in files}["tensors.safetensors"] == {"max_abs_error": 0.001}
+    with pytest.raises(tpde.TpdeError, match="not both"):
+        store.save(99, {"w": w}, max_abs_error=1e-3, max_rel_error=0.1)
+    with pytest.raises(tpde.TpdeError, match="positive number"):
+        store.save(99, {"w": w}, max_abs_error=-1.0)

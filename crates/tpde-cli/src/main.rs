@@ -37,6 +37,28 @@ struct CodingArgs {
     chunk_kib: usize,
 }
 
+/// The lossy mode (opt-in): float tensors restored within a bound.
+#[derive(clap::Args, Clone, Copy)]
+pub struct LossyArgs {
+    /// Lossy: every restored float element (F16, BF16, F32, F64) within E of
+    /// the original; NaN, infinities, integers and bools stay exact.
+    #[arg(long, value_name = "E", conflicts_with = "max_rel_error")]
+    max_abs_error: Option<f64>,
+    /// Lossy: every restored float element within R times its tensor's RMS.
+    #[arg(long, value_name = "R")]
+    max_rel_error: Option<f64>,
+}
+
+impl LossyArgs {
+    pub fn bound(&self) -> Option<tpde::lossy::Bound> {
+        match (self.max_abs_error, self.max_rel_error) {
+            (Some(e), _) => Some(tpde::lossy::Bound::MaxAbsError(e)),
+            (_, Some(r)) => Some(tpde::lossy::Bound::MaxRelError(r)),
+            _ => None,
+        }
+    }
+}
+
 impl CodingArgs {
     fn options(&self) -> tpde::EncodeOptions {
         tpde::EncodeOptions {
@@ -94,6 +116,8 @@ enum Command {
         kind: Kind,
         #[command(flatten)]
         coding: CodingArgs,
+        #[command(flatten)]
+        lossy: LossyArgs,
     },
     /// Decode a .tpde file back into the original checkpoint, byte for byte.
     Decode {
@@ -162,12 +186,14 @@ fn run(cli: Cli) -> Result<()> {
             output,
             kind,
             coding,
+            lossy,
         } => encode(
             &cur,
             reference.as_deref(),
             &output,
             &tpde::EncodeOptions {
                 input: kind.input(&cur),
+                lossy: lossy.bound(),
                 ..coding.options()
             },
         ),
@@ -266,6 +292,9 @@ fn encode(
             100.0 * s.changed as f64 / s.elements as f64
         );
     }
+    if let (Some(b), Some(e)) = (opts.lossy, s.max_abs_error) {
+        println!("LOSSY ({b}): largest error of a restored element {e:.3e}; the output is not the original");
+    }
     Ok(())
 }
 
@@ -325,7 +354,19 @@ fn inspect(input: &Path) -> Result<()> {
         ),
         None => println!("reference: none (keyframe)"),
     }
-    println!("exact:     yes (lossless)\n");
+    if r.lossy {
+        let max = r
+            .tensors
+            .iter()
+            .filter_map(|t| t.max_abs_error)
+            .fold(0f64, f64::max);
+        println!(
+            "exact:     NO: lossy; decoding gives every quantized element within its tensor's \
+             bound of the original (largest bound {max:e}); see the max error column\n"
+        );
+    } else {
+        println!("exact:     yes (lossless)\n");
+    }
     let mut t = Table::new(&[
         "tensor",
         "dtype",
@@ -333,6 +374,7 @@ fn inspect(input: &Path) -> Result<()> {
         "elements",
         "changed",
         "coding",
+        "max error",
         "bits/elem",
         "ratio",
     ]);
@@ -355,6 +397,8 @@ fn inspect(input: &Path) -> Result<()> {
                 None => "new".into(),
             },
             x.coding.clone(),
+            x.max_abs_error
+                .map_or("exact".into(), |e| format!("{e:.3e}")),
             format!("{:.2}", x.bits_per_element()),
             ratio(x.raw_bytes, x.stored_bytes),
         ]);
@@ -370,6 +414,7 @@ fn inspect(input: &Path) -> Result<()> {
         } else {
             "-".into()
         },
+        String::new(),
         String::new(),
         format!(
             "{:.2}",

@@ -8,7 +8,8 @@ use clap::Subcommand;
 use tpde::store::{watch, Checkpoint, EntryKind, StepRecord, Store};
 
 use crate::table::Table;
-use crate::{mb, progress_bar};
+use crate::{mb, progress_bar, LossyArgs};
+use tpde::lossy::Bound;
 
 #[derive(Subcommand)]
 pub enum StoreCommand {
@@ -28,6 +29,8 @@ pub enum StoreCommand {
         /// Its step; by default the number in its name (checkpoint-500: 500).
         #[arg(long)]
         step: Option<u64>,
+        #[command(flatten)]
+        lossy: LossyArgs,
     },
     /// Restore a checkpoint, byte for byte.
     Get {
@@ -78,6 +81,8 @@ pub enum StoreCommand {
         /// Add what is complete now and exit.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        lossy: LossyArgs,
     },
 }
 
@@ -94,13 +99,18 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             );
             Ok(())
         }
-        StoreCommand::Add { dir, path, step } => {
+        StoreCommand::Add {
+            dir,
+            path,
+            step,
+            lossy,
+        } => {
             let store = Store::open(&dir)?;
             let step = match step {
                 Some(s) => s,
                 None => step_of(&path)?,
             };
-            add(&store, &path, step)
+            add(&store, &path, step, lossy.bound())
         }
         StoreCommand::Get { dir, step, output } => {
             let store = Store::open(&dir)?;
@@ -194,7 +204,18 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             settle,
             delete_originals,
             once,
-        } => watch_run(&dir, &run_dir, interval, settle, delete_originals, once),
+            lossy,
+        } => watch_run(
+            &dir,
+            &run_dir,
+            Watch {
+                interval,
+                settle,
+                delete_originals,
+                once,
+                lossy: lossy.bound(),
+            },
+        ),
     }
 }
 
@@ -215,24 +236,30 @@ fn step_of(path: &Path) -> Result<u64> {
         .with_context(|| format!("no step number in the name {name:?}; give one with --step N"))
 }
 
-fn add(store: &Store, path: &Path, step: u64) -> Result<()> {
+fn add(store: &Store, path: &Path, step: u64, lossy: Option<Bound>) -> Result<()> {
     let t = Instant::now();
     let ck = Checkpoint::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let pb = progress_bar(ck.len(), &format!("step {step}"));
     let rec = store
-        .add_checkpoint(&ck, step, &mut |d| pb.set_position(d))
+        .add_checkpoint(&ck, step, lossy, &mut |d| pb.set_position(d))
         .with_context(|| format!("adding {} as step {step}", path.display()))?;
     pb.finish_and_clear();
     let (orig, stored) = totals(&rec);
     println!(
-        "step {step}: {} -> {} ({:.3}x), {}, {:.2} s",
+        "step {step}: {} -> {} ({:.3}x), {}{}, {:.2} s",
         mb(orig),
         mb(stored),
         orig as f64 / stored.max(1) as f64,
         frame(&rec),
+        lossy_note(&rec).map_or(String::new(), |b| format!(", LOSSY ({b})")),
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The bound of a step's lossy files, if any file is lossy.
+fn lossy_note(rec: &StepRecord) -> Option<Bound> {
+    rec.files.iter().find_map(|f| f.lossy)
 }
 
 fn totals(rec: &StepRecord) -> (u64, u64) {
@@ -250,7 +277,7 @@ fn frame(rec: &StepRecord) -> String {
 
 fn ls_table(steps: &[StepRecord]) -> Table {
     let mut t = Table::new(&[
-        "step", "name", "files", "original", "stored", "ratio", "frame", "ref", "depth",
+        "step", "name", "files", "original", "stored", "ratio", "frame", "ref", "depth", "exact",
     ]);
     let (mut to, mut ts) = (0u64, 0u64);
     for s in steps {
@@ -275,6 +302,7 @@ fn ls_table(steps: &[StepRecord]) -> Table {
             .into(),
             s.reference.map_or("-".into(), |r| r.to_string()),
             s.depth.to_string(),
+            lossy_note(s).map_or("yes".into(), |b| format!("no ({b})")),
         ]);
     }
     t.separator();
@@ -292,20 +320,30 @@ fn ls_table(steps: &[StepRecord]) -> Table {
         String::new(),
         String::new(),
         String::new(),
+        String::new(),
     ]);
     t
 }
 
-/// Polls `run_dir`, adding each checkpoint once it has stopped changing for
-/// `settle` seconds.
-fn watch_run(
-    dir: &Path,
-    run_dir: &Path,
+/// How `tpde store watch` runs.
+struct Watch {
     interval: f64,
     settle: f64,
     delete_originals: bool,
     once: bool,
-) -> Result<()> {
+    lossy: Option<Bound>,
+}
+
+/// Polls `run_dir`, adding each checkpoint once it has stopped changing for
+/// `settle` seconds.
+fn watch_run(dir: &Path, run_dir: &Path, w: Watch) -> Result<()> {
+    let Watch {
+        interval,
+        settle,
+        delete_originals,
+        once,
+        lossy,
+    } = w;
     let store = Store::open(dir)?.keep_latest();
     let settle = Duration::from_secs_f64(settle.max(0.0));
     let interval = Duration::from_secs_f64(interval.max(0.1));
@@ -337,7 +375,7 @@ fn watch_run(
                 pending = true;
                 continue;
             }
-            add(&store, &c.path, c.step)?;
+            add(&store, &c.path, c.step, lossy)?;
             seen.remove(&c.path);
             if delete_originals {
                 store

@@ -164,16 +164,19 @@ fn tensor_jobs<'a, 'r>(
     let mut start = 0usize;
     for (k, e) in t.entry.chunks.iter().enumerate() {
         let len = e.raw_len as usize;
-        let reference = if e.coding.codec == Codec::Delta {
-            let r = tref.ok_or(Error::MissingReference)?;
-            Some(r.get(start..start + len).ok_or_else(|| {
+        let slice = |r: &'r [u8]| {
+            r.get(start..start + len).ok_or_else(|| {
                 Error::ReferenceMismatch(format!(
                     "the reference is too short for tensor {:?}",
                     t.info.name
                 ))
-            })?)
-        } else {
-            None
+            })
+        };
+        let reference = match e.coding.codec {
+            Codec::Delta => Some(slice(tref.ok_or(Error::MissingReference)?)?),
+            // Quantized against the reference data when the tensor has some.
+            Codec::Quantized => tref.map(slice).transpose()?,
+            _ => None,
         };
         jobs.push(Job {
             tensor: ti,

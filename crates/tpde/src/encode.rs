@@ -6,12 +6,13 @@ use rayon::prelude::*;
 
 use std::collections::HashMap;
 
-use crate::codec::{encode_chunk, ChunkParams, Codec};
+use crate::codec::{encode_chunk, encode_quantized_chunk, ChunkParams, Codec};
 use crate::dtype::Family;
 use crate::error::{Error, Result};
 use crate::format::{
     self, ChunkEntry, Index, LayoutEntry, RefId, RefMode, SourceKind, TensorEntry,
 };
+use crate::lossy::{Bound, FloatKind};
 use crate::{archive, safetensors, Dtype};
 
 /// What kind of file is being encoded.
@@ -42,6 +43,11 @@ pub struct EncodeOptions {
     pub level: i32,
     /// How to read the input.
     pub input: InputKind,
+    /// The lossy mode: float tensors (F16, BF16, F32, F64) restored within
+    /// this bound of the original, coded against the reference as given (pass
+    /// the *reconstruction* of the reference, what decoding it gave, so that
+    /// errors do not add up). `None`: lossless.
+    pub lossy: Option<Bound>,
 }
 
 impl Default for EncodeOptions {
@@ -50,12 +56,13 @@ impl Default for EncodeOptions {
             chunk_size: 4 << 20,
             level: 3,
             input: InputKind::Safetensors,
+            lossy: None,
         }
     }
 }
 
 /// Totals of one encode.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncodeStats {
     pub original_len: u64,
     pub encoded_len: u64,
@@ -69,6 +76,13 @@ pub struct EncodeStats {
     /// Whether the container needs the reference to decode (false for a
     /// keyframe, and with [`InputKind::Auto`] when the reference did not fit).
     pub reference_used: bool,
+    /// XXH3-128 of what decoding gives: the original, or in the lossy mode
+    /// its reconstruction.
+    pub output_digest: u128,
+    /// In the lossy mode, the largest error of any restored element (0 when
+    /// every element came out exact); `None` when the container is lossless
+    /// (no bound asked, or no float tensor to apply it to).
+    pub max_abs_error: Option<f64>,
 }
 
 struct Job<'a> {
@@ -76,6 +90,8 @@ struct Job<'a> {
     cur: &'a [u8],
     reference: Option<&'a [u8]>,
     params: ChunkParams,
+    /// The lossy mode's float kind and bound for this chunk.
+    lossy: Option<(FloatKind, f64)>,
 }
 
 /// Bytes of input coded per parallel batch; bounds the memory held at once.
@@ -98,6 +114,9 @@ pub fn encode(
             "chunk size {} must be a multiple of 8 between 64 bytes and 64 MiB",
             opts.chunk_size
         )));
+    }
+    if let Some(b) = opts.lossy {
+        b.check().map_err(Error::InvalidArgument)?;
     }
     let kind = match opts.input {
         InputKind::Safetensors => SourceKind::Safetensors,
@@ -141,7 +160,11 @@ pub fn encode(
         inner: out,
         written: 0,
     };
-    w.write_all(&format::file_header(kind.min_version()))?;
+    // Lossy when some float tensor may be quantized (the chunks of a tensor
+    // may still come out exact); files without float tensors stay lossless.
+    let lossy = jobs.iter().any(|j| j.lossy.is_some());
+    let version = if lossy { 3 } else { kind.min_version() };
+    w.write_all(&format::file_header(version))?;
     let mut tensors: Vec<TensorEntry> = entries
         .iter()
         .map(|&(ref_mode, data_len)| TensorEntry {
@@ -176,6 +199,9 @@ pub fn encode(
         .collect();
 
     let mut changed = 0u64;
+    let mut max_error = 0f64;
+    // Reconstructions of the quantized chunks, by job (lossy mode only).
+    let mut recon: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut done = header_block.len() as u64;
     let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
     let mut start = 0;
@@ -193,20 +219,44 @@ pub fn encode(
                     return Ok(None);
                 }
                 let j = &jobs[i];
-                encode_chunk(j.cur, j.reference, j.params).map(Some)
+                if let Some((kind, bound)) = j.lossy {
+                    let (coding, payload, q) =
+                        encode_quantized_chunk(j.cur, j.reference, kind, bound, j.params.level)?;
+                    // Exact when that is no larger (tried only when
+                    // quantizing did poorly: many escapes).
+                    if payload.len() * 2 > j.cur.len() {
+                        let exact = encode_chunk(j.cur, j.reference, j.params)?;
+                        if exact.1.len() <= payload.len() {
+                            return Ok(Some((exact, None)));
+                        }
+                    }
+                    return Ok(Some(((coding, payload), Some(q))));
+                }
+                encode_chunk(j.cur, j.reference, j.params).map(|c| Some((c, None)))
             })
             .collect::<Result<_>>()?;
         for (i, coded) in (start..end).zip(coded) {
             let j = &jobs[i];
             let entry = match (coded, dup_of[i]) {
-                (Some((coding, payload)), _) => {
+                (Some(((coding, payload), q)), _) => {
+                    let checksum = match &q {
+                        Some(q) => {
+                            changed += q.nonzero + q.escapes.len() as u64;
+                            max_error = max_error.max(q.max_error);
+                            xxhash_rust::xxh3::xxh3_64(&q.recon)
+                        }
+                        None => hashes[i],
+                    };
                     let e = ChunkEntry {
                         payload_offset: w.written,
                         payload_len: payload.len() as u32,
                         raw_len: j.cur.len() as u32,
-                        checksum: hashes[i],
+                        checksum,
                         coding,
                     };
+                    if let Some(q) = q {
+                        recon.push((i, q.recon));
+                    }
                     w.write_all(&payload)?;
                     e
                 }
@@ -214,6 +264,8 @@ pub fn encode(
                 (None, None) => unreachable!("only duplicates are skipped"),
             };
             changed += match (entry.coding.codec, j.reference) {
+                // Counted above, from the bins.
+                (Codec::Quantized, _) => 0,
                 (Codec::Delta, _) => entry.coding.nnz,
                 // Coded without its reference (it did not help): count the
                 // elements that differ from it all the same.
@@ -237,13 +289,35 @@ pub fn encode(
         start = end;
     }
 
+    // What decoding gives: the original, with the quantized chunks replaced by
+    // their reconstructions.
+    let output_digest = if recon.is_empty() {
+        format::digest(cur)
+    } else {
+        let mut out = cur.to_vec();
+        for (i, bytes) in &recon {
+            let at = jobs[*i].cur.as_ptr() as usize - cur.as_ptr() as usize;
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        // Duplicates of a quantized chunk decode to the same reconstruction.
+        for (i, d) in dup_of.iter().enumerate() {
+            if let Some(k) = d {
+                if let Some((_, bytes)) = recon.iter().find(|(j, _)| j == k) {
+                    let at = jobs[i].cur.as_ptr() as usize - cur.as_ptr() as usize;
+                    out[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            }
+        }
+        format::digest(&out)
+    };
     let index = Index {
         reference: reference.map(|r| RefId {
             digest: format::digest(r),
             len: r.len() as u64,
         }),
+        lossy,
         original_len: cur.len() as u64,
-        original_digest: format::digest(cur),
+        original_digest: output_digest,
         source_kind: kind,
         header_block,
         tensors,
@@ -260,6 +334,8 @@ pub fn encode(
         elements,
         source_kind: kind,
         reference_used: reference.is_some(),
+        output_digest,
+        max_abs_error: lossy.then_some(max_error),
     })
 }
 
@@ -321,8 +397,7 @@ fn plan_safetensors<'a>(
             RefMode::None
         };
         plan.entries.push((mode, data.len() as u64));
-        let params = chunk_params(&t.dtype, opts.level);
-        push_jobs(&mut plan.jobs, i, data, ref_data, params, opts.chunk_size);
+        push_jobs(&mut plan.jobs, i, data, ref_data, &t.dtype, opts);
     }
     Ok(plan)
 }
@@ -380,8 +455,7 @@ fn plan_archive<'a>(
             RefMode::None
         };
         plan.entries.push((mode, t.len));
-        let params = chunk_params(&t.dtype, opts.level);
-        push_jobs(&mut plan.jobs, i, data, ref_data, params, opts.chunk_size);
+        push_jobs(&mut plan.jobs, i, data, ref_data, &t.dtype, opts);
     }
     filler.extend_from_slice(&cur[pos..]);
     plan.header_block = format::archive_layout(&layout, &filler)?;
@@ -421,21 +495,29 @@ fn plan_opaque<'a>(cur: &'a [u8], reference: Option<&'a [u8]>, opts: &EncodeOpti
             cur: piece,
             reference: r,
             params,
+            lossy: None,
         });
     }
     plan
 }
 
+/// Splits a tensor of `dtype` into chunk jobs (lossy ones for float tensors
+/// in the lossy mode).
 fn push_jobs<'a>(
     jobs: &mut Vec<Job<'a>>,
     tensor: usize,
     data: &'a [u8],
     reference: Option<&'a [u8]>,
-    params: ChunkParams,
-    chunk_size: usize,
+    dtype: &Dtype,
+    opts: &EncodeOptions,
 ) {
+    let params = chunk_params(dtype, opts.level);
+    let lossy = opts.lossy.and_then(|b| {
+        let kind = FloatKind::of(dtype)?;
+        Some((kind, b.for_tensor(kind, data)?))
+    });
     // Chunks hold whole elements; chunk_size is a multiple of 8, so of every width.
-    let step = chunk_size - chunk_size % params.width;
+    let step = opts.chunk_size - opts.chunk_size % params.width;
     for (k, piece) in data.chunks(step).enumerate() {
         let r = reference.map(|r| &r[k * step..k * step + piece.len()]);
         jobs.push(Job {
@@ -443,6 +525,7 @@ fn push_jobs<'a>(
             cur: piece,
             reference: r,
             params,
+            lossy,
         });
     }
 }

@@ -24,14 +24,16 @@ pub const MAGIC: [u8; 8] = *b"\x89TPDE\r\n\x1a";
 /// Last eight bytes of every `.tpde` file.
 pub const END_MAGIC: [u8; 8] = *b"TPDEEND\0";
 /// The newest format version this build reads. A file is written with the
-/// lowest version that has the features it uses: 1, or 2 for a torch.save
-/// archive (source kind 2), so that version-1 readers still read the rest.
-pub const VERSION: u16 = 2;
+/// lowest version that has the features it uses: 1; 2 for a torch.save
+/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); so
+/// that older readers still read the rest.
+pub const VERSION: u16 = 3;
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 pub(crate) const TRAILER_LEN: u64 = 32;
 const CHUNK_ENTRY_LEN: usize = 48;
 const TENSOR_ENTRY_HEAD: usize = 13;
 const FLAG_HAS_REF: u16 = 1;
+const FLAG_LOSSY: u16 = 2;
 /// Largest chunk (decoded bytes) a file may hold: bounds what a decoder
 /// allocates for one chunk, whatever a crafted file claims.
 pub const MAX_CHUNK: u32 = 64 << 20;
@@ -111,6 +113,9 @@ pub struct RefId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Index {
     pub reference: Option<RefId>,
+    /// The lossy mode: float tensors may be quantized (codec 4); the output is
+    /// within each chunk's bound of the original, not the original.
+    pub lossy: bool,
     pub original_len: u64,
     pub original_digest: u128,
     pub source_kind: SourceKind,
@@ -149,11 +154,13 @@ impl Index {
     /// Serializes the index.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut b = Vec::with_capacity(128 + self.header_block.len() / 4 + self.tensors.len() * 64);
-        let flags = if self.reference.is_some() {
-            FLAG_HAS_REF
-        } else {
-            0
-        };
+        let mut flags = 0;
+        if self.reference.is_some() {
+            flags |= FLAG_HAS_REF;
+        }
+        if self.lossy {
+            flags |= FLAG_LOSSY;
+        }
         b.extend_from_slice(&flags.to_le_bytes());
         let r = self.reference.unwrap_or(RefId { digest: 0, len: 0 });
         b.extend_from_slice(&r.digest.to_le_bytes());
@@ -340,10 +347,27 @@ impl<'a> Container<'a> {
             return Err(Error::corrupt("index checksum mismatch"));
         }
         let index = parse_index(index_bytes, index_offset)?;
+        // The version is exactly the lowest one with the features used.
+        if index.lossy && version < 3 {
+            return Err(Error::corrupt(format!(
+                "the lossy flag in a version {version} file"
+            )));
+        }
         if index.source_kind.min_version() > version {
             return Err(Error::corrupt(format!(
                 "source kind {} in a version {version} file",
                 index.source_kind as u8
+            )));
+        }
+        let expected = if index.lossy {
+            3
+        } else {
+            index.source_kind.min_version()
+        };
+        if version != expected {
+            return Err(Error::corrupt(format!(
+                "a version {version} file without the features of version {version} \
+                 (it would be version {expected})"
             )));
         }
         let (tensors, tail) = tensor_views(&index)?;
@@ -375,7 +399,7 @@ impl<'a> Container<'a> {
 fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
     let mut r = Reader { b };
     let flags = r.u16("flags")?;
-    if flags & !FLAG_HAS_REF != 0 {
+    if flags & !(FLAG_HAS_REF | FLAG_LOSSY) != 0 {
         return Err(Error::corrupt(format!("unknown flags {flags:#06x}")));
     }
     let ref_digest = r.u128("reference digest")?;
@@ -498,8 +522,19 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
     if !r.b.is_empty() {
         return Err(Error::corrupt("index has trailing bytes"));
     }
+    let lossy = flags & FLAG_LOSSY != 0;
+    let quantized = tensors
+        .iter()
+        .flat_map(|t: &TensorEntry| &t.chunks)
+        .any(|c| c.coding.codec == Codec::Quantized);
+    if quantized && !lossy {
+        return Err(Error::corrupt(
+            "a quantized chunk in a file that does not say it is lossy",
+        ));
+    }
     Ok(Index {
         reference,
+        lossy,
         original_len,
         original_digest,
         source_kind,
@@ -534,6 +569,12 @@ fn check_coding(c: &ChunkEntry) -> Result<()> {
         }
         Codec::Planes => k.transform == Transform::None && k.nnz <= elements,
         Codec::Delta => k.transform != Transform::None && k.nnz <= elements,
+        // nnz counts the bins' coding (bytes when they are stored or zstd).
+        Codec::Quantized => {
+            matches!(width, 2 | 4 | 8)
+                && k.transform == Transform::None
+                && k.nnz <= u64::from(c.raw_len)
+        }
     };
     if !ok {
         return Err(Error::corrupt(format!(

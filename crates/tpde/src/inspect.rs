@@ -20,6 +20,9 @@ pub struct TensorReport {
     pub coding: String,
     /// Whether the tensor had reference data.
     pub has_reference: bool,
+    /// The lossy mode's bound on the tensor's chunks (the largest, when they
+    /// differ); `None` when every chunk is exact.
+    pub max_abs_error: Option<f64>,
 }
 
 impl TensorReport {
@@ -43,6 +46,9 @@ impl TensorReport {
 pub struct Report {
     /// The format version of the file.
     pub version: u16,
+    /// The lossy mode: the output is within each tensor's bound of the
+    /// original, not the original.
+    pub lossy: bool,
     pub reference: Option<RefId>,
     pub original_len: u64,
     pub encoded_len: u64,
@@ -60,6 +66,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
         .map(|t| {
             let mut codings: Vec<String> = Vec::new();
             let (mut stored, mut delta_elements, mut changed) = (0u64, 0u64, 0u64);
+            let mut bound: Option<f64> = None;
             for e in &t.entry.chunks {
                 stored += u64::from(e.payload_len);
                 let k = &e.coding;
@@ -70,6 +77,18 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
                         delta_elements += u64::from(e.raw_len) / u64::from(k.width);
                         changed += k.nnz;
                         format!("delta {}/{}", k.transform.name(), k.positions.name())
+                    }
+                    Codec::Quantized => {
+                        // The bound is the payload's bytes 1..9 (checked by the decoder).
+                        let b = c
+                            .payload(e)
+                            .get(1..9)
+                            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")));
+                        bound = match (bound, b) {
+                            (Some(x), Some(y)) => Some(x.max(y)),
+                            (x, y) => x.or(y),
+                        };
+                        format!("quantized/{}", k.positions.name())
                     }
                 };
                 if !codings.contains(&name) {
@@ -96,11 +115,13 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
                 changed,
                 coding,
                 has_reference: t.entry.ref_mode != crate::format::RefMode::None,
+                max_abs_error: bound,
             }
         })
         .collect();
     Ok(Report {
         version: c.version,
+        lossy: c.index.lossy,
         reference: c.index.reference,
         original_len: c.index.original_len,
         encoded_len: c.len(),

@@ -33,6 +33,7 @@ mod error;
 pub mod files;
 pub mod format;
 pub mod inspect;
+pub mod lossy;
 mod mmap;
 pub mod safetensors;
 pub mod store;

@@ -752,11 +752,15 @@ fn wrong_magic_and_unsupported_version() {
             ));
         }
     }
-    // Version 2 only adds a source kind: a safetensors container marked 2 reads.
-    let mut v2 = packed.clone();
-    v2[8..10].copy_from_slice(&2u16.to_le_bytes());
-    assert!(common::decode(&v2, Some(&pf)).is_ok());
-    for version in [0u16, 3, 0x0100, u16::MAX] {
+    // A file is marked with exactly the lowest version that has its
+    // features: this one is version 1, and marked 2 or 3 it is refused.
+    for version in [2u16, 3] {
+        let mut v = packed.clone();
+        v[8..10].copy_from_slice(&version.to_le_bytes());
+        let err = common::decode(&v, Some(&pf)).unwrap_err();
+        assert!(err.to_string().contains("without the features"), "{err}");
+    }
+    for version in [0u16, 4, 0x0100, u16::MAX] {
         let mut bad = packed.clone();
         bad[8..10].copy_from_slice(&version.to_le_bytes());
         match common::decode(&bad, Some(&pf)) {

@@ -437,9 +437,81 @@ fn keeping_the_latest_in_memory_codes_the_same_bytes() {
         ("top.json".to_string(), b"{}".to_vec()),
     ];
     let ck = tpde::store::Checkpoint::from_files("mem", files.clone()).unwrap();
-    kept.add_checkpoint(&ck, 1000, &mut |_| {}).unwrap();
+    kept.add_checkpoint(&ck, 1000, None, &mut |_| {}).unwrap();
     let r = kept.restore(1000).unwrap();
     assert_eq!(r.files, files);
     assert_eq!(r.dirs, ["a"]);
     assert!(tpde::store::Checkpoint::from_files("x", vec![("../up".into(), vec![])]).is_err());
+}
+
+#[test]
+fn lossy_steps_stay_within_the_bound_and_say_so() {
+    use tpde::lossy::Bound;
+    let run = Run::new(8, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store"), 4).unwrap();
+    let e = 1e-3;
+    for &s in &run.steps {
+        let ck = tpde::store::Checkpoint::from_path(&run.path(s)).unwrap();
+        store
+            .add_checkpoint(&ck, s, Some(Bound::MaxAbsError(e)), &mut |_| {})
+            .unwrap();
+    }
+    let check = |store: &Store, steps: &[u64]| {
+        for &s in steps {
+            let r = store.restore(s).unwrap();
+            for (path, bytes) in &r.files {
+                let orig = std::fs::read(run.path(s).join(path)).unwrap();
+                if path != "model.safetensors" {
+                    assert_eq!(bytes, &orig, "step {s}: {path} is exact");
+                    continue;
+                }
+                let (a, b) = (
+                    tpde::safetensors::parse(bytes).unwrap(),
+                    tpde::safetensors::parse(&orig).unwrap(),
+                );
+                assert_eq!(
+                    bytes[..a.header_len as usize],
+                    orig[..b.header_len as usize]
+                );
+                let data = |f: &[u8], h: &tpde::safetensors::Header| {
+                    f[h.header_len as usize..]
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect::<Vec<f32>>()
+                };
+                for (x, y) in data(bytes, &a).iter().zip(data(&orig, &b)) {
+                    if y.is_finite() {
+                        assert!(
+                            (f64::from(*x) - f64::from(y)).abs() <= e,
+                            "step {s}: {x} vs {y}"
+                        );
+                    } else {
+                        assert_eq!(x.to_bits(), y.to_bits(), "step {s}: NaN and inf exact");
+                    }
+                }
+            }
+        }
+    };
+    check(&store, &run.steps);
+    let m = store.manifest().unwrap();
+    let f = &m.get(80).unwrap().files;
+    let model = f.iter().find(|f| f.path == "model.safetensors").unwrap();
+    assert_eq!(model.lossy, Some(Bound::MaxAbsError(e)));
+    assert!(f
+        .iter()
+        .filter(|f| f.path != "model.safetensors")
+        .all(|f| f.lossy.is_none()));
+    assert!(store.verify().unwrap().problems.is_empty());
+    // Removing steps re-codes dependants exactly: still within the bound,
+    // still marked lossy.
+    store.prune(2, Some(30)).unwrap();
+    let kept = store.steps().unwrap();
+    assert_eq!(kept, [30, 60, 70, 80]);
+    check(&store, &kept);
+    let m = store.manifest().unwrap();
+    assert!(m.steps.iter().all(|s| s
+        .files
+        .iter()
+        .any(|f| f.lossy == Some(Bound::MaxAbsError(e)))));
 }

@@ -47,12 +47,15 @@ def _path(what: str, p: Any) -> str:
 
 @tpde_errors
 def encode(data: bytes, reference: Optional[bytes] = None, *, kind: str = "auto",
-           level: int = 3, chunk_kib: int = 4096) -> bytes:
+           level: int = 3, chunk_kib: int = 4096, max_abs_error: Optional[float] = None,
+           max_rel_error: Optional[float] = None) -> bytes:
     """Encodes the bytes of a checkpoint file against ``reference`` (a
     keyframe without) and returns the ``.tpde`` container. ``kind`` is
-    "auto", "safetensors", "torch" or "bytes"."""
+    "auto", "safetensors", "torch" or "bytes". A bound makes it lossy (pass
+    the decoded previous file as ``reference``, so that errors do not add up)."""
     ref = None if reference is None else _bytes("reference", reference)
-    return _tpde.encode(_bytes("data", data), ref, kind=kind, level=level, chunk_kib=chunk_kib)
+    return _tpde.encode(_bytes("data", data), ref, kind=kind, level=level, chunk_kib=chunk_kib,
+                        max_abs_error=max_abs_error, max_rel_error=max_rel_error)
 
 
 @tpde_errors

@@ -80,13 +80,21 @@ class Store:
         return f"tpde.Store({self.path!r})"
 
     @tpde_errors
-    def save(self, step: int, state: Any) -> None:
+    def save(self, step: int, state: Any, *, max_abs_error: Optional[float] = None,
+             max_rel_error: Optional[float] = None) -> None:
         """Stores ``state`` (a state dict, or any nesting of dicts, lists and
         tuples holding torch tensors, numpy arrays and plain values: model,
-        optimizer and RNG states together) as step ``step``."""
+        optimizer and RNG states together) as step ``step``.
+
+        Lossless unless a bound is given: with ``max_abs_error=E`` every float
+        element (F16, BF16, F32, F64) is restored within E of its value (with
+        ``max_rel_error=R``, within R times its tensor's RMS); NaN, infinities,
+        integers and bools stay exact, and errors do not add up from step to
+        step."""
         step = _step(step)
         tensors, structure = _state.flatten(state)
-        self._inner.add_tensors(step, f"step-{step}", tensors, [(_state.STRUCTURE, structure)])
+        self._inner.add_tensors(step, f"step-{step}", tensors, [(_state.STRUCTURE, structure)],
+                                max_abs_error=max_abs_error, max_rel_error=max_rel_error)
 
     @tpde_errors
     def load(self, step: int, *, numpy: bool = False, map_location: Any = None,
@@ -107,16 +115,19 @@ class Store:
                                 numpy=numpy, map_location=map_location, trusted=trusted)
 
     @tpde_errors
-    def add(self, path: PathLike, step: Optional[int] = None) -> None:
+    def add(self, path: PathLike, step: Optional[int] = None, *,
+            max_abs_error: Optional[float] = None, max_rel_error: Optional[float] = None) -> None:
         """Adds a checkpoint file or folder (a Hugging Face ``checkpoint-N/``:
-        every file is kept). The step defaults to the number in its name."""
+        every file is kept). The step defaults to the number in its name.
+        A bound makes it lossy, as in :meth:`save`."""
         if step is None:
             digits = "".join(c if c.isdigit() else " " for c in os.path.basename(
                 os.path.normpath(_path("path", path))).removesuffix(".safetensors")).split()
             if not digits:
                 raise TpdeError(f"no step number in {os.fspath(path)!r}: pass step=")
             step = int(digits[-1])
-        self._inner.add_path(_path("path", path), _step(step))
+        self._inner.add_path(_path("path", path), _step(step), max_abs_error=max_abs_error,
+                             max_rel_error=max_rel_error)
 
     @tpde_errors
     def get(self, step: int, out: PathLike) -> None:

@@ -20,6 +20,8 @@ def encode(
     kind: str = "auto",
     level: int = 3,
     chunk_kib: int = 4096,
+    max_abs_error: Optional[float] = None,
+    max_rel_error: Optional[float] = None,
 ) -> bytes:
     """Encodes a checkpoint file's bytes against ``reference`` (a keyframe
     without); ``kind`` is "auto", "safetensors", "torch" or "bytes"."""
@@ -49,13 +51,23 @@ class Store:
     def path(self) -> str: ...
     def steps(self) -> List[int]: ...
     def manifest_json(self) -> str: ...
-    def add_path(self, path: _Path, step: int) -> None: ...
+    def add_path(
+        self,
+        path: _Path,
+        step: int,
+        *,
+        max_abs_error: Optional[float] = None,
+        max_rel_error: Optional[float] = None,
+    ) -> None: ...
     def add_tensors(
         self,
         step: int,
         name: str,
         tensors: List[Tuple[str, str, List[int], npt.NDArray[np.uint8]]],
         extra: List[Tuple[str, bytes]],
+        *,
+        max_abs_error: Optional[float] = None,
+        max_rel_error: Optional[float] = None,
     ) -> None: ...
     def restore(
         self, step: int

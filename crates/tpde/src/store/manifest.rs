@@ -10,7 +10,7 @@ pub const MANIFEST_FORMAT: &str = "tpde-store";
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// The whole manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub version: u32,
@@ -30,7 +30,7 @@ pub enum EntryKind {
 }
 
 /// One stored checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: u64,
     /// The file or folder name it was added from (the default name to
@@ -50,7 +50,7 @@ pub struct StepRecord {
 }
 
 /// One file of a stored checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileRecord {
     /// Path inside the checkpoint folder (`/`-separated); the file name for
     /// a single-file checkpoint.
@@ -67,6 +67,10 @@ pub struct FileRecord {
     pub delta: bool,
     /// How tpde read it: "safetensors", "torch archive" or "opaque bytes".
     pub coding: String,
+    /// The lossy mode's bound when the file was stored lossy: restoring gives
+    /// a reconstruction within it (and `digest` is the reconstruction's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lossy: Option<crate::lossy::Bound>,
 }
 
 impl Manifest {

@@ -30,6 +30,7 @@ pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 
 use crate::error::{Error, Result};
 use crate::format;
+use crate::lossy::Bound;
 use crate::mmap::FileBytes;
 use crate::{EncodeOptions, InputKind};
 use io::StoreIo;
@@ -417,11 +418,13 @@ impl Store {
         step: u64,
         ck: &Checkpoint,
         reference: Option<(u64, &Files)>,
+        lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
         let mut files = Vec::with_capacity(ck.files.len());
         let opts = EncodeOptions {
             input: InputKind::Auto,
+            lossy,
             ..EncodeOptions::default()
         };
         let mut done = 0u64;
@@ -433,11 +436,12 @@ impl Store {
             files.push(FileRecord {
                 path: path.clone(),
                 len: bytes.len() as u64,
-                digest: format::digest_hex(format::digest(bytes)),
+                digest: format::digest_hex(stats.output_digest),
                 object,
                 stored_len: stats.encoded_len,
                 delta: stats.reference_used,
                 coding: stats.source_kind.name().to_string(),
+                lossy: stats.max_abs_error.and(lossy),
             });
             done += bytes.len() as u64;
             progress(done);
@@ -461,17 +465,18 @@ impl Store {
         step: u64,
         ck: &Checkpoint,
         reference: Option<u64>,
+        lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
         let Some(r) = reference else {
-            return self.code_step(step, ck, None, progress);
+            return self.code_step(step, ck, None, lossy, progress);
         };
         let paths: HashSet<String> = ck.files.iter().map(|(p, _)| p.clone()).collect();
         let ref_files = match self.cached(m, r) {
             Some(files) => files,
             None => self.restore_files(m, r, Some(&paths))?,
         };
-        let delta = self.code_step(step, ck, Some((r, &ref_files)), progress)?;
+        let delta = self.code_step(step, ck, Some((r, &ref_files)), lossy, progress)?;
         drop(ref_files);
         // Expected keyframe size: this checkpoint at its chain keyframe's ratio.
         let key = m.chain(r)[0];
@@ -482,7 +487,7 @@ impl Store {
         {
             return Ok(delta);
         }
-        let key = self.code_step(step, ck, None, &mut |_| {})?;
+        let key = self.code_step(step, ck, None, lossy, &mut |_| {})?;
         Ok(if stored(&key) <= stored(&delta) {
             key
         } else {
@@ -506,17 +511,20 @@ impl Store {
 
     /// Adds the checkpoint file or folder at `path` as step `step`.
     pub fn add(&self, path: &Path, step: u64) -> Result<StepRecord> {
-        self.add_checkpoint(&Checkpoint::from_path(path)?, step, &mut |_| {})
+        self.add_checkpoint(&Checkpoint::from_path(path)?, step, None, &mut |_| {})
     }
 
     /// Adds a checkpoint as step `step`; `progress` is told the bytes coded
     /// so far. The step is coded against the stored step just before it,
     /// unless that would make its chain longer than the keyframe interval or
-    /// the delta does not pay off.
+    /// the delta does not pay off. With `lossy`, its float tensors are stored
+    /// within that bound of the original (against the reference's
+    /// reconstruction, so errors do not add up along the chain).
     pub fn add_checkpoint(
         &self,
         ck: &Checkpoint,
         step: u64,
+        lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
         let _lock = self.lock_exclusive()?;
@@ -540,7 +548,7 @@ impl Store {
             .find(|s| s.step < step)
             .filter(|s| s.depth < m.keyframe_every)
             .map(|s| s.step);
-        let rec = self.code_best(&m, step, ck, reference, progress)?;
+        let rec = self.code_best(&m, step, ck, reference, lossy, progress)?;
         m.put(rec);
         m.fix_depths();
         self.save_manifest(&m)?;
@@ -773,11 +781,19 @@ impl Store {
     pub fn check_against(&self, step: u64, original: &Path) -> Result<()> {
         let r = self.restore(step)?;
         let ck = Checkpoint::from_path(original)?;
+        // A file stored lossy restores to its reconstruction (checked against
+        // its digest by `restore`; within the bound by construction).
+        let m = self.manifest()?;
+        let lossy = |p: &str| {
+            m.get(step)
+                .and_then(|s| s.files.iter().find(|f| f.path == p))
+                .is_some_and(|f| f.lossy.is_some())
+        };
         let same = r.files.len() == ck.files.len()
             && r.files
                 .iter()
                 .zip(&ck.files)
-                .all(|((p, b), (q, c))| p == q && b[..] == c[..])
+                .all(|((p, b), (q, c))| p == q && (b[..] == c[..] || lossy(p)))
             && r.dirs == ck.dirs;
         if same {
             Ok(())
@@ -857,7 +873,10 @@ impl Store {
                 dirs: rec.dirs.clone(),
             };
             drop(files);
-            let coded = self.code_best(&m, rec.step, &ck, anchor, &mut |_| {})?;
+            // Coded exactly: what is stored is the (possibly lossy)
+            // reconstruction, and a second quantization could add to its error.
+            let coded = self.code_best(&m, rec.step, &ck, anchor, None, &mut |_| {})?;
+            let coded = keep_lossy_note(rec, coded);
             new.put(coded);
             recoded.push(rec.step);
         }
@@ -917,6 +936,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A re-coded step keeps saying that its files are a lossy reconstruction.
+fn keep_lossy_note(old: &StepRecord, mut new: StepRecord) -> StepRecord {
+    for f in &mut new.files {
+        f.lossy = old
+            .files
+            .iter()
+            .find(|o| o.path == f.path)
+            .and_then(|o| o.lossy);
+    }
+    new
 }
 
 fn stored(s: &StepRecord) -> u64 {
