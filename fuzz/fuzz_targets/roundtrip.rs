@@ -25,6 +25,9 @@ struct Input {
     keyframe: bool,
     /// Encode the files as opaque bytes rather than as safetensors.
     opaque: bool,
+    /// The lossy mode with bound 10^-(k % 8): the float tensors must come
+    /// back within it, everything else exact.
+    lossy: Option<u8>,
     /// Whether each file has a `__metadata__` entry, and the extra padding.
     cur_metadata: bool,
     ref_metadata: bool,
@@ -238,6 +241,49 @@ fn other_dtype(d: Dtype) -> Dtype {
     }
 }
 
+/// The value of element `i` of a float tensor, if `dtype` is one the lossy
+/// mode quantizes.
+fn float_at(dtype: &str, b: &[u8], i: usize) -> Option<f64> {
+    Some(match dtype {
+        "F32" => f64::from(f32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().ok()?)),
+        "F64" => f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().ok()?),
+        "F16" => half::f16::from_le_bytes([b[i * 2], b[i * 2 + 1]]).to_f64(),
+        "BF16" => half::bf16::from_le_bytes([b[i * 2], b[i * 2 + 1]]).to_f64(),
+        _ => return None,
+    })
+}
+
+/// The lossy guarantee: same header, non-float tensors exact, float
+/// elements within `e` (NaN and infinities bit for bit).
+fn check_within(cur: &[u8], got: &[u8], e: f64) {
+    assert_eq!(cur.len(), got.len(), "lossy output of another length");
+    let h = tpde::safetensors::parse(cur).expect("built a valid file");
+    let hl = h.header_len as usize;
+    assert!(cur[..hl] == got[..hl], "lossy output changed the header");
+    for t in &h.tensors {
+        let r = hl + t.begin as usize..hl + t.end as usize;
+        let (a, b) = (&cur[r.clone()], &got[r]);
+        let w = t.dtype.coding_width();
+        let dtype = t.dtype.name();
+        if a.is_empty() || float_at(dtype, a, 0).is_none() {
+            assert!(a == b, "tensor {:?} of dtype {dtype} is not exact", t.name);
+            continue;
+        }
+        for i in 0..a.len() / w {
+            let (x, y) = (float_at(dtype, a, i).unwrap(), float_at(dtype, b, i).unwrap());
+            if x.is_finite() {
+                // Exact for values read from F16, BF16, F32; for F64 the
+                // subtraction is off by half an ulp at most.
+                let d = (x - y).abs();
+                let d = if dtype == "F64" { d * (1.0 + f64::EPSILON) } else { d };
+                assert!(d <= e, "{:?}[{i}]: {y} vs {x}, bound {e}", t.name);
+            } else {
+                assert!(a[i * w..(i + 1) * w] == b[i * w..(i + 1) * w], "NaN/inf changed");
+            }
+        }
+    }
+}
+
 fuzz_target!(|input: Input| {
     let mut cur_tensors = Vec::new();
     let mut ref_tensors = Vec::new();
@@ -281,6 +327,7 @@ fuzz_target!(|input: Input| {
     );
     let reference = (!input.keyframe).then_some(&reference[..]);
 
+    let bound = input.lossy.map(|k| 10f64.powi(-i32::from(k % 8)));
     let opts = tpde::EncodeOptions {
         chunk_size: 64 + 8 * usize::from(input.chunk),
         level: i32::from(input.level % 5) - 1,
@@ -289,6 +336,7 @@ fuzz_target!(|input: Input| {
         } else {
             tpde::InputKind::Safetensors
         },
+        lossy: bound.map(tpde::lossy::Bound::MaxAbsError),
     };
     let mut packed = Vec::new();
     if let Err(e) = tpde::encode(&cur, reference, &opts, &mut packed, None) {
@@ -298,7 +346,10 @@ fuzz_target!(|input: Input| {
     if let Err(e) = tpde::decode(&packed, reference, &mut restored, None) {
         panic!("decode of a fresh encode failed: {e}");
     }
-    assert!(restored == cur, "round trip changed the file");
+    match bound {
+        Some(e) if !input.opaque => check_within(&cur, &restored, e),
+        _ => assert!(restored == cur, "round trip changed the file"),
+    }
     if let Err(e) = tpde::inspect::inspect(&packed) {
         panic!("inspect of a fresh encode failed: {e}");
     }
@@ -310,7 +361,7 @@ fuzz_target!(|input: Input| {
     for t in &header.tensors {
         match tpde::decode_tensor(&packed, reference, &t.name) {
             Ok(bytes) => assert!(
-                bytes == cur[hl + t.begin as usize..hl + t.end as usize],
+                bytes == restored[hl + t.begin as usize..hl + t.end as usize],
                 "decode_tensor({:?}) differs",
                 t.name
             ),

@@ -362,7 +362,7 @@ fn inspect(input: &Path) -> Result<()> {
             .fold(0f64, f64::max);
         println!(
             "exact:     NO: lossy; decoding gives every quantized element within its tensor's \
-             bound of the original (largest bound {max:e}); see the max error column\n"
+             bound of the original (largest bound {max:e}); see the bound column\n"
         );
     } else {
         println!("exact:     yes (lossless)\n");
@@ -374,7 +374,7 @@ fn inspect(input: &Path) -> Result<()> {
         "elements",
         "changed",
         "coding",
-        "max error",
+        "bound",
         "bits/elem",
         "ratio",
     ]);

@@ -821,3 +821,97 @@ fn store_watch_adds_complete_checkpoints() {
     let out = ok(d, &["store", "ls", "st"]);
     assert!(out.contains("3 steps"), "{out}");
 }
+
+#[test]
+fn lossy_encode_says_so_everywhere() {
+    let s = Setup::new();
+    let d = s.path();
+    let out = ok(
+        d,
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "l.tpde",
+            "--max-abs-error",
+            "0.001",
+        ],
+    );
+    assert!(out.contains("LOSSY (max abs error 0.001)"), "{out}");
+    let info = ok(d, &["inspect", "l.tpde"]);
+    assert!(
+        info.contains("exact:     NO") && info.contains("format version 3"),
+        "{info}"
+    );
+    assert!(info.contains("quantized"), "{info}");
+    ok(
+        d,
+        &[
+            "decode",
+            "l.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "back.safetensors",
+        ],
+    );
+    assert_ne!(
+        sha256_file(&s.file("back.safetensors")),
+        sha256_file(&s.file("ckpt-2.safetensors"))
+    );
+    // Lossless files say they are exact.
+    s.encode_delta("x.tpde");
+    assert!(ok(d, &["inspect", "x.tpde"]).contains("exact:     yes"));
+    // Both bounds at once: a usage error from clap (also exit status 2).
+    let o = run(
+        d,
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "-o",
+            "y.tpde",
+            "--max-abs-error",
+            "0.1",
+            "--max-rel-error",
+            "0.1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("cannot be used with"));
+    assert!(!s.file("y.tpde").exists());
+    fails(
+        d,
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "-o",
+            "y.tpde",
+            "--max-abs-error=-1",
+        ],
+        &["positive number"],
+        Some("y.tpde"),
+    );
+    // In the store: ls shows which steps are not exact.
+    ok(d, &["store", "init", "st"]);
+    ok(d, &["store", "add", "st", "ckpt-1.safetensors"]);
+    let out = ok(
+        d,
+        &[
+            "store",
+            "add",
+            "st",
+            "ckpt-2.safetensors",
+            "--max-rel-error",
+            "0.01",
+        ],
+    );
+    assert!(out.contains("LOSSY"), "{out}");
+    let ls = ok(d, &["store", "ls", "st"]);
+    assert!(
+        ls.contains("no (max error 0.01 x tensor RMS)") && ls.contains("yes"),
+        "{ls}"
+    );
+    assert!(ok(d, &["store", "verify", "st"]).contains("ok: 2 steps"));
+}

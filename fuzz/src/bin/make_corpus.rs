@@ -64,9 +64,11 @@ fn main() {
         let bytes = std::fs::read(data.join(file)).expect("read a fixture");
         write(&root.join("archive"), name, &bytes);
     }
-    for name in ["key", "delta"] {
-        let bytes = std::fs::read(data.join(format!("v2/{name}.tpde"))).expect("read a sample");
-        write(&root.join("decode"), &format!("v2-{name}.tpde"), &bytes);
+    for v in ["v2", "v3"] {
+        for name in ["key", "delta"] {
+            let bytes = std::fs::read(data.join(format!("{v}/{name}.tpde"))).expect("read a sample");
+            write(&root.join("decode"), &format!("{v}-{name}.tpde"), &bytes);
+        }
     }
     let r = reference();
     let base = reference_tensors();
