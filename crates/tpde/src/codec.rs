@@ -846,6 +846,26 @@ pub fn encode_quantized_chunk(
     Ok((coding, payload, q))
 }
 
+/// Reads `count` Elias-delta gaps (the first from position -1) into
+/// positions, each below `n`; the stream must end after them.
+fn read_gaps(bytes: &[u8], count: usize, n: usize, what: &str) -> Result<Vec<u32>> {
+    let mut r = BitReader::new(bytes);
+    let mut pos = Vec::with_capacity(count);
+    let mut prev = -1i64;
+    for _ in 0..count {
+        let g = r.read_elias_delta()?;
+        let p = i64::try_from(g)
+            .ok()
+            .and_then(|g| prev.checked_add(g))
+            .filter(|&p| p < n as i64)
+            .ok_or_else(|| Error::corrupt(format!("{what} past the end of the chunk")))?;
+        pos.push(p as u32);
+        prev = p;
+    }
+    r.expect_end()?;
+    Ok(pos)
+}
+
 /// Decodes a quantized chunk (see [`encode_quantized_chunk`]).
 fn decode_quantized(
     c: &ChunkCoding,
@@ -886,20 +906,7 @@ fn decode_quantized(
         return Err(bad("escape positions longer than they can be"));
     }
     let bytes = sections.next(len, "escape positions")?;
-    let mut r = BitReader::new(&bytes);
-    let mut escapes = Vec::with_capacity(n_esc);
-    let mut prev = -1i64;
-    for _ in 0..n_esc {
-        let g = r.read_elias_delta()?;
-        let p = i64::try_from(g)
-            .ok()
-            .and_then(|g| prev.checked_add(g))
-            .filter(|&p| p < n as i64)
-            .ok_or_else(|| bad("escape past the end of the chunk"))?;
-        escapes.push(p as usize);
-        prev = p;
-    }
-    r.expect_end()?;
+    let escapes = read_gaps(&bytes, n_esc, n, "escape")?;
     let exact = sections.next(n_esc * w, "escape values")?;
     let inner = ChunkCoding {
         codec: inner_codec,
@@ -916,6 +923,7 @@ fn decode_quantized(
     decode_chunk(&inner, sections.rest, None, &mut bins)?;
     lossy::dequantize(kind, bound, &bins, reference, out);
     for (k, &p) in escapes.iter().enumerate() {
+        let p = p as usize;
         out[p * w..(p + 1) * w].copy_from_slice(&exact[k * w..(k + 1) * w]);
     }
     Ok(())
@@ -1136,22 +1144,7 @@ pub fn decode_chunk(
                 ));
             }
             let bytes = sections.next(len, "positions")?;
-            let mut r = BitReader::new(&bytes);
-            let mut pos = Vec::with_capacity(nnz);
-            let mut prev = -1i64;
-            for _ in 0..nnz {
-                let g = r.read_elias_delta()?;
-                let p = i64::try_from(g)
-                    .ok()
-                    .and_then(|g| prev.checked_add(g))
-                    .filter(|&p| p < n as i64);
-                let p =
-                    p.ok_or_else(|| Error::corrupt("changed position past the end of the chunk"))?;
-                pos.push(p as u32);
-                prev = p;
-            }
-            r.expect_end()?;
-            Some(pos)
+            Some(read_gaps(&bytes, nnz, n, "changed position")?)
         }
         Positions::Classes => {
             let classes = sections.next(nnz, "gap classes")?;
