@@ -15,8 +15,9 @@ consecutive safetensors checkpoints), and for each part, this runs in one go:
                   timed with it)
   notes           the research notes' method as they describe it: elements
                   whose change exceeds 1e-3 kept as F32 values at Elias-delta
-                  positions (+ zstd -3 of the values), the rest dropped, open
-                  loop (lossy; its error is reported)
+                  positions (+ zstd -3 of the values, + 4 bytes per tensor for
+                  the count), the rest dropped, open loop (lossy; its error is
+                  reported)
 
 Each method runs in a process of its own; per method and part: ratio per step
 (original / stored bytes of each delta), compress and decompress MB/s (one
@@ -43,8 +44,8 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,7 +199,6 @@ def worker(method, folder, args):
                 res["peak_kb"] = max(res["peak_kb"], pe, pd)
         else:
             python_method(method, files, res)
-            res["peak_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res
@@ -259,6 +259,7 @@ def python_method(method, files, res):
             t0 = time.perf_counter()
             size = 0
             for name, x in cur.items():
+                size += 4  # the count of kept elements of the tensor
                 if name not in prev or prev[name].shape != x.shape:
                     size += len(zc.compress(x.astype(np.float32).tobytes()))
                     recon[name] = x.copy()
@@ -270,7 +271,7 @@ def python_method(method, files, res):
                     size += len(zc.compress(x[idx].astype(np.float32).tobytes()))
                 recon[name][idx] = x[idx]
             res["enc_s"] += time.perf_counter() - t0
-            res["ratios"].append(len(cur_bytes) / max(size, 1))
+            res["ratios"].append(len(cur_bytes) / size)
             res["bytes"] += len(cur_bytes)
             res["max_error"] = max_error(recon, cur)
             prev = cur
@@ -415,6 +416,10 @@ def plot(results, outdir):
     return paths
 
 
+def results_elapsed(results):
+    return max((r.get("elapsed_s", 0) for p in results.values() for r in p.values()), default=0)
+
+
 def mean(v):
     return sum(v) / len(v) if v else None
 
@@ -500,16 +505,74 @@ def report(results, args, outdir, plots, elapsed):
 
 
 def conclusions(results, args):
+    """Plain statements, each computed from the measurements above."""
     out = []
+    rows = []  # (name, means by method, run)
     for regime, parts in results.items():
         for part, r in parts.items():
             ms = {m: mean(v["ratios"]) for m, v in r["methods"].items() if v.get("ratios")}
-            lossless = {m: v for m, v in ms.items() if not m.startswith("tpde-lossy") and m != "notes"}
-            best = max(lossless, key=lossless.get)
-            second = sorted(lossless.values())[-2] if len(lossless) > 1 else None
-            out.append(f"- {regime}/{part}: best lossless method {label(best)} at {lossless[best]:.3f}x"
-                       + (f" (next best {second:.3f}x)" if second else "")
-                       + f"; tpde lossless {ms.get('tpde', 0):.3f}x against zstd -3 {ms.get('zstd-3', 0):.3f}x.")
+            rows.append((f"{regime}/{part}", ms, r))
+    lossless_of = lambda ms: {m: v for m, v in ms.items()  # noqa: E731
+                              if not m.startswith("tpde-lossy") and m != "notes"}
+    wins = [n for n, ms, _ in rows if max(lossless_of(ms), key=lossless_of(ms).get) == "tpde"]
+    losses = [(n, max(lossless_of(ms), key=lossless_of(ms).get)) for n, ms, _ in rows if n not in wins]
+    out.append(f"- **Lossless ratio.** tpde is the best lossless method in {len(wins)} of {len(rows)} "
+               "regime/part pairs" + (": " + ", ".join(f"{n} (won by {label(m)})" for n, m in losses)
+                                       + " are the exceptions." if losses else "."))
+    for n, ms, r in rows:
+        lo = lossless_of(ms)
+        others = {m: v for m, v in lo.items() if m != "tpde"}
+        best_other = max(others, key=others.get)
+        out.append(f"  - {n}: tpde {ms['tpde']:.3f}x, best other {label(best_other)} {others[best_other]:.3f}x, "
+                   f"zstd -3 {ms['zstd-3']:.3f}x; {100 * mean(r['changed']):.0f}% of elements change per step.")
+    sparse = [(n, ms["tpde"]) for n, ms, r in rows if mean(r["changed"]) < 0.5]
+    dense = [(n, ms["tpde"]) for n, ms, r in rows if mean(r["changed"]) >= 0.9]
+    if sparse and dense:
+        out.append(f"- **Where the changes are sparse** (under half the elements per step: "
+                   f"{', '.join(n for n, _ in sparse)}) tpde reaches {min(v for _, v in sparse):.2f}x to "
+                   f"{max(v for _, v in sparse):.2f}x; where nearly every element changes "
+                   f"({', '.join(n for n, _ in dense)}) {min(v for _, v in dense):.2f}x to "
+                   f"{max(v for _, v in dense):.2f}x. Dense FP32 training leaves little for any lossless "
+                   "method: the low mantissa bits of every weight change at every step.")
+
+    def speeds(m):
+        enc, dec = [], []
+        for _, _, r in rows:
+            v = r["methods"].get(m)
+            if v and v.get("ratios") and v["enc_s"]:
+                enc.append(v["bytes"] / 1e6 / v["enc_s"])
+                if v.get("dec_s"):
+                    dec.append(v["bytes"] / 1e6 / v["dec_s"])
+        return enc, dec
+
+    parts = []
+    for m in ["tpde", "zstd-3", "patch-from", "zipnn", "zipnn-delta"]:
+        enc, dec = speeds(m)
+        if enc:
+            parts.append(f"{label(m)} {min(enc):.0f}-{max(enc):.0f} MB/s to compress, "
+                         f"{min(dec):.0f}-{max(dec):.0f} to decompress")
+    t_enc, _ = speeds("tpde")
+    z_enc, _ = speeds("zstd-3")
+    n_enc, _ = speeds("zipnn")
+    slower = [f"{label(m)} {statistics.median(o) / statistics.median(t_enc):.1f}x"
+              for m, o in (("zstd-3", z_enc), ("zipnn", n_enc)) if o and t_enc]
+    out.append("- **Speed, one thread.** " + "; ".join(parts) + ". Median compression speed relative "
+               "to tpde: " + ", ".join(slower) + " (tpde's command-line timings include starting the "
+               "process and reading and writing the files).")
+    peaks = {m: max(r["methods"][m]["peak_kb"] for _, _, r in rows if m in r["methods"]) / 1024
+             for m in ["tpde", "zstd-3", "zipnn", "patch-from"]}
+    biggest = max(r["bytes"] for _, _, r in rows) / 1e6
+    out.append(f"- **Peak memory** over all regimes (largest file {biggest:.0f} MB): "
+               + ", ".join(f"{label(m)} {v:.0f} MB" for m, v in peaks.items()) + ".")
+    e1 = f"tpde-lossy={args.bounds[0]:g}"
+    w = [(n, ms[e1]) for n, ms, _ in rows if n.endswith("/weights") and e1 in ms]
+    a = [(n, ms[e1]) for n, ms, _ in rows if n.endswith("/adam") and e1 in ms]
+    if w:
+        out.append(f"- **Lossy, E = {args.bounds[0]:g}.** Weights: {min(v for _, v in w):.1f}x to "
+                   f"{max(v for _, v in w):.1f}x, every element within the bound. On Adam state the same "
+                   f"absolute bound gives {min(v for _, v in a):.0f}x to {max(v for _, v in a):.0f}x because "
+                   "it exceeds most moments outright (second moments are around 1e-8): use a bound "
+                   "relative to each tensor's RMS there (`--max-rel-error`).")
     return out
 
 
@@ -521,6 +584,8 @@ def main():
     ap.add_argument("--zstd", default=shutil.which("zstd") or "/usr/bin/zstd")
     ap.add_argument("--bounds", type=float, nargs=2, default=[1e-3, 1e-4])
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
+    ap.add_argument("--from-json", metavar="PATH",
+                    help="rewrite RESULTS.md and the plots from a previous run's evidence.json")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args)))
@@ -530,6 +595,15 @@ def main():
     t0 = time.time()
     outdir = os.path.join(args.out, "results")
     os.makedirs(outdir, exist_ok=True)
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)
+        for parts in results.values():
+            for r in parts.values():
+                r["gaps"] = {k: {int(g): c for g, c in v.items()} for k, v in r["gaps"].items()}
+        plots = plot(results, outdir)
+        report(results, args, args.out, plots, results_elapsed(results))
+        return 0
     results = {}
     for regime, _ in REGIMES:
         for part in PARTS:
@@ -540,11 +614,16 @@ def main():
             r = {"files": len(files), "bytes": os.path.getsize(files[-1]), "methods": {}}
             for m in methods(args.bounds):
                 t = time.time()
-                p = subprocess.run([sys.executable, __file__, "--worker", m, folder, "--tpde", args.tpde,
-                                    "--zstd", args.zstd], capture_output=True, text=True)
+                # Under /usr/bin/time: a process forked from this one would
+                # report this one's memory as its own peak.
+                p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, __file__, "--worker", m,
+                                    folder, "--tpde", args.tpde, "--zstd", args.zstd],
+                                   capture_output=True, text=True)
                 if p.returncode != 0:
                     raise SystemExit(f"{m} on {folder} failed:\n{p.stderr[-2000:]}")
                 r["methods"][m] = json.loads(p.stdout.strip().splitlines()[-1])
+                if m not in ("patch-from",) and not m.startswith("tpde"):
+                    r["methods"][m]["peak_kb"] = int(p.stderr.strip().splitlines()[-1])
                 v = r["methods"][m]
                 print(f"{regime}/{part} {m:16} mean ratio "
                       f"{mean(v['ratios']) or 0:8.3f}x  ({time.time() - t:.0f} s)", flush=True)
@@ -553,6 +632,9 @@ def main():
             r["gap_fit"] = {"bits": fit_gaps(bit_gaps), "threshold": fit_gaps(thr_gaps)}
             results.setdefault(regime, {})[part] = r
     plots = plot(results, outdir)
+    for parts in results.values():
+        for r in parts.values():
+            r["elapsed_s"] = time.time() - t0
     with open(os.path.join(outdir, "evidence.json"), "w") as f:
         json.dump({reg: {part: dict(r, gaps={kind: {str(k): v for k, v in g.items()}
                                              for kind, g in r["gaps"].items()})
