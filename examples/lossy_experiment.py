@@ -18,7 +18,8 @@ elements the notes' method keeps. The first checkpoint is a keyframe for all
 (the notes' method stores it whole: zstd -3 of the file).
 
 The notes' size is counted as: Elias-delta bits of the position gaps (exactly,
-rounded up to bytes) + zstd -3 of the kept F32 values.
+rounded up to bytes) + zstd -3 of the kept F32 values + 4 bytes per tensor
+(the count), as examples/evidence.py counts it.
 
     ~/.cache/tpde/venv/bin/python examples/lossy_experiment.py --run /tmp/tpde-notes
 
@@ -37,6 +38,9 @@ import zstandard
 
 import tpde
 from tpde._tpde import safetensors_index
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from evidence import elias_delta_bits, max_error  # noqa: E402
 
 FLOATS = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
@@ -58,30 +62,12 @@ def float_tensors(data):
             for name, dt, _shape, b, e in spans if dt in FLOATS}
 
 
-def max_error(restored, original):
-    worst = 0.0
-    for name, x in original.items():
-        y = restored[name]
-        finite = np.isfinite(x)
-        if not np.array_equal(np.isnan(x), np.isnan(y)):
-            return float("inf")
-        if finite.any():
-            worst = max(worst, float(np.abs(y[finite] - x[finite]).max()))
-    return worst
-
-
-def elias_delta_bits(gaps):
-    """Total bits of the Elias-delta codes of `gaps` (all >= 1)."""
-    L = np.floor(np.log2(gaps)).astype(np.int64) + 1
-    N = np.floor(np.log2(L)).astype(np.int64)
-    return int((2 * N + L).sum())
-
-
 def notes_step(prev_orig, cur, recon, thr, zc):
     """One step of the notes' method: returns (bytes, kept share); updates
     recon in place."""
     size, kept, total = 0, 0, 0
     for name, x in cur.items():
+        size += 4  # the count of kept elements of the tensor
         d = x - prev_orig[name]
         keep = np.abs(d) > thr
         idx = np.flatnonzero(keep)
