@@ -1,4 +1,4 @@
-//! The `.tpde` container, version 1, byte by byte as in `docs/FORMAT.md`.
+//! The `.tpde` container, versions 1 to 3, byte by byte as in `docs/FORMAT.md`.
 //!
 //! ```text
 //! +-----------------------+ 0

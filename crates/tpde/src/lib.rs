@@ -7,6 +7,11 @@
 //! changed values are split into byte planes and entropy coded with zstd.
 //! Decoding gives the original back byte for byte.
 //!
+//! Beyond single files: [`store`] keeps a training run's checkpoints (files
+//! or whole checkpoint folders, `torch.save` archives included, see
+//! [`archive`]) as keyframes and deltas with crash-safe writes, and
+//! [`lossy`] is the opt-in error-bounded mode.
+//!
 //! ```
 //! # fn main() -> tpde::Result<()> {
 //! # let st = |v: f32| { let h = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
