@@ -14,8 +14,10 @@ separately for the safetensors files.
 
     ~/.cache/tpde/venv/bin/python examples/python_save_bench.py --run /tmp/tpde-notes
 
-Needs the tpde package (./test.sh installs it into that venv), torch,
-safetensors.
+Needs a release build of the tpde package in that venv (`pip install
+./bindings/python`, or `VIRTUAL_ENV=... maturin develop --release -m
+bindings/python/Cargo.toml`; ./test.sh installs a debug build, about ten
+times slower), torch and safetensors.
 """
 
 import argparse
