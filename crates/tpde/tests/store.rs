@@ -515,3 +515,38 @@ fn lossy_steps_stay_within_the_bound_and_say_so() {
         .iter()
         .any(|f| f.lossy == Some(Bound::MaxAbsError(e)))));
 }
+
+#[test]
+fn writing_the_same_content_again_heals_a_damaged_copy() {
+    // Every step a keyframe: extra/notes.txt (the same in every step) is one
+    // shared content file. Damage it, then add a step that writes it again.
+    let run = Run::new(4, 10);
+    let (_d, store) = new_store(&run, &run.steps[..3], 1);
+    let m = store.manifest().unwrap();
+    let object = |step: u64| {
+        m.get(step)
+            .unwrap()
+            .files
+            .iter()
+            .find(|f| f.path == "extra/notes.txt")
+            .unwrap()
+            .object
+            .clone()
+    };
+    let obj = object(30);
+    assert_eq!(obj, object(10));
+    let path = store
+        .root()
+        .join("objects")
+        .join(&obj[..2])
+        .join(format!("{obj}.tpde"));
+    let mut bad = std::fs::read(&path).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    assert_eq!(store.verify().unwrap().problems.len(), 3);
+    store.add(&run.path(40), 40).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    check_steps(&store, &run, &run.steps);
+}

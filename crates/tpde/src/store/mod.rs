@@ -400,8 +400,11 @@ impl Store {
         let dest = self.object_path(&name);
         let dir = dest.parent().expect("objects have a folder");
         let io_err = |e| Error::io(&dest, e);
-        if dest.exists() {
-            // The same content is stored already (an unchanged file).
+        // The same content may be stored already (an unchanged file); a copy
+        // that no longer hashes to its name (a damaged disk) is replaced.
+        let intact =
+            std::fs::read(&dest).is_ok_and(|b| format::digest_hex(format::digest(&b)) == name);
+        if intact {
             self.io.remove_file(&tmp).map_err(io_err)?;
         } else {
             self.io.create_dir_all(dir).map_err(io_err)?;
