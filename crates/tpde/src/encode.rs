@@ -294,18 +294,13 @@ pub fn encode(
     let output_digest = if recon.is_empty() {
         format::digest(cur)
     } else {
+        let recon: HashMap<usize, Vec<u8>> = recon.into_iter().collect();
         let mut out = cur.to_vec();
-        for (i, bytes) in &recon {
-            let at = jobs[*i].cur.as_ptr() as usize - cur.as_ptr() as usize;
-            out[at..at + bytes.len()].copy_from_slice(bytes);
-        }
-        // Duplicates of a quantized chunk decode to the same reconstruction.
-        for (i, d) in dup_of.iter().enumerate() {
-            if let Some(k) = d {
-                if let Some((_, bytes)) = recon.iter().find(|(j, _)| j == k) {
-                    let at = jobs[i].cur.as_ptr() as usize - cur.as_ptr() as usize;
-                    out[at..at + bytes.len()].copy_from_slice(bytes);
-                }
+        for (i, job) in jobs.iter().enumerate() {
+            // A duplicate decodes to the reconstruction of its first copy.
+            if let Some(bytes) = recon.get(&dup_of[i].unwrap_or(i)) {
+                let at = job.cur.as_ptr() as usize - cur.as_ptr() as usize;
+                out[at..at + bytes.len()].copy_from_slice(bytes);
             }
         }
         format::digest(&out)
