@@ -167,6 +167,13 @@ fn safetensors_index(buf: PyReadonlyArray1<'_, u8>) -> PyResult<(Vec<TensorSpan>
     Ok((spans, h.metadata.as_ref().map(|m| m.to_string())))
 }
 
+/// The step number in a checkpoint's name (`checkpoint-500` is 500), as
+/// `tpde store add` reads it; None when the name has none.
+#[pyfunction]
+fn step_from_name(name: &str) -> Option<u64> {
+    tpde::store::watch::step_from_name(name)
+}
+
 /// A checkpoint store (see docs/STORE.md); `tpde.Store` wraps it.
 #[pyclass(frozen, module = "tpde._tpde")]
 struct Store {
@@ -350,5 +357,6 @@ fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_file, m)?)?;
     m.add_function(wrap_pyfunction!(decode_file, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_index, m)?)?;
+    m.add_function(wrap_pyfunction!(step_from_name, m)?)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 from . import _state
 from ._api import _path, tpde_errors
 from ._tpde import Store as _Store
-from ._tpde import TpdeError
+from ._tpde import TpdeError, step_from_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -121,11 +121,9 @@ class Store:
         every file is kept). The step defaults to the number in its name.
         A bound makes it lossy, as in :meth:`save`."""
         if step is None:
-            digits = "".join(c if c.isdigit() else " " for c in os.path.basename(
-                os.path.normpath(_path("path", path))).removesuffix(".safetensors")).split()
-            if not digits:
+            step = step_from_name(os.path.basename(os.path.normpath(_path("path", path))))
+            if step is None:
                 raise TpdeError(f"no step number in {os.fspath(path)!r}: pass step=")
-            step = int(digits[-1])
         self._inner.add_path(_path("path", path), _step(step), max_abs_error=max_abs_error,
                              max_rel_error=max_rel_error)
 

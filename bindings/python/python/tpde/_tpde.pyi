@@ -43,6 +43,9 @@ def safetensors_index(
     """The tensors (name, dtype, shape, begin, end) of a safetensors buffer,
     and its metadata as JSON."""
 
+def step_from_name(name: str) -> Optional[int]:
+    """The step number in a checkpoint's name (``checkpoint-500``: 500)."""
+
 class Store:
     def __init__(
         self, path: _Path, *, keyframe_every: Optional[int] = None, create: bool = True
