@@ -29,7 +29,6 @@ Needs the tpde package (pip install ./bindings/python), numpy, zstandard.
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -37,30 +36,9 @@ import numpy as np
 import zstandard
 
 import tpde
-from tpde._tpde import safetensors_index
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from evidence import elias_delta_bits, max_error  # noqa: E402
-
-FLOATS = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
-
-
-def epoch_files(folder):
-    found = []
-    for name in os.listdir(folder):
-        m = re.fullmatch(r"epoch-(\d+)\.safetensors", name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(folder, name)))
-    return [p for _, p in sorted(found)]
-
-
-def float_tensors(data):
-    """{name: float64 array} of the float tensors of a safetensors file's bytes."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    spans, _ = safetensors_index(buf)
-    return {name: buf[b:e].view(FLOATS[dt]).astype(np.float64)
-            for name, dt, _shape, b, e in spans if dt in FLOATS}
-
+from evidence import checkpoint_files, elias_delta_bits, float_values, max_error  # noqa: E402
 
 def notes_step(prev_orig, cur, recon, thr, zc):
     """One step of the notes' method: returns (bytes, kept share); updates
@@ -84,7 +62,7 @@ def notes_step(prev_orig, cur, recon, thr, zc):
 def run_part(files, bounds, zc):
     rows = []
     originals = [open(p, "rb").read() for p in files]
-    tensors = [float_tensors(b) for b in originals]
+    tensors = [float_values(b) for b in originals]
     for e in bounds:
         recon_bytes = None
         notes_recon = None
@@ -102,7 +80,7 @@ def run_part(files, bounds, zc):
             t2 = time.perf_counter()
             recon_bytes = tpde.decode(packed, recon_bytes)
             row["tpde_ratio"] = len(cur) / len(packed)
-            row["tpde_max_error"] = max_error(float_tensors(recon_bytes), tensors[i])
+            row["tpde_max_error"] = max_error(float_values(recon_bytes), tensors[i])
             row["tpde_encode_s"] = t2 - t1
             row["lossless_encode_s"] = t1 - t0
             # The notes' method, open loop.
@@ -150,7 +128,7 @@ def main():
         folder = os.path.join(args.run, part)
         if not os.path.isdir(folder):
             continue
-        rows = run_part(epoch_files(folder), args.bounds, zc)
+        rows = run_part(checkpoint_files(folder), args.bounds, zc)
         print_table(part, rows)
         out[part] = rows
     if args.json:
