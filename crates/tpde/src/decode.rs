@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use crate::codec::{decode_chunk, Codec};
 use crate::error::{Error, Result};
 use crate::format::{self, Container, RefMode, SourceKind, TensorView};
+use crate::mmap;
 use crate::safetensors::{self, Header};
 
 /// Totals of one decode.
@@ -35,11 +36,15 @@ fn check_reference<'r>(
     };
     let bytes = reference.ok_or(Error::MissingReference)?;
     let actual_len = bytes.len() as u64;
-    let digest_ok = !full || format::digest(bytes) == id.digest;
-    if actual_len != id.len || !digest_ok {
+    let actual = if full || actual_len != id.len {
+        Some(mmap::digest_released(bytes))
+    } else {
+        None
+    };
+    if actual_len != id.len || actual.is_some_and(|d| d != id.digest) {
         return Err(Error::WrongReference {
             expected: format::digest_hex(id.digest),
-            actual: format::digest_hex(format::digest(bytes)),
+            actual: format::digest_hex(actual.unwrap_or_default()),
             expected_len: id.len,
             actual_len,
         });
@@ -189,9 +194,6 @@ fn tensor_jobs<'a, 'r>(
     Ok(())
 }
 
-/// Bytes of output decoded per parallel batch; bounds the memory held at once.
-const BATCH_BYTES: usize = 256 << 20;
-
 /// Decodes a whole container (the bytes of a `.tpde` file) and writes the
 /// original file to `out`. A delta needs the exact reference it was encoded
 /// against. Every chunk checksum, the length and the whole-file digest are
@@ -221,6 +223,9 @@ pub fn decode(
     items.push(Item::Block(c.tail.clone()));
     // One buffer, reused by every batch of jobs.
     let mut buf: Vec<u8> = Vec::new();
+    // Bytes of output decoded per parallel batch: bounds the memory held at
+    // once, as when encoding.
+    let batch_bytes = crate::encode::batch_bytes(format::MAX_CHUNK as usize / 16);
     let mut at = 0;
     while at < items.len() {
         // A batch: the items up to BATCH_BYTES of decoded chunks.
@@ -231,7 +236,7 @@ pub fn decode(
         while end < items.len() {
             if let Item::Job(k) = items[end] {
                 let len = c.tensors[jobs[k].tensor].entry.chunks[jobs[k].chunk].raw_len as usize;
-                if bytes > 0 && bytes + len > BATCH_BYTES {
+                if bytes > 0 && bytes + len > batch_bytes {
                     break;
                 }
                 bytes += len;
@@ -253,6 +258,11 @@ pub fn decode(
                         c.tensors[jobs[*k].tensor].entry.chunks[jobs[*k].chunk].raw_len as usize;
                     w.emit(&buf[pos..pos + len])?;
                     pos += len;
+                    // Done with this window of the container and reference.
+                    mmap::release(jobs[*k].payload);
+                    if let Some(r) = jobs[*k].reference {
+                        mmap::release(r);
+                    }
                 }
             }
         }

@@ -13,7 +13,7 @@ use crate::format::{
     self, ChunkEntry, Index, LayoutEntry, RefId, RefMode, SourceKind, TensorEntry,
 };
 use crate::lossy::{Bound, FloatKind};
-use crate::{archive, safetensors, Dtype};
+use crate::{archive, mmap, safetensors, Dtype};
 
 /// What kind of file is being encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,8 +94,44 @@ struct Job<'a> {
     lossy: Option<(FloatKind, f64)>,
 }
 
-/// Bytes of input coded per parallel batch; bounds the memory held at once.
-const BATCH_BYTES: usize = 256 << 20;
+/// Bytes of input coded per parallel batch, which bounds the memory held at
+/// once (the input's and the reference's window, the coded payloads, the
+/// workers' buffers): four chunks per worker thread, at least 16 MiB.
+pub(crate) fn batch_bytes(chunk_size: usize) -> usize {
+    (chunk_size * 4 * rayon::current_num_threads()).max(16 << 20)
+}
+
+/// XXH3-128 of the output fed in file order: `cur` with some ranges replaced
+/// (by their lossy reconstructions). The jobs come in file order, so the
+/// bytes between them (header, archive filler) are hashed from `cur`.
+struct OutputDigest<'a> {
+    cur: &'a [u8],
+    pos: usize,
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl<'a> OutputDigest<'a> {
+    fn new(cur: &'a [u8]) -> Self {
+        OutputDigest {
+            cur,
+            pos: 0,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        }
+    }
+
+    /// The bytes of the output at `at` (where the job's bytes lie in `cur`).
+    fn feed(&mut self, at: usize, bytes: &[u8]) {
+        assert!(at >= self.pos, "chunk jobs are in file order");
+        self.hasher.update(&self.cur[self.pos..at]);
+        self.hasher.update(bytes);
+        self.pos = at + bytes.len();
+    }
+
+    fn finish(mut self) -> u128 {
+        self.hasher.update(&self.cur[self.pos..]);
+        self.hasher.digest128()
+    }
+}
 
 /// Encodes `cur` against `reference` (a keyframe when `None`) and writes the
 /// container to `out`. `progress` is told the input bytes done so far.
@@ -175,50 +211,51 @@ pub fn encode(
         .collect();
     // Identical chunks (same bytes, same reference bytes) share one payload:
     // freshly initialized layers are often exact copies of each other.
-    // The chunk hashes double as the checksums of the index.
-    let hashes: Vec<u64> = jobs
-        .par_iter()
-        .map(|j| xxhash_rust::xxh3::xxh3_64(j.cur))
-        .collect();
+    // `seen` maps (hash, length) to the first copies met so far.
     let mut seen: HashMap<(u64, usize), Vec<usize>> = HashMap::new();
-    let dup_of: Vec<Option<usize>> = jobs
-        .iter()
-        .zip(&hashes)
-        .enumerate()
-        .map(|(i, (j, &h))| {
-            let same = seen.entry((h, j.cur.len())).or_default();
-            let first = same
-                .iter()
-                .copied()
-                .find(|&k| jobs[k].cur == j.cur && jobs[k].reference == j.reference);
-            if first.is_none() {
-                same.push(i);
-            }
-            first
-        })
-        .collect();
-
     let mut changed = 0u64;
     let mut max_error = 0f64;
-    // Reconstructions of the quantized chunks, by job (lossy mode only).
-    let mut recon: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut digest = OutputDigest::new(cur);
     let mut done = header_block.len() as u64;
     let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
+    let batch_bytes = batch_bytes(opts.chunk_size);
     let mut start = 0;
     while start < jobs.len() {
+        // A batch of jobs: the window of the input held at once.
         let mut end = start;
         let mut bytes = 0;
-        while end < jobs.len() && (end == start || bytes + jobs[end].cur.len() <= BATCH_BYTES) {
+        while end < jobs.len() && (end == start || bytes + jobs[end].cur.len() <= batch_bytes) {
             bytes += jobs[end].cur.len();
             end += 1;
         }
-        let coded: Vec<Option<_>> = (start..end)
-            .into_par_iter()
-            .map(|i| {
-                if dup_of[i].is_some() {
+        let batch = &jobs[start..end];
+        // The chunk hashes double as the checksums of the index.
+        let hashes: Vec<u64> = batch
+            .par_iter()
+            .map(|j| xxhash_rust::xxh3::xxh3_64(j.cur))
+            .collect();
+        let dup_of: Vec<Option<usize>> = (start..end)
+            .zip(&hashes)
+            .map(|(i, &h)| {
+                let j = &jobs[i];
+                let same = seen.entry((h, j.cur.len())).or_default();
+                let first = same
+                    .iter()
+                    .copied()
+                    .find(|&k| jobs[k].cur == j.cur && jobs[k].reference == j.reference);
+                if first.is_none() {
+                    same.push(i);
+                }
+                first
+            })
+            .collect();
+        let coded: Vec<Option<_>> = batch
+            .par_iter()
+            .zip(&dup_of)
+            .map(|(j, dup)| {
+                if dup.is_some() {
                     return Ok(None);
                 }
-                let j = &jobs[i];
                 if let Some((kind, bound)) = j.lossy {
                     let (coding, payload, q) =
                         encode_quantized_chunk(j.cur, j.reference, kind, bound, j.params.level)?;
@@ -235,17 +272,22 @@ pub fn encode(
                 encode_chunk(j.cur, j.reference, j.params).map(|c| Some((c, None)))
             })
             .collect::<Result<_>>()?;
-        for (i, coded) in (start..end).zip(coded) {
+        for (((i, coded), dup), &hash) in (start..end).zip(coded).zip(&dup_of).zip(&hashes) {
             let j = &jobs[i];
-            let entry = match (coded, dup_of[i]) {
+            let at = j.cur.as_ptr() as usize - cur.as_ptr() as usize;
+            let entry = match (coded, *dup) {
                 (Some(((coding, payload), q)), _) => {
                     let checksum = match &q {
                         Some(q) => {
                             changed += q.nonzero + q.escapes.len() as u64;
                             max_error = max_error.max(q.max_error);
+                            digest.feed(at, &q.recon);
                             xxhash_rust::xxh3::xxh3_64(&q.recon)
                         }
-                        None => hashes[i],
+                        None => {
+                            digest.feed(at, j.cur);
+                            hash
+                        }
                     };
                     let e = ChunkEntry {
                         payload_offset: w.written,
@@ -254,13 +296,23 @@ pub fn encode(
                         checksum,
                         coding,
                     };
-                    if let Some(q) = q {
-                        recon.push((i, q.recon));
-                    }
                     w.write_all(&payload)?;
                     e
                 }
-                (None, Some(k)) => entry_of[k].expect("the first copy comes earlier"),
+                (None, Some(k)) => {
+                    let e = entry_of[k].expect("the first copy comes earlier");
+                    // A duplicate decodes to what its first copy decodes to.
+                    if e.coding.codec == Codec::Quantized {
+                        let (kind, bound) = j.lossy.expect("quantized chunks are lossy jobs");
+                        // Quantizing is deterministic: the same bytes against
+                        // the same reference give the same reconstruction.
+                        let q = crate::lossy::quantize(kind, bound, j.cur, j.reference);
+                        digest.feed(at, &q.recon);
+                    } else {
+                        digest.feed(at, j.cur);
+                    }
+                    e
+                }
                 (None, None) => unreachable!("only duplicates are skipped"),
             };
             changed += match (entry.coding.codec, j.reference) {
@@ -282,6 +334,11 @@ pub fn encode(
             entry_of[i] = Some(entry);
             tensors[j.tensor].chunks.push(entry);
             done += j.cur.len() as u64;
+            // Done with this window of the input (and of the reference).
+            mmap::release(j.cur);
+            if let Some(r) = j.reference {
+                mmap::release(r);
+            }
         }
         if let Some(p) = progress {
             p(done);
@@ -291,23 +348,10 @@ pub fn encode(
 
     // What decoding gives: the original, with the quantized chunks replaced by
     // their reconstructions.
-    let output_digest = if recon.is_empty() {
-        format::digest(cur)
-    } else {
-        let recon: HashMap<usize, Vec<u8>> = recon.into_iter().collect();
-        let mut out = cur.to_vec();
-        for (i, job) in jobs.iter().enumerate() {
-            // A duplicate decodes to the reconstruction of its first copy.
-            if let Some(bytes) = recon.get(&dup_of[i].unwrap_or(i)) {
-                let at = job.cur.as_ptr() as usize - cur.as_ptr() as usize;
-                out[at..at + bytes.len()].copy_from_slice(bytes);
-            }
-        }
-        format::digest(&out)
-    };
+    let output_digest = digest.finish();
     let index = Index {
         reference: reference.map(|r| RefId {
-            digest: format::digest(r),
+            digest: mmap::digest_released(r),
             len: r.len() as u64,
         }),
         lossy,
@@ -509,7 +553,10 @@ fn push_jobs<'a>(
     let params = chunk_params(dtype, opts.level);
     let lossy = opts.lossy.and_then(|b| {
         let kind = FloatKind::of(dtype)?;
-        Some((kind, b.for_tensor(kind, data)?))
+        let bound = b.for_tensor(kind, data);
+        // A relative bound read the whole tensor (its RMS).
+        mmap::release(data);
+        Some((kind, bound?))
     });
     // Chunks hold whole elements; chunk_size is a multiple of 8, so of every width.
     let step = opts.chunk_size - opts.chunk_size % params.width;

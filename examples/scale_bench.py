@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Encode and decode a checkpoint far larger than memory, measuring peak memory
+and throughput with 1 and 2 threads.
+
+The checkpoint is synthetic but shaped like a real one: the tensors of
+Llama-3-8B (8.03 billion parameters) in F32, 32.1 GB, split into safetensors
+shards of at most --shard-gb as Hugging Face writes them. Two consecutive
+steps are made, the second evolving from the first as in training: every
+weight moves by a small Adam-like step (lr times a noise of unit scale), the
+norms stay near 1, and only the embedding rows of the tokens seen in the step
+change.
+
+Two full steps would not fit on the disk of a small machine (2 x 32 GB plus
+outputs), so the shards are made, coded and checked one after another; each
+`tpde encode` / `tpde decode` process sees one whole shard and its reference,
+and /usr/bin/time gives its peak resident memory (memory-mapped pages
+included). Every decoded shard is compared with the original by SHA-256.
+
+    python examples/scale_bench.py --work /tmp/tpde-scale [--tpde target/release/tpde]
+
+--layers N makes a smaller model (e.g. --layers 2 for a quick try). Writes a
+JSON report (--json) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+VOCAB, HIDDEN, INTER, KV = 128256, 4096, 14336, 1024
+PIECE = 1 << 24  # elements generated at once (64 MB of F32)
+
+
+def llama3_8b_tensors(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of Llama-3-8B's weights, in the order HF writes them."""
+    t = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t += [
+            (p + "input_layernorm.weight", (HIDDEN,)),
+            (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
+            (p + "self_attn.k_proj.weight", (KV, HIDDEN)),
+            (p + "self_attn.v_proj.weight", (KV, HIDDEN)),
+            (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
+            (p + "post_attention_layernorm.weight", (HIDDEN,)),
+            (p + "mlp.gate_proj.weight", (INTER, HIDDEN)),
+            (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
+            (p + "mlp.down_proj.weight", (HIDDEN, INTER)),
+        ]
+    t += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    return t
+
+
+def shards(tensors, shard_bytes: int):
+    out, cur, size = [], [], 0
+    for name, shape in tensors:
+        n = int(np.prod(shape)) * 4
+        if cur and size + n > shard_bytes:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append((name, shape))
+        size += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+def header(tensors) -> bytes:
+    meta, off = {}, 0
+    for name, shape in tensors:
+        n = int(np.prod(shape)) * 4
+        meta[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(meta, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h
+
+
+def pieces(name: str, shape, seed: int, lr: float):
+    """The tensor at step A and step B, piece by piece (deterministic)."""
+    n = int(np.prod(shape))
+    rows = shape[0] if len(shape) == 2 else 1
+    row_len = n // rows
+    for k, start in enumerate(range(0, n, PIECE)):
+        m = min(PIECE, n - start)
+        rng = np.random.default_rng([seed, k])
+        if len(shape) == 1:  # a norm: near 1
+            a = (1.0 + 0.05 * rng.standard_normal(m, dtype=np.float32)).astype(np.float32)
+        else:
+            a = rng.standard_normal(m, dtype=np.float32) * np.float32(0.02)
+        step = rng.standard_normal(m, dtype=np.float32) * np.float32(lr)
+        if "embed_tokens" in name:
+            # Only the rows of the tokens seen in the step change (30% here).
+            seen = np.random.default_rng([seed, 10**6]).random(rows) < 0.3
+            step *= seen[(start + np.arange(m)) // row_len]
+        b = (a + step).astype(np.float32)
+        yield a.tobytes(), b.tobytes()
+
+
+def make_shard(tensors, seed0: int, lr: float, path_a: Path, path_b: Path) -> tuple[int, str]:
+    h = header(tensors)
+    sha = hashlib.sha256(h)
+    with open(path_a, "wb") as fa, open(path_b, "wb") as fb:
+        fa.write(h)
+        fb.write(h)
+        for i, (name, shape) in enumerate(tensors):
+            for a, b in pieces(name, shape, seed0 + i, lr):
+                fa.write(a)
+                fb.write(b)
+                sha.update(b)
+    return path_b.stat().st_size, sha.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS in bytes of one command."""
+    r = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M", *cmd], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stdout}{r.stderr}")
+    wall, kb = r.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(kb) * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True, help="scratch folder (about 3 shards of space)")
+    ap.add_argument("--tpde", default="target/release/tpde")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--shard-gb", type=float, default=4.3)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--lr", type=float, default=1e-4, help="scale of a weight's change in one step")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    plan = shards(llama3_8b_tensors(args.layers), int(args.shard_gb * 1e9))
+    rows = []
+    seed = 0
+    for s, tensors in enumerate(plan):
+        a = args.work / f"a-{s:05d}.safetensors"
+        b = args.work / f"b-{s:05d}.safetensors"
+        out, dec = args.work / "b.tpde", args.work / "b.decoded"
+        t0 = time.perf_counter()
+        size, want = make_shard(tensors, seed, args.lr, a, b)
+        gen = time.perf_counter() - t0
+        seed += len(tensors)
+        row = {"shard": s, "tensors": len(tensors), "bytes": size, "generate_s": gen}
+        for j in threads:
+            out.unlink(missing_ok=True)
+            row[f"encode_s_j{j}"], row[f"encode_rss_j{j}"] = timed(
+                [args.tpde, "-j", str(j), "encode", str(b), "--ref", str(a), "-o", str(out)]
+            )
+            row["encoded"] = out.stat().st_size
+            dec.unlink(missing_ok=True)
+            row[f"decode_s_j{j}"], row[f"decode_rss_j{j}"] = timed(
+                [args.tpde, "-j", str(j), "decode", str(out), "--ref", str(a), "-o", str(dec)]
+            )
+            if sha256(dec) != want:
+                sys.exit(f"shard {s}: the decoded file differs from the original")
+            dec.unlink()
+        row["identical"] = True
+        for p in (a, b, out):
+            p.unlink()
+        rows.append(row)
+        print(
+            f"shard {s + 1}/{len(plan)}: {size / 1e9:.2f} GB, ratio {size / row['encoded']:.3f}x, "
+            + ", ".join(
+                f"j{j}: enc {size / 1e6 / row[f'encode_s_j{j}']:.0f} MB/s "
+                f"{row[f'encode_rss_j{j}'] / 2**20:.0f} MiB, dec {size / 1e6 / row[f'decode_s_j{j}']:.0f} MB/s "
+                f"{row[f'decode_rss_j{j}'] / 2**20:.0f} MiB"
+                for j in threads
+            ),
+            flush=True,
+        )
+    total = sum(r["bytes"] for r in rows)
+    enc = sum(r["encoded"] for r in rows)
+    summary = {
+        "model": f"Llama-3-8B shapes, {args.layers} layers, F32, lr {args.lr:g}",
+        "shards": len(rows),
+        "bytes": total,
+        "encoded": enc,
+        "ratio": total / enc,
+        "all_identical": all(r["identical"] for r in rows),
+    }
+    print(f"\n{summary['model']}: {len(rows)} shards, {total / 1e9:.2f} GB -> {enc / 1e9:.2f} GB "
+          f"({total / enc:.3f}x), every shard decoded byte-identical (SHA-256)\n")
+    print("| threads | encode MB/s | encode peak RSS | decode MB/s | decode peak RSS |")
+    print("|---:|---:|---:|---:|---:|")
+    for j in threads:
+        e = sum(r[f"encode_s_j{j}"] for r in rows)
+        d = sum(r[f"decode_s_j{j}"] for r in rows)
+        er = max(r[f"encode_rss_j{j}"] for r in rows)
+        dr = max(r[f"decode_rss_j{j}"] for r in rows)
+        summary[f"j{j}"] = {"encode_mb_s": total / 1e6 / e, "decode_mb_s": total / 1e6 / d,
+                            "encode_peak_rss": er, "decode_peak_rss": dr}
+        print(f"| {j} | {total / 1e6 / e:.0f} | {er / 2**20:.0f} MiB | {total / 1e6 / d:.0f} | {dr / 2**20:.0f} MiB |")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "shards": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
