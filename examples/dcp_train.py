@@ -344,17 +344,36 @@ def safetensors_bytes(tensors) -> bytes:
     return len(h).to_bytes(8, "little") + h + b"".join(blobs)
 
 
+def _storage_ranges(blob: bytes):
+    """(start, end) of the tensor data of one torch.save zip (its data/<key>
+    entries, stored uncompressed), relative to the zip."""
+    out = []
+    for i in zipfile.ZipFile(io.BytesIO(blob)).infolist():
+        if "/data/" in i.filename and not i.filename.endswith("serialization_id"):
+            h = i.header_offset  # local header: 30 bytes, the name, the extra field
+            start = h + 30 + int.from_bytes(blob[h + 26:h + 28], "little") \
+                + int.from_bytes(blob[h + 28:h + 30], "little")
+            out.append((start, start + i.file_size))
+    return out
+
+
 def file_tensors(folder: str, name: str, items):
-    """[(name, tensor)] of the tensor items of one .distcp file, each read by
-    torch.load from its byte range."""
+    """The bytes of one .distcp file, [(name, tensor)] of its tensor items (each
+    read by torch.load from its byte range), and the file's other bytes: the
+    file with every tensor's data cut out (zip headers, pickles, padding)."""
     with open(os.path.join(folder, name), "rb") as f:
         data = f.read()
-    out = []
+    out, rest, pos = [], [], 0
     for fqn, offs, kind, off, length in items:
         if kind == "tensor":
-            t = torch.load(io.BytesIO(data[off:off + length]), weights_only=True)
-            out.append((f"{fqn}@{','.join(map(str, offs))}", t))
-    return data, out
+            blob = data[off:off + length]
+            out.append((f"{fqn}@{','.join(map(str, offs))}",
+                        torch.load(io.BytesIO(blob), weights_only=True)))
+            for start, end in _storage_ranges(blob):
+                rest.append(data[pos:off + start])
+                pos = off + end
+    rest.append(data[pos:])
+    return data, out, b"".join(rest)
 
 
 def explain_layout(run_dir: str, steps):
@@ -367,13 +386,8 @@ def explain_layout(run_dir: str, steps):
         items = files[name]
         size = os.path.getsize(os.path.join(first, name))
         tens = [it for it in items if it[2] == "tensor"]
-        with open(os.path.join(first, name), "rb") as f:
-            data = f.read()
-        raw = 0
-        for _fqn, _offs, _kind, off, length in tens:
-            z = zipfile.ZipFile(io.BytesIO(data[off:off + length]))
-            raw += sum(i.file_size for i in z.infolist() if "/data/" in i.filename
-                       and not i.filename.endswith("serialization_id"))
+        _data, _tensors, rest = file_tensors(first, name, items)
+        raw = size - len(rest)
         print(f"  {name}: {size:,} bytes = {len(tens)} tensor shards + "
               f"{len(items) - len(tens)} pickled values, each a torch.save zip; "
               f"tensor data {raw:,} bytes, the rest ({size - raw:,}) zip headers, pickles, padding")
@@ -391,7 +405,9 @@ def compare_codings(run_dir: str, steps, manifest):
     four ways, each against the previous step's: the .distcp file as the store
     coded it (see its coding), the .distcp file as opaque bytes, the tensors
     as a safetensors file (coded as float tensors), and their raw bytes one
-    after another (opaque)."""
+    after another (opaque). Also the .distcp files' other bytes, coded as
+    opaque bytes: with the safetensors coding of the tensors, about what a
+    coding that reads the layout from .metadata would store."""
     import tpde
 
     by_step = {s["step"]: {f["path"]: f for f in s["files"]} for s in manifest["steps"]}
@@ -400,12 +416,12 @@ def compare_codings(run_dir: str, steps, manifest):
     print(f"{'step':>6}  {'file':<13} {'tensor B':>9} | {'.distcp B':>9} {'store':>16} "
           f"{'opaque':>16} | {'safetensors':>16} | {'raw opaque':>16}")
     prev = {}
-    totals = {k: [0, 0] for k in ("store", "opaque", "safetensors", "raw")}
+    totals = {k: [0, 0] for k in ("store", "opaque", "safetensors", "raw", "rest")}
     for step in steps:
         folder = checkpoint_dir(run_dir, step)
         _md, files = distcp_items(folder)
         for name in sorted(files):
-            data, tensors = file_tensors(folder, name, files[name])
+            data, tensors, rest = file_tensors(folder, name, files[name])
             st = safetensors_bytes(tensors)
             raw = b"".join(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                            for _n, t in tensors)
@@ -416,9 +432,10 @@ def compare_codings(run_dir: str, steps, manifest):
                 "opaque": (len(data), len(tpde.encode(data, ref and ref[0], kind="bytes"))),
                 "safetensors": (len(st), len(tpde.encode(st, ref and ref[1], kind="safetensors"))),
                 "raw": (len(raw), len(tpde.encode(raw, ref and ref[2], kind="bytes"))),
+                "rest": (len(rest), len(tpde.encode(rest, ref and ref[3], kind="bytes"))),
             }
-            prev[name] = (data, st, raw)
-            cells = {k: f"{n:>9,} {o / n:>5.2f}x" for k, (o, n) in got.items()}
+            prev[name] = (data, st, raw, rest)
+            cells = {k: f"{n:>9,} {o / n:>5.2f}x" for k, (o, n) in got.items() if k != "rest"}
             coding = "torch" if rec["coding"] == "torch archive" else rec["coding"].split()[0]
             print(f"{step:>6}  {name:<13} {len(raw):>9,} | {len(data):>9,} {cells['store']} "
                   f"{cells['opaque']} | {cells['safetensors']} | {cells['raw']}  "
@@ -429,7 +446,15 @@ def compare_codings(run_dir: str, steps, manifest):
                     totals[k][1] += n
     if totals["store"][0]:
         print("deltas, all files: " + ", ".join(
-            f"{k} {n:,} B ({o / n:.2f}x)" for k, (o, n) in totals.items()))
+            f"{k} {n:,} B ({o / n:.2f}x)" for k, (o, n) in totals.items() if k != "rest"))
+        (o, n), aware = totals["rest"], totals["safetensors"][1] + totals["rest"][1]
+        print(f"the .distcp files' bytes other than tensor data: {o:,} B, coded as opaque bytes "
+              f"to {n:,} B ({o / n:.1f}x)")
+        print(f"tensors as floats + those bytes: {aware:,} B, "
+              f"ratio {totals['opaque'][0] / aware:.2f}x on the .distcp files (opaque {totals['opaque'][0] / totals['opaque'][1]:.2f}x, "
+              f"the store now {totals['store'][0] / totals['store'][1]:.2f}x): "
+              f"{1 - aware / totals['opaque'][1]:.0%} less than opaque, "
+              f"{1 - aware / totals['store'][1]:.0%} less than the store now")
     return totals
 
 
