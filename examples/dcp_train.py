@@ -448,13 +448,13 @@ def compare_codings(run_dir: str, steps, manifest):
         print("deltas, all files: " + ", ".join(
             f"{k} {n:,} B ({o / n:.2f}x)" for k, (o, n) in totals.items() if k != "rest"))
         (o, n), aware = totals["rest"], totals["safetensors"][1] + totals["rest"][1]
+        files_b = totals["opaque"][0]
         print(f"the .distcp files' bytes other than tensor data: {o:,} B, coded as opaque bytes "
               f"to {n:,} B ({o / n:.1f}x)")
-        print(f"tensors as floats + those bytes: {aware:,} B, "
-              f"ratio {totals['opaque'][0] / aware:.2f}x on the .distcp files (opaque {totals['opaque'][0] / totals['opaque'][1]:.2f}x, "
-              f"the store now {totals['store'][0] / totals['store'][1]:.2f}x): "
-              f"{1 - aware / totals['opaque'][1]:.0%} less than opaque, "
-              f"{1 - aware / totals['store'][1]:.0%} less than the store now")
+        print(f"tensors as floats + those bytes: {aware:,} B, ratio {files_b / aware:.2f}x on "
+              f"the .distcp files (opaque {files_b / totals['opaque'][1]:.2f}x, the store now "
+              f"{files_b / totals['store'][1]:.2f}x): {1 - aware / totals['opaque'][1]:.0%} less "
+              f"than opaque, {1 - aware / totals['store'][1]:.0%} less than the store now")
     return totals
 
 
