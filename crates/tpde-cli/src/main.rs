@@ -10,6 +10,34 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// `print!` and `println!` that end the program quietly (status 0) when the
+/// reader of its output went away (`tpde store ls | head`) instead of
+/// panicking as the standard ones do.
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        $crate::output_written(write!(std::io::stdout(), $($arg)*));
+    }};
+}
+
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        $crate::output_written(writeln!(std::io::stdout(), $($arg)*));
+    }};
+}
+
+/// Ends the program when writing to the standard output failed.
+fn output_written(r: std::io::Result<()>) {
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tpde: error: writing the output: {e}");
+        std::process::exit(2);
+    }
+}
+
 mod table;
 use table::Table;
 

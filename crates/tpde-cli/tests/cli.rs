@@ -284,6 +284,25 @@ fn inspect_lists_tensors() {
 }
 
 #[test]
+fn a_closed_output_pipe_is_not_a_crash() {
+    // `tpde inspect f | head -1`: the reader is gone before tpde writes.
+    let s = Setup::new();
+    ok(s.path(), &["encode", "ckpt-1.safetensors", "-o", "k.tpde"]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = tpde()
+        .current_dir(s.path())
+        .args(["inspect", "k.tpde"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn bench_table_and_json() {
     let s = Setup::new();
     // A file that is not a checkpoint is ignored.

@@ -43,8 +43,120 @@ pub struct ArchiveTensor {
 /// out. Element types come from `<prefix>/data.pkl` when that is a stored
 /// entry too.
 pub fn scan(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
+    scan_one(bytes).or_else(|| scan_concatenated(bytes))
+}
+
+/// The storages of a file that is several torch.save archives one after
+/// another, as torch.distributed.checkpoint writes its `__R_N.distcp` files
+/// (one archive per tensor shard or pickled value). The archives are found by
+/// walking their zip records from the start of the file, reading only the
+/// records' headers; each must hold all that lies between its start and the
+/// next one's, and the last must end the file. A storage named
+/// `<top>/data/<key>` in the `k`-th archive is called `<top>/<k>/data/<key>`, so
+/// that names are unique and the same shard of the next checkpoint has the
+/// same name. `None` unless there are at least two archives and some storage.
+fn scan_concatenated(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut k = 0usize;
+    while start < bytes.len() {
+        let end = zip_end(bytes, start)?;
+        if let Some(tensors) = scan_one(&bytes[start..end]) {
+            for mut t in tensors {
+                t.offset += start as u64;
+                t.name = match t.name.split_once('/') {
+                    Some((top, rest)) => format!("{top}/{k}/{rest}"),
+                    None => format!("{k}/{}", t.name),
+                };
+                out.push(t);
+            }
+        }
+        start = end;
+        k += 1;
+    }
+    (k >= 2 && !out.is_empty()).then_some(out)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<usize> {
+    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?) as usize)
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// Where the zip archive that starts at `start` ends. torch.save writes its
+/// entries' sizes after their data (data descriptors), so the archive's end
+/// is found by searching for its end-of-central-directory record: the first
+/// one whose central directory (through the zip64 end record when there is
+/// one) ends right before it, at offsets counted from `start`. The bytes
+/// searched are let go of as the search moves on (see [`crate::mmap`]).
+fn zip_end(b: &[u8], start: usize) -> Option<usize> {
+    const LOCAL: u32 = 0x0403_4b50;
+    const END64: u32 = 0x0606_4b50;
+    const LOCATOR64: u32 = 0x0706_4b50;
+    const END: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const WINDOW: usize = 16 << 20;
+    if u32_at(b, start)? != LOCAL {
+        return None;
+    }
+    // Does an end record at `e` close the archive that starts at `start`?
+    let closes = |e: usize| -> Option<usize> {
+        let end = e.checked_add(22)?.checked_add(u16_at(b, e + 20)?)?;
+        if end > b.len() {
+            return None;
+        }
+        let (cd_size, cd_offset) = (u32_at(b, e + 12)?, u32_at(b, e + 16)?);
+        let cd_end = if e >= start + 20 && u32_at(b, e - 20)? == LOCATOR64 {
+            let end64 = start.checked_add(usize::try_from(u64_at(b, e - 12)?).ok()?)?;
+            let len64 = usize::try_from(u64_at(b, end64 + 4)?).ok()?;
+            if u32_at(b, end64)? != END64 || end64.checked_add(12)?.checked_add(len64)? != e - 20 {
+                return None;
+            }
+            let size = usize::try_from(u64_at(b, end64 + 40)?).ok()?;
+            let offset = usize::try_from(u64_at(b, end64 + 48)?).ok()?;
+            (start.checked_add(offset)?.checked_add(size)? == end64).then_some(())?;
+            return Some(end);
+        } else {
+            start
+                .checked_add(cd_offset as usize)?
+                .checked_add(cd_size as usize)?
+        };
+        (cd_end == e).then_some(end)
+    };
+    let mut from = start;
+    while from < b.len() {
+        let to = (from + WINDOW).min(b.len());
+        // The window overlaps the next by 3 bytes, for a record across them.
+        let hay = &b[from..(to + 3).min(b.len())];
+        let found = memchr::memmem::find_iter(hay, &END).find_map(|i| closes(from + i));
+        crate::mmap::release(&b[from..to]);
+        if found.is_some() {
+            return found;
+        }
+        from = to;
+    }
+    None
+}
+
+/// The storages of one torch.save archive that is the whole of `bytes`.
+fn scan_one(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
     let file_len = u64::try_from(bytes.len()).ok()?;
     let mut archive = ZipArchive::new(Cursor::new(bytes)).ok()?;
+    // An archive that does not start the file is not one torch.save wrote
+    // (it may be the last of several, whose central directory the zip reader
+    // found from the end).
+    if archive.offset() != 0 {
+        return None;
+    }
 
     // (prefix including its trailing '/', key, tensor) of each storage entry,
     // and the byte range of each stored `<prefix>data.pkl`.
@@ -548,6 +660,70 @@ mod tests {
             );
         }
         found.len()
+    }
+
+    const DCP_1: &[u8] = include_bytes!("../tests/data/dcp/step-1/__0_0.distcp");
+    const DCP_2: &[u8] = include_bytes!("../tests/data/dcp/step-2/__0_0.distcp");
+    const DCP_EXPECTED: &[u8] = include_bytes!("../tests/data/dcp/expected.safetensors");
+
+    #[test]
+    fn dcp_shards_are_archives_one_after_another() {
+        let header = safetensors::parse(DCP_EXPECTED).unwrap();
+        let hl = header.header_len as usize;
+        for (label, file) in [("step-1/", DCP_1), ("step-2/", DCP_2)] {
+            let found = scan(file).unwrap();
+            check_invariants(file, &found);
+            // Every tensor DCP saved (4 of the model, 3 per parameter of
+            // Adam) is a storage, with its dtype and bytes.
+            let want: Vec<_> = header
+                .tensors
+                .iter()
+                .filter(|t| t.name.starts_with(label))
+                .collect();
+            assert_eq!(found.len(), want.len());
+            for w in want {
+                let bytes = &DCP_EXPECTED[hl + w.begin as usize..hl + w.end as usize];
+                assert!(
+                    found
+                        .iter()
+                        .any(|t| data(file, t) == bytes && t.dtype == w.dtype),
+                    "{} not found",
+                    w.name
+                );
+            }
+            // Names are unique and number the archives.
+            let mut names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+            names.dedup();
+            assert_eq!(names.len(), found.len());
+            assert!(
+                found.iter().all(|t| t.name.ends_with("/data/0")),
+                "{names:?}"
+            );
+        }
+        // The same shard has the same name at both steps.
+        let names = |f| {
+            scan(f)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(DCP_1), names(DCP_2));
+    }
+
+    #[test]
+    fn a_zip_after_other_bytes_is_not_an_archive() {
+        // The last archive of a run, with bytes before it that are not a zip:
+        // not what torch.save writes.
+        let mut file = b"not a zip at all".to_vec();
+        file.extend_from_slice(OPTIMIZER_1);
+        assert_eq!(scan(&file), None);
+        // A run of archives that stops short of the end of the file.
+        let mut file = DCP_1.to_vec();
+        file.extend_from_slice(b"trailing");
+        assert_eq!(scan(&file), None);
+        // Cut inside its last archive.
+        assert_eq!(scan(&DCP_1[..DCP_1.len() - 10]), None);
     }
 
     #[test]

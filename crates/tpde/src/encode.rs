@@ -154,6 +154,8 @@ pub fn encode(
     if let Some(b) = opts.lossy {
         b.check().map_err(Error::InvalidArgument)?;
     }
+    // The archive's storages, when auto-detection found them.
+    let mut scanned = None;
     let kind = match opts.input {
         InputKind::Safetensors => SourceKind::Safetensors,
         InputKind::Opaque => SourceKind::Opaque,
@@ -161,17 +163,20 @@ pub fn encode(
         InputKind::Auto => {
             if safetensors::parse(cur).is_ok() {
                 SourceKind::Safetensors
-            } else if archive::scan(cur).is_some() {
-                SourceKind::Archive
             } else {
-                SourceKind::Opaque
+                scanned = archive::scan(cur).filter(|t| archive_pays(t, cur.len()));
+                if scanned.is_some() {
+                    SourceKind::Archive
+                } else {
+                    SourceKind::Opaque
+                }
             }
         }
     };
     let lenient = opts.input == InputKind::Auto;
     let (kind, mut plan) = match kind {
         SourceKind::Safetensors => (kind, plan_safetensors(cur, reference, opts, lenient)?),
-        SourceKind::Archive => match plan_archive(cur, reference, opts) {
+        SourceKind::Archive => match plan_archive(cur, scanned, reference, opts) {
             Ok(plan) => (kind, plan),
             // An archive tpde cannot lay out is still a file.
             Err(_) if lenient => (SourceKind::Opaque, plan_opaque(cur, reference, opts)),
@@ -446,10 +451,12 @@ fn plan_safetensors<'a>(
 /// file go verbatim into the header block.
 fn plan_archive<'a>(
     cur: &'a [u8],
+    scanned: Option<Vec<archive::ArchiveTensor>>,
     reference: Option<&'a [u8]>,
     opts: &EncodeOptions,
 ) -> Result<Plan<'a>> {
-    let tensors = archive::scan(cur)
+    let tensors = scanned
+        .or_else(|| archive::scan(cur))
         .ok_or_else(|| Error::InvalidArgument("not a torch.save zip archive".into()))?;
     // torch.save names the archive's top folder after the file
     // (`optimizer/data/3`): storages match by the name below it.
@@ -505,6 +512,17 @@ fn plan_archive<'a>(
         )));
     }
     Ok(plan)
+}
+
+/// Whether coding an archive's storages as tensors pays, when choosing by
+/// itself: everything else (zip records, pickles) goes into the header block,
+/// coded without the reference, so when that is most of a large file (a run
+/// of many small archives, as torch.distributed.checkpoint writes for a small
+/// model) the whole file coded as bytes against the reference does better.
+fn archive_pays(tensors: &[archive::ArchiveTensor], len: usize) -> bool {
+    let data: u64 = tensors.iter().map(|t| t.len).sum();
+    let rest = (len as u64).saturating_sub(data);
+    rest < 64 << 10 || data >= rest
 }
 
 /// Any file as opaque bytes, against the same byte range of the reference.
