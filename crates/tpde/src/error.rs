@@ -65,6 +65,12 @@ pub enum Error {
     #[error("store {} is locked: another tpde process is writing to it; try again when it is done", .0.display())]
     Locked(PathBuf),
 
+    /// A store without locks (on object storage) was changed by another
+    /// writer between the start of this write and its commit. The commit did
+    /// not happen; the store is as the other writer left it.
+    #[error("store {}: another writer changed the store since this operation began; nothing of yours was committed, try again", .0.display())]
+    Conflict(PathBuf),
+
     /// A caller asked for something that does not exist or cannot be done.
     #[error("{0}")]
     InvalidArgument(String),

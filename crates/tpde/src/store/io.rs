@@ -51,13 +51,12 @@ impl StoreIo {
     }
 
     /// Counts one operation; fails when the plan says so.
-    fn tick(&self, what: &str, path: &Path) -> io::Result<()> {
+    pub(crate) fn tick(&self, what: &str, target: &dyn std::fmt::Display) -> io::Result<()> {
         if let Some(f) = &self.faults {
             let n = f.count.fetch_add(1, Ordering::SeqCst);
             if n >= f.after {
                 return Err(io::Error::other(format!(
-                    "injected fault #{n} at {what} of {}",
-                    path.display()
+                    "injected fault #{n} at {what} of {target}"
                 )));
             }
         }
@@ -66,7 +65,7 @@ impl StoreIo {
 
     /// Creates a new file (which must not exist) for writing.
     pub(crate) fn create(&self, path: &Path) -> io::Result<FaultyFile> {
-        self.tick("create", path)?;
+        self.tick("create", &path.display())?;
         let file = File::options().write(true).create_new(true).open(path)?;
         Ok(FaultyFile {
             inner: BufWriter::with_capacity(
@@ -83,33 +82,33 @@ impl StoreIo {
     /// Flushes and fsyncs a file written with [`StoreIo::create`].
     pub(crate) fn finish(&self, f: FaultyFile) -> io::Result<()> {
         let inner = f.inner.into_inner().map_err(|e| e.into_error())?;
-        self.tick("fsync", &inner.path)?;
+        self.tick("fsync", &inner.path.display())?;
         inner.file.sync_all()
     }
 
     pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.tick("rename", to)?;
+        self.tick("rename", &to.display())?;
         std::fs::rename(from, to)
     }
 
     pub(crate) fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.tick("remove", path)?;
+        self.tick("remove", &path.display())?;
         std::fs::remove_file(path)
     }
 
     pub(crate) fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.tick("remove", path)?;
+        self.tick("remove", &path.display())?;
         std::fs::remove_dir_all(path)
     }
 
     pub(crate) fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.tick("mkdir", path)?;
+        self.tick("mkdir", &path.display())?;
         std::fs::create_dir_all(path)
     }
 
     /// Makes the entries of a directory (a rename into it) durable.
     pub(crate) fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.tick("fsync", path)?;
+        self.tick("fsync", &path.display())?;
         File::open(path)?.sync_all()
     }
 
@@ -158,7 +157,7 @@ struct Inner {
 
 impl Write for Inner {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Err(e) = self.io.tick("write", &self.path) {
+        if let Err(e) = self.io.tick("write", &self.path.display()) {
             // A torn write: part of the data reaches the disk.
             let _ = self.file.write_all(&buf[..buf.len() / 2]);
             return Err(e);

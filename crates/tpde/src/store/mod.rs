@@ -14,9 +14,16 @@
 //! names, fsynced and renamed; the manifest is replaced the same way, last,
 //! and only then are content files that it no longer lists removed. A crash at
 //! any point leaves the previous manifest, whose every content file exists.
+//!
+//! With the `s3` feature a store can also live at `s3://bucket/prefix` on
+//! S3-compatible object storage ([`Store::open_location`]): the same layout
+//! without `lock` and `tmp/`, committed by a conditional put of the manifest
+//! instead of a lock (see docs/STORE.md, "Object storage").
 
 mod io;
 mod manifest;
+#[cfg(feature = "s3")]
+mod s3;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -24,6 +31,9 @@ use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(feature = "s3")]
+use std::sync::Mutex;
 
 pub use io::Faults;
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
@@ -50,6 +60,9 @@ const DELTA_PAYS: f64 = 1.0;
 
 /// Default keyframe interval of `tpde store init`.
 pub const DEFAULT_KEYFRAME_EVERY: u32 = 10;
+/// Files of one step coded at once (each one is itself coded in parallel
+/// over its chunks); at most this many files' working memory at a time.
+const FILES_IN_FLIGHT: usize = 4;
 
 /// The bytes of one input file: memory-mapped, or in memory.
 pub enum Bytes {
@@ -217,13 +230,19 @@ pub struct VerifyReport {
     pub leftovers: Vec<PathBuf>,
 }
 
-/// A checkpoint store in a directory.
+/// A checkpoint store in a directory, or (feature `s3`) under an
+/// `s3://bucket/prefix`.
 pub struct Store {
+    /// The directory, or the `s3://` URL.
     root: PathBuf,
     io: StoreIo,
+    #[cfg(feature = "s3")]
+    s3: Option<s3::S3Backend>,
     /// With [`Store::keep_latest`]: the files of the last step this handle
     /// added, the reference of the next add without decoding its chain.
     latest: Option<std::sync::Mutex<Option<(u64, Files)>>>,
+    /// Test hook: runs just before a write publishes its manifest.
+    before_commit: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -235,6 +254,58 @@ impl std::fmt::Debug for Store {
 /// Decoded files of one step, by path.
 type Files = HashMap<String, Vec<u8>>;
 
+/// A write in progress: the manifest it began from (and, in a local store,
+/// the lock it holds).
+struct Txn {
+    _lock: Option<File>,
+    base: Manifest,
+    /// The content files `base` lists.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
+    listed: HashSet<String>,
+    #[cfg(feature = "s3")]
+    version: s3::Version,
+    /// Content files this write uploaded (object storage).
+    #[cfg(feature = "s3")]
+    uploaded: Mutex<Vec<s3::Uploaded>>,
+}
+
+impl Txn {
+    fn new(lock: Option<File>, base: Manifest) -> Txn {
+        let listed = base
+            .steps
+            .iter()
+            .flat_map(|s| s.files.iter().map(|f| f.object.clone()))
+            .collect();
+        Txn {
+            _lock: lock,
+            base,
+            listed,
+            #[cfg(feature = "s3")]
+            version: None,
+            #[cfg(feature = "s3")]
+            uploaded: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// The bytes of a content file being decoded.
+enum ObjectBytes {
+    Owned(Vec<u8>),
+    #[cfg(feature = "s3")]
+    Fetched(s3::Fetched),
+}
+
+impl Deref for ObjectBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ObjectBytes::Owned(v) => v,
+            #[cfg(feature = "s3")]
+            ObjectBytes::Fetched(f) => f,
+        }
+    }
+}
+
 impl Store {
     /// Creates an empty store in `dir` (created if missing; it must hold no
     /// store yet).
@@ -244,11 +315,7 @@ impl Store {
                 "the keyframe interval must be at least 1".into(),
             ));
         }
-        let store = Store {
-            root: dir.to_path_buf(),
-            io: StoreIo::default(),
-            latest: None,
-        };
+        let store = Store::local(dir);
         if dir.join(MANIFEST).exists() {
             return Err(store.err("already holds a store"));
         }
@@ -262,17 +329,95 @@ impl Store {
 
     /// Opens the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let store = Store {
-            root: dir.to_path_buf(),
-            io: StoreIo::default(),
-            latest: None,
-        };
+        let store = Store::local(dir);
         if !dir.join(MANIFEST).is_file() {
-            return Err(store.err(format!(
-                "not a tpde store (no {MANIFEST}); create one with `tpde store init`"
-            )));
+            return Err(store.not_a_store());
         }
         Ok(store)
+    }
+
+    fn local(dir: &Path) -> Store {
+        Store {
+            root: dir.to_path_buf(),
+            io: StoreIo::default(),
+            #[cfg(feature = "s3")]
+            s3: None,
+            latest: None,
+            before_commit: None,
+        }
+    }
+
+    fn not_a_store(&self) -> Error {
+        self.err(format!(
+            "not a tpde store (no {MANIFEST}); create one with `tpde store init`"
+        ))
+    }
+
+    /// A handle on the store at `location`, without checking that one is
+    /// there: `s3://bucket/prefix` is on object storage (with the `s3`
+    /// feature), anything else a local directory.
+    fn at(location: &str) -> Result<Store> {
+        if location.starts_with("s3://") {
+            #[cfg(feature = "s3")]
+            if let Some(loc) = s3::S3Location::parse(location) {
+                let loc = loc?;
+                let mut store = Store::local(Path::new(&loc.url()));
+                store.s3 = Some(s3::S3Backend::new(loc)?);
+                return Ok(store);
+            }
+            #[cfg(not(feature = "s3"))]
+            return Err(Error::InvalidArgument(format!(
+                "{location}: this build of tpde has no object storage support (cargo feature `s3`)"
+            )));
+        }
+        Ok(Store::local(Path::new(location)))
+    }
+
+    /// Opens the store at `location`: a directory, or `s3://bucket/prefix`
+    /// on S3-compatible object storage (endpoint, region and credentials from
+    /// the `AWS_*` environment variables; see docs/STORE.md).
+    pub fn open_location(location: &str) -> Result<Store> {
+        let store = Store::at(location)?;
+        if !store.exists()? {
+            return Err(store.not_a_store());
+        }
+        Ok(store)
+    }
+
+    /// Creates an empty store at `location` (a directory or
+    /// `s3://bucket/prefix`; it must hold no store yet).
+    pub fn init_location(location: &str, keyframe_every: u32) -> Result<Store> {
+        let store = Store::at(location)?;
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &store.s3 {
+            if keyframe_every == 0 {
+                return Err(Error::InvalidArgument(
+                    "the keyframe interval must be at least 1".into(),
+                ));
+            }
+            if s3.has_manifest()? {
+                return Err(store.err("already holds a store"));
+            }
+            let text = store.manifest_bytes(&Manifest::new(keyframe_every))?;
+            return match s3.publish_manifest(&store.io, text, &None) {
+                Err(Error::Conflict(_)) => Err(store.err("already holds a store")),
+                r => r.map(|()| store),
+            };
+        }
+        Store::init(&store.root, keyframe_every)
+    }
+
+    /// True when `location` holds a store.
+    pub fn exists_at(location: &str) -> Result<bool> {
+        Store::at(location)?.exists()
+    }
+
+    fn exists(&self) -> Result<bool> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            return s3.has_manifest();
+        }
+        Ok(self.root.join(MANIFEST).is_file())
     }
 
     /// Opens a store whose writes fail as `faults` says (crash tests).
@@ -281,6 +426,34 @@ impl Store {
         let mut store = Store::open(dir)?;
         store.io = StoreIo::with_faults(faults);
         Ok(store)
+    }
+
+    /// Opens the store at `location` with writes (uploads, the manifest's
+    /// put, deletions on object storage) failing as `faults` says.
+    #[doc(hidden)]
+    pub fn open_location_with_faults(location: &str, faults: Faults) -> Result<Store> {
+        let mut store = Store::open_location(location)?;
+        store.io = StoreIo::with_faults(faults);
+        Ok(store)
+    }
+
+    /// Runs `hook` in every write just before it publishes its manifest
+    /// (tests of concurrent writers).
+    #[doc(hidden)]
+    pub fn before_commit(mut self, hook: impl Fn() + Send + Sync + 'static) -> Store {
+        self.before_commit = Some(Box::new(hook));
+        self
+    }
+
+    /// On object storage: how old an unlisted content file must be before
+    /// garbage collection deletes it (1 hour unless set).
+    #[doc(hidden)]
+    pub fn set_gc_grace(&self, grace: std::time::Duration) {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            s3.set_grace(grace);
+        }
+        let _ = grace;
     }
 
     /// Keeps the files of the last step added through this handle in memory
@@ -292,9 +465,16 @@ impl Store {
         self
     }
 
-    /// The store's directory.
+    /// The store's directory (for a store on object storage, its URL as a
+    /// path; see [`Store::location`]).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the store is, as [`Store::open_location`] takes it: its
+    /// directory or its `s3://` URL.
+    pub fn location(&self) -> String {
+        self.root.display().to_string()
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {
@@ -326,8 +506,14 @@ impl Store {
         }
     }
 
-    /// Holds the store for reading until dropped (waits for a writer).
+    /// Holds the store for reading until dropped (waits for a writer). On
+    /// object storage there is no lock: readers read the manifest, then
+    /// content files that never change.
     fn lock_shared(&self) -> Result<Option<File>> {
+        #[cfg(feature = "s3")]
+        if self.s3.is_some() {
+            return Ok(None);
+        }
         // A read-only store without a lock file can still be read.
         let Ok(f) = self.lock_file(false) else {
             return Ok(None);
@@ -338,18 +524,32 @@ impl Store {
     }
 
     fn load_manifest(&self) -> Result<Manifest> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            let (text, _) = s3.read_manifest()?.ok_or_else(|| self.not_a_store())?;
+            return self.parse_manifest(&text);
+        }
         let path = self.root.join(MANIFEST);
         let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let m: Manifest = serde_json::from_slice(&text)
+        self.parse_manifest(&text)
+    }
+
+    fn parse_manifest(&self, text: &[u8]) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(text)
             .map_err(|e| self.err(format!("damaged manifest {MANIFEST}: {e}")))?;
         m.check()
             .map_err(|e| self.err(format!("damaged manifest {MANIFEST}: {e}")))?;
         Ok(m)
     }
 
-    fn save_manifest(&self, m: &Manifest) -> Result<()> {
+    fn manifest_bytes(&self, m: &Manifest) -> Result<Vec<u8>> {
         let mut text = serde_json::to_vec_pretty(m).map_err(|e| self.err(e.to_string()))?;
         text.push(b'\n');
+        Ok(text)
+    }
+
+    fn save_manifest(&self, m: &Manifest) -> Result<()> {
+        let text = self.manifest_bytes(m)?;
         let path = self.root.join(MANIFEST);
         self.io
             .write_file(&self.root.join(TMP), &path, &text)
@@ -374,11 +574,54 @@ impl Store {
             .join(format!("{name}.tpde"))
     }
 
-    /// Writes a content file through `f`; returns its name and length.
+    /// Where content file `name` is, for messages.
+    fn object_display(&self, name: &str) -> String {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            return s3.object_url(name);
+        }
+        self.object_path(name).display().to_string()
+    }
+
+    /// The bytes of content file `name`.
+    fn read_object(&self, name: &str) -> Result<ObjectBytes> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            return s3.fetch(name).map(ObjectBytes::Fetched);
+        }
+        let path = self.object_path(name);
+        std::fs::read(&path)
+            .map(ObjectBytes::Owned)
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// The XXH3-128 of content file `name`'s bytes (hex), or why it cannot
+    /// be read.
+    fn object_digest(&self, name: &str) -> std::result::Result<String, String> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            return s3.object_digest(name).map_err(|e| match e {
+                Error::Io { source, .. } => source.to_string(),
+                e => e.to_string(),
+            });
+        }
+        std::fs::read(self.object_path(name))
+            .map(|b| format::digest_hex(format::digest(&b)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Writes a content file through `f` (as part of `txn`); returns its
+    /// name and length.
     fn write_object(
         &self,
+        txn: &Txn,
         f: impl FnOnce(&mut dyn Write) -> Result<crate::EncodeStats>,
     ) -> Result<(String, crate::EncodeStats)> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            return self.write_object_s3(s3, txn, f);
+        }
+        let _ = txn;
         let tmp = io::temp_name(&self.root.join(TMP), "object");
         let mut file = self.io.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut hw = HashWriter {
@@ -414,41 +657,138 @@ impl Store {
         Ok((name, stats))
     }
 
+    /// [`Store::write_object`] on object storage: coded into a local
+    /// temporary file, hashed, then uploaded (kept until the write ends, see
+    /// `S3Backend::after_commit`).
+    #[cfg(feature = "s3")]
+    fn write_object_s3(
+        &self,
+        s3: &s3::S3Backend,
+        txn: &Txn,
+        f: impl FnOnce(&mut dyn Write) -> Result<crate::EncodeStats>,
+    ) -> Result<(String, crate::EncodeStats)> {
+        let tmp = s3.tmp_file()?;
+        let (file, path) = tmp.into_parts();
+        let mut buf = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hw = HashWriter {
+            inner: &mut buf,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        };
+        let stats = f(&mut hw)?;
+        let name = format::digest_hex(hw.hasher.digest128());
+        buf.flush().map_err(|e| Error::io(&*path, e))?;
+        drop(buf);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| Error::io(&*path, e))?
+            .len();
+        if s3.put_object(&self.io, &name, &path, len, txn.listed.contains(&name))? {
+            if let Ok(mut up) = txn.uploaded.lock() {
+                up.push(s3::Uploaded {
+                    name: name.clone(),
+                    file: path,
+                });
+            }
+        }
+        Ok((name, stats))
+    }
+
+    /// Codes one file of step `step` against the file of the same path in
+    /// `reference`, if there is one.
+    fn code_file(
+        &self,
+        txn: &Txn,
+        step: u64,
+        (path, bytes): &(String, Bytes),
+        reference: Option<(u64, &Files)>,
+        opts: &EncodeOptions,
+    ) -> Result<FileRecord> {
+        let ref_bytes = reference.and_then(|(_, f)| f.get(path)).map(Vec::as_slice);
+        let (object, stats) = self
+            .write_object(txn, |w| crate::encode(bytes, ref_bytes, opts, w, None))
+            .map_err(|e| self.err(format!("step {step}, file {path}: {e}")))?;
+        Ok(FileRecord {
+            path: path.clone(),
+            len: bytes.len() as u64,
+            digest: format::digest_hex(stats.output_digest),
+            object,
+            stored_len: stats.encoded_len,
+            delta: stats.reference_used,
+            coding: stats.source_kind.name().to_string(),
+            lossy: stats.max_abs_error.and(opts.lossy),
+        })
+    }
+
     /// Codes the files of `ck` as step `step`, against `reference` (its step
-    /// and decoded files) or as a keyframe.
+    /// and decoded files) or as a keyframe. Up to [`FILES_IN_FLIGHT`] files
+    /// (the shards of a sharded checkpoint) are coded at once; the record
+    /// lists them in path order whatever order they finish in.
     fn code_step(
         &self,
+        txn: &Txn,
         step: u64,
         ck: &Checkpoint,
         reference: Option<(u64, &Files)>,
         lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
-        let mut files = Vec::with_capacity(ck.files.len());
         let opts = EncodeOptions {
             input: InputKind::Auto,
             lossy,
             ..EncodeOptions::default()
         };
-        let mut done = 0u64;
-        for (path, bytes) in &ck.files {
-            let ref_bytes = reference.and_then(|(_, f)| f.get(path)).map(Vec::as_slice);
-            let (object, stats) = self
-                .write_object(|w| crate::encode(bytes, ref_bytes, &opts, w, None))
-                .map_err(|e| self.err(format!("step {step}, file {path}: {e}")))?;
-            files.push(FileRecord {
-                path: path.clone(),
-                len: bytes.len() as u64,
-                digest: format::digest_hex(stats.output_digest),
-                object,
-                stored_len: stats.encoded_len,
-                delta: stats.reference_used,
-                coding: stats.source_kind.name().to_string(),
-                lossy: stats.max_abs_error.and(lossy),
-            });
-            done += bytes.len() as u64;
-            progress(done);
+        let n = ck.files.len();
+        let jobs = rayon::current_num_threads()
+            .clamp(1, FILES_IN_FLIGHT)
+            .min(n.max(1));
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let mut files: Vec<Option<FileRecord>> = (0..n).map(|_| None).collect();
+        let mut first_err: Option<(usize, Error)> = None;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<FileRecord>)>();
+            for _ in 0..jobs {
+                let tx = tx.clone();
+                let (next, failed, opts) = (&next, &failed, &opts);
+                scope.spawn(move || loop {
+                    if failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(file) = ck.files.get(i) else { break };
+                    let r = self.code_file(txn, step, file, reference, opts);
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            let mut done = 0u64;
+            for (i, r) in rx {
+                match r {
+                    Ok(rec) => {
+                        done += rec.len;
+                        progress(done);
+                        if let Some(slot) = files.get_mut(i) {
+                            *slot = Some(rec);
+                        }
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        // Report the first file in path order that failed.
+                        if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                            first_err = Some((i, e));
+                        }
+                    }
+                }
+            }
+        });
+        if let Some((_, e)) = first_err {
+            return Err(e);
         }
+        let files = files
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.err(format!("internal: step {step} has a file left uncoded")))?;
         Ok(StepRecord {
             step,
             name: ck.name.clone(),
@@ -462,8 +802,10 @@ impl Store {
 
     /// Codes `ck` as step `step` of `m`: against `reference` when that is
     /// given and the delta pays off against a keyframe, else as a keyframe.
+    #[allow(clippy::too_many_arguments)]
     fn code_best(
         &self,
+        txn: &Txn,
         m: &Manifest,
         step: u64,
         ck: &Checkpoint,
@@ -472,14 +814,14 @@ impl Store {
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
         let Some(r) = reference else {
-            return self.code_step(step, ck, None, lossy, progress);
+            return self.code_step(txn, step, ck, None, lossy, progress);
         };
         let paths: HashSet<String> = ck.files.iter().map(|(p, _)| p.clone()).collect();
         let ref_files = match self.cached(m, r) {
             Some(files) => files,
             None => self.restore_files(m, r, Some(&paths))?,
         };
-        let delta = self.code_step(step, ck, Some((r, &ref_files)), lossy, progress)?;
+        let delta = self.code_step(txn, step, ck, Some((r, &ref_files)), lossy, progress)?;
         drop(ref_files);
         // Expected keyframe size: this checkpoint at its chain keyframe's ratio.
         let key = m.chain(r)[0];
@@ -490,7 +832,7 @@ impl Store {
         {
             return Ok(delta);
         }
-        let key = self.code_step(step, ck, None, lossy, &mut |_| {})?;
+        let key = self.code_step(txn, step, ck, None, lossy, &mut |_| {})?;
         Ok(if stored(&key) <= stored(&delta) {
             key
         } else {
@@ -530,8 +872,8 @@ impl Store {
         lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
-        let _lock = self.lock_exclusive()?;
-        let mut m = self.load_manifest()?;
+        let txn = self.begin_write()?;
+        let mut m = txn.base.clone();
         if m.get(step).is_some() {
             return Err(self.err(format!(
                 "step {step} is stored already; remove it first with `tpde store rm`"
@@ -551,11 +893,10 @@ impl Store {
             .find(|s| s.step < step)
             .filter(|s| s.depth < m.keyframe_every)
             .map(|s| s.step);
-        let rec = self.code_best(&m, step, ck, reference, lossy, progress)?;
+        let rec = self.code_best(&txn, &m, step, ck, reference, lossy, progress)?;
         m.put(rec);
         m.fix_depths();
-        self.save_manifest(&m)?;
-        self.collect_garbage(&m)?;
+        self.commit(txn, &m)?;
         if let Some(slot) = &self.latest {
             if m.steps.last().is_some_and(|s| s.step == step) {
                 let files = ck
@@ -573,15 +914,17 @@ impl Store {
 
     /// Decodes the content file of `f` (of step `step`) against `reference`.
     fn decode_file(&self, step: u64, f: &FileRecord, reference: Option<&[u8]>) -> Result<Vec<u8>> {
-        let path = self.object_path(&f.object);
+        let path = self.object_display(&f.object);
         let what = |e: &dyn std::fmt::Display| {
             self.err(format!(
-                "step {step}, file {}: content file {}: {e}",
-                f.path,
-                path.display()
+                "step {step}, file {}: content file {path}: {e}",
+                f.path
             ))
         };
-        let bytes = std::fs::read(&path).map_err(|e| what(&e))?;
+        let bytes = self.read_object(&f.object).map_err(|e| match e {
+            Error::Io { source, .. } => what(&source),
+            e => what(&e),
+        })?;
         let mut out = Vec::with_capacity(f.len as usize);
         crate::decode(&bytes, reference, &mut out, None).map_err(|e| what(&e))?;
         if format::digest_hex(format::digest(&out)) != f.digest || out.len() as u64 != f.len {
@@ -698,9 +1041,9 @@ impl Store {
                 if !seen.insert(&f.object) {
                     continue;
                 }
-                let path = self.object_path(&f.object);
-                let problem = match std::fs::read(&path) {
-                    Ok(b) if format::digest_hex(format::digest(&b)) == f.object => continue,
+                let path = self.object_display(&f.object);
+                let problem = match self.object_digest(&f.object) {
+                    Ok(d) if d == f.object => continue,
                     Ok(_) => "is damaged (its bytes do not hash to its name)".to_string(),
                     Err(e) => format!("cannot be read: {e}"),
                 };
@@ -708,10 +1051,8 @@ impl Store {
                 for s2 in &m.steps {
                     for f2 in s2.files.iter().filter(|f2| f2.object == f.object) {
                         report.problems.push(format!(
-                            "step {}, file {}: content file {} {problem}",
-                            s2.step,
-                            f2.path,
-                            path.display()
+                            "step {}, file {}: content file {path} {problem}",
+                            s2.step, f2.path,
                         ));
                     }
                 }
@@ -842,8 +1183,8 @@ impl Store {
     /// Removes `remove` in one commit, re-coding the kept steps whose
     /// reference goes against their nearest kept ancestor.
     pub fn remove_steps(&self, remove: &BTreeSet<u64>) -> Result<Vec<u64>> {
-        let _lock = self.lock_exclusive()?;
-        let m = self.load_manifest()?;
+        let txn = self.begin_write()?;
+        let m = txn.base.clone();
         if let Some(s) = remove.iter().find(|s| m.get(**s).is_none()) {
             return Err(self.err(format!("no step {s} (stored: {})", list_steps(&m))));
         }
@@ -878,7 +1219,7 @@ impl Store {
             drop(files);
             // Coded exactly: what is stored is the (possibly lossy)
             // reconstruction, and a second quantization could add to its error.
-            let coded = self.code_best(&m, rec.step, &ck, anchor, None, &mut |_| {})?;
+            let coded = self.code_best(&txn, &m, rec.step, &ck, anchor, None, &mut |_| {})?;
             let coded = keep_lossy_note(rec, coded);
             new.put(coded);
             recoded.push(rec.step);
@@ -886,13 +1227,54 @@ impl Store {
         new.fix_depths();
         new.check()
             .map_err(|e| self.err(format!("internal: {e}")))?;
-        self.save_manifest(&new)?;
-        self.collect_garbage(&new)?;
+        self.commit(txn, &new)?;
         Ok(recoded)
     }
 
-    /// Files under `tmp/` and `objects/` that `m` does not list.
+    /// Begins a write: takes the lock of a local store and reads the
+    /// manifest (on object storage, with its version, for the commit).
+    fn begin_write(&self) -> Result<Txn> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            let (text, version) = s3.read_manifest()?.ok_or_else(|| self.not_a_store())?;
+            let mut txn = Txn::new(None, self.parse_manifest(&text)?);
+            txn.version = version;
+            return Ok(txn);
+        }
+        let lock = self.lock_exclusive()?;
+        let m = self.load_manifest()?;
+        Ok(Txn::new(Some(lock), m))
+    }
+
+    /// Publishes `new` as the result of `txn`, then removes what no longer
+    /// belongs. On object storage the publication is a conditional put that
+    /// fails with [`Error::Conflict`] when another writer committed since
+    /// `txn` began.
+    fn commit(&self, txn: Txn, new: &Manifest) -> Result<()> {
+        if let Some(hook) = &self.before_commit {
+            hook();
+        }
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            let text = self.manifest_bytes(new)?;
+            s3.publish_manifest(&self.io, text, &txn.version)?;
+            let uploaded = txn.uploaded.into_inner().unwrap_or_default();
+            return s3.after_commit(&self.io, &uploaded, &txn.base, new);
+        }
+        self.save_manifest(new)?;
+        self.collect_garbage(new)?;
+        // The lock is held until here.
+        drop(txn);
+        Ok(())
+    }
+
+    /// Files under `tmp/` and `objects/` that `m` does not list (on object
+    /// storage, content files it does not list).
     fn garbage(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.s3 {
+            return s3.garbage(m);
+        }
         let listed: HashSet<&str> = m
             .steps
             .iter()
@@ -927,8 +1309,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes what `garbage` finds (under the write lock).
+    /// Removes what `garbage` finds (under the write lock). On object
+    /// storage, where there is no lock, this is done only after a commit
+    /// (`S3Backend::after_commit`).
     fn collect_garbage(&self, m: &Manifest) -> Result<()> {
+        #[cfg(feature = "s3")]
+        if self.s3.is_some() {
+            return Ok(());
+        }
         for p in self.garbage(m)? {
             let r = if p.is_dir() {
                 self.io.remove_dir_all(&p)
