@@ -11,11 +11,17 @@ use crate::table::Table;
 use crate::{mb, progress_bar, LossyArgs};
 use tpde::lossy::Bound;
 
+/// Where a store is: a directory, or `s3://BUCKET/PREFIX` on S3-compatible
+/// object storage (endpoint, region and credentials from the AWS_*
+/// environment variables; see docs/STORE.md).
+const STORE_HELP: &str = "The store: a directory, or s3://BUCKET/PREFIX";
+
 #[derive(Subcommand)]
 pub enum StoreCommand {
     /// Create an empty store.
     Init {
-        dir: PathBuf,
+        #[arg(help = STORE_HELP)]
+        dir: String,
         /// A keyframe at least every K checkpoints: restoring any step
         /// decodes at most K.
         #[arg(long, default_value_t = tpde::store::DEFAULT_KEYFRAME_EVERY)]
@@ -24,7 +30,8 @@ pub enum StoreCommand {
     /// Add a checkpoint: a safetensors file or a checkpoint folder (every
     /// file in it is kept).
     Add {
-        dir: PathBuf,
+        #[arg(help = STORE_HELP)]
+        dir: String,
         path: PathBuf,
         /// Its step; by default the number in its name (checkpoint-500: 500).
         #[arg(long)]
@@ -34,7 +41,8 @@ pub enum StoreCommand {
     },
     /// Restore a checkpoint, byte for byte.
     Get {
-        dir: PathBuf,
+        #[arg(help = STORE_HELP)]
+        dir: String,
         step: u64,
         /// Where to write it (must not exist); by default its original name
         /// in the current folder.
@@ -43,18 +51,27 @@ pub enum StoreCommand {
     },
     /// List the stored checkpoints.
     Ls {
-        dir: PathBuf,
+        #[arg(help = STORE_HELP)]
+        dir: String,
         /// Print the manifest as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Check every content file and restore every step.
-    Verify { dir: PathBuf },
+    Verify {
+        #[arg(help = STORE_HELP)]
+        dir: String,
+    },
     /// Remove a checkpoint (the ones coded against it are re-coded).
-    Rm { dir: PathBuf, step: u64 },
+    Rm {
+        #[arg(help = STORE_HELP)]
+        dir: String,
+        step: u64,
+    },
     /// Remove all checkpoints but the last N and every M-th step.
     Prune {
-        dir: PathBuf,
+        #[arg(help = STORE_HELP)]
+        dir: String,
         /// Keep the last N checkpoints.
         #[arg(long, default_value_t = 0)]
         keep_last: usize,
@@ -64,7 +81,8 @@ pub enum StoreCommand {
     },
     /// Add each new checkpoint of a training run as it appears.
     Watch {
-        dir: PathBuf,
+        #[arg(help = STORE_HELP)]
+        dir: String,
         /// The run's output folder (checkpoint-N folders or step-numbered
         /// .safetensors files).
         run_dir: PathBuf,
@@ -92,10 +110,9 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             dir,
             keyframe_every,
         } => {
-            Store::init(&dir, keyframe_every)?;
+            Store::init_location(&dir, keyframe_every)?;
             println!(
-                "created store {} (a keyframe at least every {keyframe_every} checkpoints)",
-                dir.display()
+                "created store {dir} (a keyframe at least every {keyframe_every} checkpoints)"
             );
             Ok(())
         }
@@ -105,7 +122,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             step,
             lossy,
         } => {
-            let store = Store::open(&dir)?;
+            let store = Store::open_location(&dir)?;
             let step = match step {
                 Some(s) => s,
                 None => step_of(&path)?,
@@ -113,7 +130,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             add(&store, &path, step, lossy.bound())
         }
         StoreCommand::Get { dir, step, output } => {
-            let store = Store::open(&dir)?;
+            let store = Store::open_location(&dir)?;
             let t = Instant::now();
             let out = match output {
                 Some(o) => o,
@@ -123,7 +140,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                         .steps
                         .iter()
                         .find(|s| s.step == step)
-                        .with_context(|| format!("no step {step} in {}", dir.display()))?;
+                        .with_context(|| format!("no step {step} in {dir}"))?;
                     PathBuf::from(&rec.name)
                 }
             };
@@ -141,7 +158,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             Ok(())
         }
         StoreCommand::Ls { dir, json } => {
-            let m = Store::open(&dir)?.manifest()?;
+            let m = Store::open_location(&dir)?.manifest()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
@@ -151,7 +168,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
         }
         StoreCommand::Verify { dir } => {
             let t = Instant::now();
-            let r = Store::open(&dir)?.verify()?;
+            let r = Store::open_location(&dir)?.verify()?;
             for p in &r.problems {
                 eprintln!("problem: {p}");
             }
@@ -162,12 +179,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 );
             }
             if !r.problems.is_empty() {
-                bail!(
-                    "{} problems in {} ({} steps)",
-                    r.problems.len(),
-                    dir.display(),
-                    r.steps
-                );
+                bail!("{} problems in {dir} ({} steps)", r.problems.len(), r.steps);
             }
             println!(
                 "ok: {} steps, {} files, {} restored and checked in {:.2} s",
@@ -179,7 +191,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             Ok(())
         }
         StoreCommand::Rm { dir, step } => {
-            let recoded = Store::open(&dir)?.remove(step)?;
+            let recoded = Store::open_location(&dir)?.remove(step)?;
             println!("removed step {step}{}", recoded_note(&recoded));
             Ok(())
         }
@@ -191,7 +203,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             if keep_last == 0 && keep_every.is_none() {
                 bail!("say what to keep: --keep-last N and/or --keep-every M");
             }
-            let store = Store::open(&dir)?;
+            let store = Store::open_location(&dir)?;
             let removed = store.prune(keep_last, keep_every)?;
             let left = store.steps()?;
             println!("removed {} steps, {} left", removed.len(), left.len());
@@ -336,7 +348,7 @@ struct Watch {
 
 /// Polls `run_dir`, adding each checkpoint once it has stopped changing for
 /// `settle` seconds.
-fn watch_run(dir: &Path, run_dir: &Path, w: Watch) -> Result<()> {
+fn watch_run(dir: &str, run_dir: &Path, w: Watch) -> Result<()> {
     let Watch {
         interval,
         settle,
@@ -344,7 +356,7 @@ fn watch_run(dir: &Path, run_dir: &Path, w: Watch) -> Result<()> {
         once,
         lossy,
     } = w;
-    let store = Store::open(dir)?.keep_latest();
+    let store = Store::open_location(dir)?.keep_latest();
     let settle = Duration::from_secs_f64(settle.max(0.0));
     let interval = Duration::from_secs_f64(interval.max(0.1));
     // Path -> (signature, when it was first seen so).

@@ -934,3 +934,217 @@ fn lossy_encode_says_so_everywhere() {
     );
     assert!(ok(d, &["store", "verify", "st"]).contains("ok: 2 steps"));
 }
+
+/// A fresh `s3://bucket/prefix` on the test server (see
+/// scripts/s3-server.sh), or `None` with a note when there is none.
+fn s3_location(test: &str) -> Option<String> {
+    if std::env::var("TPDE_TEST_S3").ok().as_deref() != Some("1") {
+        eprintln!("skipping {test}: TPDE_TEST_S3 is not set (run ./test.sh, or eval \"$(scripts/s3-server.sh)\")");
+        return None;
+    }
+    let bucket = std::env::var("TPDE_TEST_S3_BUCKET").unwrap_or_else(|_| "tpde-test".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Some(format!(
+        "s3://{bucket}/cli/{test}-{}-{nanos}",
+        std::process::id()
+    ))
+}
+
+/// The keys under `s3://bucket/prefix/` on the test server (a plain
+/// ListObjectsV2 request; the test server does not check signatures).
+fn s3_keys(location: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let (bucket, prefix) = location
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .unwrap();
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        conn,
+        "GET /{bucket}?list-type=2&prefix={prefix}/ HTTP/1.0\r\nHost: {host}\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains(" 200 "),
+        "{body}"
+    );
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+#[test]
+fn store_on_s3_init_add_ls_get_verify_rm() {
+    let Some(st) = s3_location("round-trip") else {
+        return;
+    };
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[1, 2, 3]);
+    let out = ok(d, &["store", "init", &st, "--keyframe-every", "2"]);
+    assert!(out.contains(&format!("created store {st}")), "{out}");
+    fails(d, &["store", "init", &st], &["already holds a store"], None);
+    for step in [1, 2, 3] {
+        ok(d, &["store", "add", &st, &format!("run/checkpoint-{step}")]);
+    }
+    let ls = ok(d, &["store", "ls", &st]);
+    assert!(
+        ls.contains("checkpoint-3/") && ls.contains("3 steps"),
+        "{ls}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&ok(d, &["store", "ls", &st, "--json"])).unwrap();
+    assert_eq!(m["steps"].as_array().unwrap().len(), 3);
+    assert!(s3_keys(&st).iter().any(|k| k.ends_with("/tpde-store.json")));
+    for step in ["1", "2", "3"] {
+        ok(
+            d,
+            &["store", "get", &st, step, "-o", &format!("back{step}")],
+        );
+        assert_eq!(
+            tree_sha(&d.join(format!("back{step}"))),
+            tree_sha(&d.join(format!("run/checkpoint-{step}")))
+        );
+    }
+    // By default it is restored under its original name.
+    ok(d, &["store", "get", &st, "2"]);
+    assert_eq!(
+        tree_sha(&d.join("checkpoint-2")),
+        tree_sha(&d.join("run/checkpoint-2"))
+    );
+    assert!(ok(d, &["store", "verify", &st]).contains("ok: 3 steps"));
+    ok(d, &["store", "rm", &st, "2"]);
+    ok(d, &["store", "get", &st, "3", "-o", "again3"]);
+    assert_eq!(tree_sha(&d.join("again3")), tree_sha(&d.join("back3")));
+    assert!(ok(d, &["store", "verify", &st]).contains("ok: 2 steps"));
+    fails(
+        d,
+        &["store", "ls", &format!("{st}-none")],
+        &["not a tpde store"],
+        None,
+    );
+}
+
+#[test]
+fn a_writer_killed_midway_leaves_the_s3_store_consistent() {
+    let Some(st) = s3_location("killed") else {
+        return;
+    };
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[1]);
+    // Step 2: shards of incompressible bytes, uploaded one by one.
+    let big = d.join("run/checkpoint-2");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..8 {
+        let bytes: Vec<u8> = (0..6 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(big.join(format!("shard-{i}.bin")), bytes).unwrap();
+    }
+    ok(d, &["store", "init", &st]);
+    ok(d, &["store", "add", &st, "run/checkpoint-1"]);
+    let objects = |keys: &[String]| keys.iter().filter(|k| k.contains("/objects/")).count();
+    let before = objects(&s3_keys(&st));
+    let mut child = tpde()
+        .current_dir(d)
+        .args(["store", "add", &st, "run/checkpoint-2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some of its content files are uploaded.
+    let t = std::time::Instant::now();
+    while objects(&s3_keys(&st)) == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tpde exited before it uploaded anything"
+        );
+        assert!(t.elapsed().as_secs() < 120, "no upload within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "tpde finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let uploaded = objects(&s3_keys(&st)) - before;
+    assert!(uploaded > 0);
+    // Only step 1 is in the store, it restores, and the store checks clean;
+    // the uploads are reported as leftovers.
+    let out = ok(d, &["store", "verify", &st]);
+    assert!(out.contains("ok: 1 steps"), "{out}");
+    assert!(out.contains("leftover"), "{out}");
+    ok(d, &["store", "get", &st, "1", "-o", "back1"]);
+    assert_eq!(
+        tree_sha(&d.join("back1")),
+        tree_sha(&d.join("run/checkpoint-1"))
+    );
+    // The add, done again, commits.
+    ok(d, &["store", "add", &st, "run/checkpoint-2"]);
+    ok(d, &["store", "get", &st, "2", "-o", "back2"]);
+    assert_eq!(tree_sha(&d.join("back2")), tree_sha(&big));
+    assert!(ok(d, &["store", "verify", &st]).contains("ok: 2 steps"));
+}
+
+#[test]
+fn two_processes_adding_to_one_s3_store_lose_no_step() {
+    let Some(st) = s3_location("two-processes") else {
+        return;
+    };
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[1, 2, 3]);
+    ok(d, &["store", "init", &st]);
+    ok(d, &["store", "add", &st, "run/checkpoint-1"]);
+    let children: Vec<_> = [2, 3]
+        .iter()
+        .map(|step| {
+            tpde()
+                .current_dir(d)
+                .args(["store", "add", &st, &format!("run/checkpoint-{step}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut stored = vec![1u64];
+    for (step, child) in [2u64, 3].into_iter().zip(children) {
+        let o = child.wait_with_output().unwrap();
+        let (_, err) = text(&o);
+        if o.status.success() {
+            stored.push(step);
+        } else {
+            // The one that lost the race says so, and exits with 2.
+            assert_eq!(o.status.code(), Some(2), "{err}");
+            assert!(err.contains("another writer changed the store"), "{err}");
+        }
+    }
+    assert!(stored.len() >= 2, "neither add committed");
+    let m: serde_json::Value =
+        serde_json::from_str(&ok(d, &["store", "ls", &st, "--json"])).unwrap();
+    let steps: Vec<u64> = m["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, stored);
+    assert!(ok(d, &["store", "verify", &st]).contains(&format!("ok: {} steps", stored.len())));
+}
