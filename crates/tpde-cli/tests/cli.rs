@@ -982,7 +982,7 @@ fn s3_keys(location: &str) -> Vec<String> {
 }
 
 #[test]
-fn store_on_s3_init_add_ls_get_verify_rm() {
+fn store_on_s3_init_add_ls_get_verify_rm_prune_watch() {
     let Some(st) = s3_location("round-trip") else {
         return;
     };
@@ -1025,6 +1025,33 @@ fn store_on_s3_init_add_ls_get_verify_rm() {
     ok(d, &["store", "get", &st, "3", "-o", "again3"]);
     assert_eq!(tree_sha(&d.join("again3")), tree_sha(&d.join("back3")));
     assert!(ok(d, &["store", "verify", &st]).contains("ok: 2 steps"));
+    ok(d, &["store", "prune", &st, "--keep-last", "1"]);
+    assert!(ok(d, &["store", "verify", &st]).contains("ok: 1 steps"));
+    // watch: the new checkpoints of a run folder, each checked against the
+    // store before its original is deleted.
+    for step in [1, 2, 3] {
+        std::fs::remove_dir_all(d.join(format!("run/checkpoint-{step}"))).unwrap();
+    }
+    hf_run(d, &[4, 5]);
+    let five = tree_sha(&d.join("run/checkpoint-5"));
+    let out = ok(
+        d,
+        &[
+            "store",
+            "watch",
+            &st,
+            "run",
+            "--once",
+            "--settle",
+            "0",
+            "--delete-originals",
+        ],
+    );
+    assert!(out.contains("step 5: verified, deleted"), "{out}");
+    assert!(!d.join("run/checkpoint-5").exists());
+    ok(d, &["store", "get", &st, "5", "-o", "back5"]);
+    assert_eq!(tree_sha(&d.join("back5")), five);
+    assert!(ok(d, &["store", "ls", &st]).contains("3 steps"));
     fails(
         d,
         &["store", "ls", &format!("{st}-none")],
