@@ -550,3 +550,50 @@ fn writing_the_same_content_again_heals_a_damaged_copy() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     check_steps(&store, &run, &run.steps);
 }
+
+#[test]
+fn shards_coded_in_parallel_give_the_same_store_every_time() {
+    // Eight shards, each changing a little from step to step: coded several
+    // at a time, each against the shard of the same path.
+    let run = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(11);
+    let mut shards: Vec<Vec<u8>> = (0..8).map(|_| rng.f32_weights(3000, 0.05)).collect();
+    for step in [1u64, 2, 3] {
+        let ck = run.path().join(format!("checkpoint-{step}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        for (i, w) in shards.iter_mut().enumerate() {
+            perturb_fraction(&mut rng, w, 4, 0.1);
+            let file = safetensors(&[Tensor::new("w", "F32", &[3000], w.clone())], None);
+            std::fs::write(ck.join(format!("model-{i:05}-of-00008.safetensors")), file).unwrap();
+        }
+    }
+    let manifests: Vec<String> = (0..3)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::init(&dir.path().join("store"), 10).unwrap();
+            for step in [1u64, 2, 3] {
+                store
+                    .add(&run.path().join(format!("checkpoint-{step}")), step)
+                    .unwrap();
+            }
+            let m = store.manifest().unwrap();
+            let last = m.get(3).unwrap();
+            let paths: Vec<&str> = last.files.iter().map(|f| f.path.as_str()).collect();
+            let mut sorted = paths.clone();
+            sorted.sort_unstable();
+            assert_eq!(paths, sorted);
+            assert_eq!(paths.len(), 8);
+            assert!(last.files.iter().all(|f| f.delta), "{:?}", last.files);
+            for step in [1u64, 2, 3] {
+                let r = store.restore(step).unwrap();
+                for (p, bytes) in &r.files {
+                    let orig = std::fs::read(run.path().join(format!("checkpoint-{step}/{p}")));
+                    assert_eq!(sha256(bytes), sha256(&orig.unwrap()), "step {step} {p}");
+                }
+            }
+            serde_json::to_string(&m).unwrap()
+        })
+        .collect();
+    assert_eq!(manifests[0], manifests[1]);
+    assert_eq!(manifests[0], manifests[2]);
+}
