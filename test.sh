@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Runs every check of tpde: formatting, lints, the Rust tests (unit,
-# integration, property, CLI, frozen format samples, doctests), the Python
-# package's tests and short fuzz runs. CI runs exactly this (.ci/run).
-# FUZZ_SECONDS=0 skips fuzzing; PYTHON_TESTS=0 skips the Python tests.
+# integration, property, CLI, frozen format samples, doctests, the store on
+# object storage), the Python package's tests and short fuzz runs. CI runs
+# exactly this (.ci/run).
+# FUZZ_SECONDS=0 skips fuzzing; PYTHON_TESTS=0 skips the Python tests;
+# S3_TESTS=0 skips starting the S3 test server (the object storage tests
+# then skip themselves).
 #
-# The Python tests run in a virtual environment made once and reused:
-# ${TPDE_VENV:-~/.cache/tpde/venv}, with the pinned packages of
-# bindings/python/requirements-test.txt (torch on CPU, transformers,
-# lightning: a few GB, a few minutes the first time).
+# Python runs in a virtual environment made once and reused:
+# ${TPDE_VENV:-~/.cache/tpde/venv}. The S3 test server is moto
+# (scripts/s3-server.sh installs it there); the Python tests add the pinned
+# packages of bindings/python/requirements-test.txt (torch on CPU,
+# transformers, lightning: a few GB, a few minutes the first time).
 set -euo pipefail
 cd "$(dirname "$0")"
+venv=${TPDE_VENV:-$HOME/.cache/tpde/venv}
+export TPDE_VENV=$venv
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -17,14 +23,24 @@ cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+if [ "${PYTHON_TESTS:-1}" != "0" ] || [ "${S3_TESTS:-1}" != "0" ]; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+fi
+
+if [ "${S3_TESTS:-1}" != "0" ]; then
+  echo "== S3 test server (moto on 127.0.0.1)"
+  server_env=$(scripts/s3-server.sh)
+  eval "$server_env"
+  trap 'kill "$TPDE_S3_SERVER_PID" 2>/dev/null || true' EXIT
+  echo "listening at $AWS_ENDPOINT_URL"
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked
 
 if [ "${PYTHON_TESTS:-1}" != "0" ]; then
   echo "== python tests"
-  venv=${TPDE_VENV:-$HOME/.cache/tpde/venv}
   req=bindings/python/requirements-test.txt
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   # Install only when the pinned requirements changed since the last time.
   stamp=$venv/.tpde-requirements
   if ! cmp -s "$req" "$stamp"; then

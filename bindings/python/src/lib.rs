@@ -190,30 +190,39 @@ type RestoredPy<'py> = (
 
 #[pymethods]
 impl Store {
-    /// Opens the store in `path`, creating it (with a keyframe every
+    /// Opens the store at `location` (a folder, or `s3://bucket/prefix` on
+    /// S3-compatible object storage), creating it (with a keyframe every
     /// `keyframe_every` steps) when `create` is set and there is none.
     #[new]
-    #[pyo3(signature = (path, *, keyframe_every=None, create=true))]
-    fn new(path: PathBuf, keyframe_every: Option<u32>, create: bool) -> PyResult<Self> {
-        let exists = path.join("tpde-store.json").is_file();
-        let inner = if exists || !create {
-            tpde::store::Store::open(&path)
-        } else {
-            tpde::store::Store::init(
-                &path,
-                keyframe_every.unwrap_or(tpde::store::DEFAULT_KEYFRAME_EVERY),
-            )
-        }
-        .map_err(err)?;
+    #[pyo3(signature = (location, *, keyframe_every=None, create=true))]
+    fn new(
+        py: Python<'_>,
+        location: String,
+        keyframe_every: Option<u32>,
+        create: bool,
+    ) -> PyResult<Self> {
+        let inner = py
+            .detach(|| {
+                use tpde::store::Store;
+                if !create || Store::exists_at(&location)? {
+                    Store::open_location(&location)
+                } else {
+                    Store::init_location(
+                        &location,
+                        keyframe_every.unwrap_or(tpde::store::DEFAULT_KEYFRAME_EVERY),
+                    )
+                }
+            })
+            .map_err(err)?;
         Ok(Store {
             inner: inner.keep_latest(),
         })
     }
 
-    /// The store's folder.
+    /// The store's folder, or its `s3://` URL.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.inner.root().to_path_buf()
+    fn path(&self) -> String {
+        self.inner.location()
     }
 
     /// The stored steps, in increasing order.
@@ -343,7 +352,7 @@ impl Store {
     }
 
     fn __repr__(&self) -> String {
-        format!("tpde.Store({:?})", self.inner.root())
+        format!("tpde.Store({:?})", self.inner.location())
     }
 }
 

@@ -38,11 +38,14 @@ class VerifyReport:
 
 
 class Store:
-    """A checkpoint store (a folder): every checkpoint coded against the
-    previous one, with a keyframe at least every ``keyframe_every`` steps, and
-    any of them back byte for byte.
+    """A checkpoint store (a folder, or ``s3://bucket/prefix`` on S3-compatible
+    object storage): every checkpoint coded against the previous one, with a
+    keyframe at least every ``keyframe_every`` steps, and any of them back
+    byte for byte.
 
-    ``Store(path)`` opens the store in ``path`` or creates it. Saving
+    ``Store(path)`` opens the store at ``path`` or creates it. For
+    ``s3://`` the endpoint, region and credentials come from the ``AWS_*``
+    environment variables (see docs/STORE.md). Saving
     (:meth:`save`, :meth:`add`) keeps the last saved checkpoint in memory so
     that the next one is coded against it without decoding the chain.
     """
@@ -59,7 +62,7 @@ class Store:
 
     @property
     def path(self) -> str:
-        """The store's folder."""
+        """The store's folder, or its ``s3://`` URL."""
         return os.fspath(self._inner.path)
 
     @tpde_errors

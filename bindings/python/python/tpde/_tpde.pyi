@@ -48,7 +48,7 @@ def step_from_name(name: str) -> Optional[int]:
 
 class Store:
     def __init__(
-        self, path: _Path, *, keyframe_every: Optional[int] = None, create: bool = True
+        self, location: str, *, keyframe_every: Optional[int] = None, create: bool = True
     ) -> None: ...
     @property
     def path(self) -> str: ...
