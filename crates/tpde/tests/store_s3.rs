@@ -195,32 +195,45 @@ fn content_files_larger_than_a_part_are_uploaded_in_parts() {
     assert_clean(&store);
 }
 
-/// Runs `op` on a copy of the store with every write operation from the
-/// n-th on failing, for every n until it runs through; after each crash the
-/// store must open with the steps of `before` or `after`, all restorable and
-/// clean, and the operation must then succeed.
+/// Runs `op` on a store made by `setup`, with every write operation from
+/// the n-th on failing, for every n until it runs through; after each crash
+/// the store must open with the steps of `before` or `after`, all
+/// restorable and clean, and the operation must then succeed. Stores are
+/// made in batches; with `settle`, a batch waits a second before it is used
+/// (so that its content files are older than the manifest `op` commits).
 fn crash_everywhere(
     test: &str,
     run: &Run,
     setup: &dyn Fn(&Store),
+    settle: bool,
     op: &dyn Fn(&Store) -> tpde::Result<()>,
     before: &[u64],
     after: &[u64],
 ) -> (u64, u64) {
     let mut committed = 0;
+    let mut ready = std::collections::VecDeque::new();
     for n in 0.. {
-        let loc = location(&format!("{test}-{n}")).unwrap();
-        let store = Store::init_location(&loc, 3).unwrap();
-        setup(&store);
+        if ready.is_empty() {
+            for k in 0..6 {
+                let loc = location(&format!("{test}-{n}-{k}")).unwrap();
+                setup(&Store::init_location(&loc, 3).unwrap());
+                ready.push_back(loc);
+            }
+            if settle {
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+        }
+        let loc = ready.pop_front().unwrap();
+        let store = Store::open_location(&loc).unwrap();
         let faults = Faults::after(n);
         let result = op(&Store::open_location_with_faults(&loc, faults.clone()).unwrap());
         if !faults.tripped() {
             result.unwrap();
             assert_eq!(store.steps().unwrap(), after);
+            eprintln!("{test}: {n} write operations, {committed} crashes after the commit");
             return (n, committed);
         }
         assert!(result.is_err(), "fault {n} went unnoticed");
-        let store = Store::open_location(&loc).unwrap();
         let steps = store.steps().unwrap_or_else(|e| panic!("fault {n}: {e}"));
         assert!(
             steps == before || steps == after,
@@ -253,6 +266,7 @@ fn crash_at_every_write_of_add() {
             s.add(&run.path(10), 10).unwrap();
             s.add(&run.path(20), 20).unwrap();
         },
+        false,
         &|s| s.add(&run.path(30), 30).map(|_| ()),
         &[10, 20],
         &[10, 20, 30],
@@ -275,10 +289,10 @@ fn crash_at_every_write_of_rm() {
             for &k in &run.steps {
                 s.add(&run.path(k), k).unwrap();
             }
-            // Content files only step 20 lists become older than the
-            // manifest that drops them, so the remove deletes them.
-            std::thread::sleep(Duration::from_millis(1100));
         },
+        // Content files only step 20 lists become older than the manifest
+        // that drops them, so the remove deletes them.
+        true,
         &|s| s.remove(20).map(|_| ()),
         &[10, 20, 30],
         &[10, 30],
