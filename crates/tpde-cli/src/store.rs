@@ -147,7 +147,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             let r = store
                 .get(step, &out)
                 .with_context(|| format!("restoring step {step}"))?;
-            let bytes: u64 = r.files.iter().map(|(_, b)| b.len() as u64).sum();
+            let bytes: u64 = r.files.iter().map(|f| f.len).sum();
             println!(
                 "step {step} -> {} ({} files, {}), verified, {:.2} s",
                 out.display(),

@@ -39,15 +39,27 @@ impl FileBytes {
                 ),
             ));
         }
-        if meta.len() == 0 {
+        Self::map(&file, meta.len(), path)
+    }
+
+    /// Maps a file already open for reading (`path` names it in errors), such
+    /// as a temporary file tpde wrote and will not write again.
+    pub(crate) fn from_file(file: &File, path: &Path) -> Result<Self> {
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Self::map(file, len, path)
+    }
+
+    fn map(file: &File, len: u64, path: &Path) -> Result<Self> {
+        if len == 0 {
             return Ok(FileBytes { map: None });
         }
-        // SAFETY: the file is opened read-only and tpde never writes to a file
-        // it has mapped. The map stays valid while `FileBytes` lives; another
-        // process truncating or rewriting the file meanwhile is outside what
-        // tpde can guard against (as with every memory-mapped reader), and the
-        // checksums of the format catch data that changed under us.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is open read-only or is a temporary file tpde no
+        // longer writes, and tpde never writes to a file it has mapped. The
+        // map stays valid while `FileBytes` lives; another process truncating
+        // or rewriting the file meanwhile is outside what tpde can guard
+        // against (as with every memory-mapped reader), and the checksums of
+        // the format catch data that changed under us.
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
         let map = Arc::new(map);
         maps().push(Arc::clone(&map));
         Ok(FileBytes { map: Some(map) })

@@ -597,3 +597,30 @@ fn shards_coded_in_parallel_give_the_same_store_every_time() {
     assert_eq!(manifests[0], manifests[1]);
     assert_eq!(manifests[0], manifests[2]);
 }
+
+/// Decoded files too large for memory go to memory-mapped temporary files
+/// (every file here, with the threshold at 0): adding against them, getting,
+/// verifying, removing and checking an original all give the same answers,
+/// and no temporary file is left behind.
+#[test]
+fn files_decoded_to_temporary_files() {
+    let run = Run::new(8, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store"), 4).unwrap();
+    store.set_spill_bytes(0);
+    for &s in &run.steps {
+        store.add(&run.path(s), s).unwrap();
+    }
+    check_steps(&store, &run, &run.steps);
+    let report = store.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    store.check_against(30, &run.path(30)).unwrap();
+    assert!(store.check_against(30, &run.path(40)).is_err());
+    assert_eq!(store.remove(20).unwrap(), [30]);
+    let left: Vec<u64> = run.steps.iter().copied().filter(|&s| s != 20).collect();
+    check_steps(&store, &run, &left);
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("store/tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}

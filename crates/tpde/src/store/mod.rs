@@ -31,7 +31,7 @@ use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(feature = "s3")]
 use std::sync::Mutex;
 
@@ -243,6 +243,8 @@ pub struct Store {
     latest: Option<std::sync::Mutex<Option<(u64, Files)>>>,
     /// Test hook: runs just before a write publishes its manifest.
     before_commit: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Decoded files larger than this go to temporary files.
+    spill_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -252,7 +254,27 @@ impl std::fmt::Debug for Store {
 }
 
 /// Decoded files of one step, by path.
-type Files = HashMap<String, Vec<u8>>;
+type Files = HashMap<String, Bytes>;
+
+/// Where [`Store::restore_files`] puts the files of the step asked for.
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    /// Returned, in memory or memory-mapped.
+    Keep,
+    /// Written under this folder.
+    Dir(&'a Path),
+    /// Only checked against their digests.
+    Discard,
+}
+
+/// A decoded file larger than this is written to an unnamed temporary file
+/// and memory-mapped rather than held in memory, so that restoring or
+/// coding against a checkpoint of any size holds only windows of it.
+const SPILL_BYTES: u64 = 64 << 20;
+
+/// Checkpoints up to this size are kept in memory by [`Store::keep_latest`];
+/// a larger one is the reference of the next step through its chain.
+const KEEP_LATEST_MAX: u64 = 1 << 30;
 
 /// A write in progress: the manifest it began from (and, in a local store,
 /// the lock it holds).
@@ -290,7 +312,7 @@ impl Txn {
 
 /// The bytes of a content file being decoded.
 enum ObjectBytes {
-    Owned(Vec<u8>),
+    Mapped(FileBytes),
     #[cfg(feature = "s3")]
     Fetched(s3::Fetched),
 }
@@ -299,7 +321,7 @@ impl Deref for ObjectBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            ObjectBytes::Owned(v) => v,
+            ObjectBytes::Mapped(m) => m,
             #[cfg(feature = "s3")]
             ObjectBytes::Fetched(f) => f,
         }
@@ -344,6 +366,7 @@ impl Store {
             s3: None,
             latest: None,
             before_commit: None,
+            spill_bytes: AtomicU64::new(SPILL_BYTES),
         }
     }
 
@@ -454,6 +477,13 @@ impl Store {
             s3.set_grace(grace);
         }
         let _ = grace;
+    }
+
+    /// Sets the size above which decoded files go to memory-mapped
+    /// temporary files ([`SPILL_BYTES`] unless set): tests set 0.
+    #[doc(hidden)]
+    pub fn set_spill_bytes(&self, bytes: u64) {
+        self.spill_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Keeps the files of the last step added through this handle in memory
@@ -589,10 +619,7 @@ impl Store {
         if let Some(s3) = &self.s3 {
             return s3.fetch(name).map(ObjectBytes::Fetched);
         }
-        let path = self.object_path(name);
-        std::fs::read(&path)
-            .map(ObjectBytes::Owned)
-            .map_err(|e| Error::io(&path, e))
+        FileBytes::open(&self.object_path(name)).map(ObjectBytes::Mapped)
     }
 
     /// The XXH3-128 of content file `name`'s bytes (hex), or why it cannot
@@ -605,9 +632,12 @@ impl Store {
                 e => e.to_string(),
             });
         }
-        std::fs::read(self.object_path(name))
-            .map(|b| format::digest_hex(format::digest(&b)))
-            .map_err(|e| e.to_string())
+        FileBytes::open(&self.object_path(name))
+            .map(|b| format::digest_hex(crate::mmap::digest_released(&b)))
+            .map_err(|e| match e {
+                Error::Io { source, .. } => source.to_string(),
+                e => e.to_string(),
+            })
     }
 
     /// Writes a content file through `f` (as part of `txn`); returns its
@@ -645,8 +675,8 @@ impl Store {
         let io_err = |e| Error::io(&dest, e);
         // The same content may be stored already (an unchanged file); a copy
         // that no longer hashes to its name (a damaged disk) is replaced.
-        let intact =
-            std::fs::read(&dest).is_ok_and(|b| format::digest_hex(format::digest(&b)) == name);
+        let intact = FileBytes::open(&dest)
+            .is_ok_and(|b| format::digest_hex(crate::mmap::digest_released(&b)) == name);
         if intact {
             self.io.remove_file(&tmp).map_err(io_err)?;
         } else {
@@ -702,7 +732,7 @@ impl Store {
         reference: Option<(u64, &Files)>,
         opts: &EncodeOptions,
     ) -> Result<FileRecord> {
-        let ref_bytes = reference.and_then(|(_, f)| f.get(path)).map(Vec::as_slice);
+        let ref_bytes = reference.and_then(|(_, f)| f.get(path)).map(|b| &**b);
         let (object, stats) = self
             .write_object(txn, |w| crate::encode(bytes, ref_bytes, opts, w, None))
             .map_err(|e| self.err(format!("step {step}, file {path}: {e}")))?;
@@ -819,7 +849,7 @@ impl Store {
         let paths: HashSet<String> = ck.files.iter().map(|(p, _)| p.clone()).collect();
         let ref_files = match self.cached(m, r) {
             Some(files) => files,
-            None => self.restore_files(m, r, Some(&paths))?,
+            None => self.restore_files(m, r, Some(&paths), Sink::Keep)?,
         };
         let delta = self.code_step(txn, step, ck, Some((r, &ref_files)), lossy, progress)?;
         drop(ref_files);
@@ -898,11 +928,11 @@ impl Store {
         m.fix_depths();
         self.commit(txn, &m)?;
         if let Some(slot) = &self.latest {
-            if m.steps.last().is_some_and(|s| s.step == step) {
+            if m.steps.last().is_some_and(|s| s.step == step) && ck.len() <= KEEP_LATEST_MAX {
                 let files = ck
                     .files
                     .iter()
-                    .map(|(p, b)| (p.clone(), b.to_vec()))
+                    .map(|(p, b)| (p.clone(), Bytes::Owned(b.to_vec())))
                     .collect();
                 if let Ok(mut slot) = slot.lock() {
                     *slot = Some((step, files));
@@ -912,8 +942,62 @@ impl Store {
         Ok(m.get(step).expect("just added").clone())
     }
 
-    /// Decodes the content file of `f` (of step `step`) against `reference`.
-    fn decode_file(&self, step: u64, f: &FileRecord, reference: Option<&[u8]>) -> Result<Vec<u8>> {
+    /// Decodes the content file of `f` (of step `step`) against `reference`:
+    /// in memory, or (larger than [`SPILL_BYTES`]) into an unnamed temporary
+    /// file, memory-mapped.
+    fn decode_file(&self, step: u64, f: &FileRecord, reference: Option<&[u8]>) -> Result<Bytes> {
+        if f.len <= self.spill_bytes.load(Ordering::Relaxed) {
+            let mut out = Vec::with_capacity(f.len as usize);
+            self.decode_file_to(step, f, reference, &mut out)?;
+            return Ok(Bytes::Owned(out));
+        }
+        let dir = self.spill_dir();
+        let what = |e: std::io::Error| {
+            self.err(format!(
+                "step {step}, file {}: a temporary file in {}: {e}",
+                f.path,
+                dir.display()
+            ))
+        };
+        let mut file = tempfile::tempfile_in(&dir).map_err(what)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        self.decode_file_to(step, f, reference, &mut w)?;
+        w.flush().map_err(what)?;
+        drop(w);
+        FileBytes::from_file(&file, &dir).map(Bytes::Mapped)
+    }
+
+    /// Where decoded files too large for memory go: the store's own `tmp/`
+    /// (on the store's disk) when it can be written, else `TPDE_TMPDIR` or
+    /// the system's temporary folder.
+    fn spill_dir(&self) -> PathBuf {
+        let own = self.root.join(TMP);
+        #[cfg(feature = "s3")]
+        let own = if self.s3.is_some() {
+            PathBuf::new()
+        } else {
+            own
+        };
+        let writable =
+            std::fs::metadata(&own).is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
+        if writable {
+            own
+        } else {
+            std::env::var_os("TPDE_TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir)
+        }
+    }
+
+    /// Decodes the content file of `f` into `out`, checking that what comes
+    /// out is the file the manifest lists.
+    fn decode_file_to(
+        &self,
+        step: u64,
+        f: &FileRecord,
+        reference: Option<&[u8]>,
+        out: &mut dyn Write,
+    ) -> Result<()> {
         let path = self.object_display(&f.object);
         let what = |e: &dyn std::fmt::Display| {
             self.err(format!(
@@ -925,21 +1009,29 @@ impl Store {
             Error::Io { source, .. } => what(&source),
             e => what(&e),
         })?;
-        let mut out = Vec::with_capacity(f.len as usize);
-        crate::decode(&bytes, reference, &mut out, None).map_err(|e| what(&e))?;
-        if format::digest_hex(format::digest(&out)) != f.digest || out.len() as u64 != f.len {
+        let mut hw = HashWriter {
+            inner: out,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        };
+        let stats = crate::decode(&bytes, reference, &mut hw, None).map_err(|e| match e {
+            Error::Io { source, .. } => what(&format!("writing the decoded file: {source}")),
+            e => what(&e),
+        })?;
+        if format::digest_hex(hw.hasher.digest128()) != f.digest || stats.original_len != f.len {
             return Err(what(&"decodes to a file other than the one stored"));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes the files of `step` (all, or those in `want`) by walking its
     /// chain from the keyframe, keeping only what the next step needs.
+    /// `sink` says where the files of `step` itself go.
     fn restore_files(
         &self,
         m: &Manifest,
         step: u64,
         want: Option<&HashSet<String>>,
+        sink: Sink<'_>,
     ) -> Result<Files> {
         let chain = m.chain(step);
         if chain.is_empty() {
@@ -981,12 +1073,40 @@ impl Store {
                 } else {
                     None
                 };
-                let bytes = self.decode_file(rec.step, f, reference.map(Vec::as_slice))?;
-                next.insert(f.path.clone(), bytes);
+                let reference = reference.map(|b| &**b);
+                match sink {
+                    Sink::Dir(dir) if i == last => self.decode_into(dir, rec.step, f, reference)?,
+                    Sink::Discard if i == last => {
+                        self.decode_file_to(rec.step, f, reference, &mut std::io::sink())?
+                    }
+                    _ => {
+                        let bytes = self.decode_file(rec.step, f, reference)?;
+                        next.insert(f.path.clone(), bytes);
+                    }
+                }
             }
             cur = next;
         }
         Ok(cur)
+    }
+
+    /// Decodes file `f` of step `step` to `dir/<its path>`, fsynced.
+    fn decode_into(
+        &self,
+        dir: &Path,
+        step: u64,
+        f: &FileRecord,
+        reference: Option<&[u8]>,
+    ) -> Result<()> {
+        let p = dir.join(&f.path);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let file = File::create(&p).map_err(|e| Error::io(&p, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        self.decode_file_to(step, f, reference, &mut w)?;
+        let file = w.into_inner().map_err(|e| Error::io(&p, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&p, e))
     }
 
     /// Restores step `step` in memory.
@@ -996,14 +1116,17 @@ impl Store {
         let rec = m
             .get(step)
             .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
-        let mut files = self.restore_files(&m, step, None)?;
+        let mut files = self.restore_files(&m, step, None, Sink::Keep)?;
         Ok(Restored {
             name: rec.name.clone(),
             kind: rec.kind,
             files: rec
                 .files
                 .iter()
-                .map(|f| (f.path.clone(), files.remove(&f.path).unwrap_or_default()))
+                .map(|f| {
+                    let bytes = files.remove(&f.path).map(|b| b.to_vec());
+                    (f.path.clone(), bytes.unwrap_or_default())
+                })
                 .collect(),
             dirs: rec.dirs.clone(),
         })
@@ -1011,16 +1134,54 @@ impl Store {
 
     /// Restores step `step` to `out` (a file or a folder, as it was added),
     /// atomically: `out` appears whole or not at all. `out` must not exist.
-    pub fn get(&self, step: u64, out: &Path) -> Result<Restored> {
+    /// The files are decoded straight to disk (a checkpoint of any size);
+    /// returns the step's record.
+    pub fn get(&self, step: u64, out: &Path) -> Result<StepRecord> {
         if out.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{} exists already; tpde does not overwrite it",
                 out.display()
             )));
         }
-        let r = self.restore(step)?;
-        write_restored(&r, out)?;
-        Ok(r)
+        let _lock = self.lock_shared()?;
+        let m = self.load_manifest()?;
+        let rec = m
+            .get(step)
+            .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        // Built under a temporary name beside `out`, removed on error.
+        let tmp = tempfile::Builder::new()
+            .prefix(".tpde-tmp-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        for d in &rec.dirs {
+            let p = tmp.path().join(d);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        self.restore_files(&m, step, None, Sink::Dir(tmp.path()))?;
+        if rec.kind == EntryKind::File {
+            let from = tmp.path().join(&rec.files[0].path);
+            std::fs::rename(&from, out).map_err(|e| Error::io(out, e))?;
+        } else {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ =
+                    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755));
+            }
+            let tmp = tmp.keep();
+            if let Err(e) = std::fs::rename(&tmp, out) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(Error::io(out, e));
+            }
+        }
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+        Ok(rec.clone())
     }
 
     /// Checks every content file against its name and restores every step,
@@ -1088,7 +1249,7 @@ impl Store {
                         continue;
                     }
                     let r = if f.delta {
-                        reference.and_then(|rf| rf.get(&f.path)).map(Vec::as_slice)
+                        reference.and_then(|rf| rf.get(&f.path)).map(|b| &**b)
                     } else {
                         None
                     };
@@ -1121,32 +1282,33 @@ impl Store {
     }
 
     /// Checks that step `step` restores to exactly the files at `original`
-    /// (before deleting an original).
+    /// (before deleting an original): every file of the step is decoded and
+    /// checked against its recorded digest, which must be that of the
+    /// original's file (or, stored lossy, of its reconstruction).
     pub fn check_against(&self, step: u64, original: &Path) -> Result<()> {
-        let r = self.restore(step)?;
+        let _lock = self.lock_shared()?;
+        let m = self.load_manifest()?;
+        let rec = m
+            .get(step)
+            .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
         let ck = Checkpoint::from_path(original)?;
-        // A file stored lossy restores to its reconstruction (checked against
-        // its digest by `restore`; within the bound by construction).
-        let m = self.manifest()?;
-        let lossy = |p: &str| {
-            m.get(step)
-                .and_then(|s| s.files.iter().find(|f| f.path == p))
-                .is_some_and(|f| f.lossy.is_some())
-        };
-        let same = r.files.len() == ck.files.len()
-            && r.files
-                .iter()
-                .zip(&ck.files)
-                .all(|((p, b), (q, c))| p == q && (b[..] == c[..] || lossy(p)))
-            && r.dirs == ck.dirs;
-        if same {
-            Ok(())
-        } else {
-            Err(self.err(format!(
+        let same = rec.files.len() == ck.files.len()
+            && rec.files.iter().zip(&ck.files).all(|(f, (p, b))| {
+                f.path == *p
+                    && f.len == b.len() as u64
+                    && (f.lossy.is_some()
+                        || format::digest_hex(crate::mmap::digest_released(b)) == f.digest)
+            })
+            && rec.dirs == ck.dirs;
+        if !same {
+            return Err(self.err(format!(
                 "step {step} does not restore to {}",
                 original.display()
-            )))
+            )));
         }
+        // Every file decodes to its digest (checked as it is decoded).
+        self.restore_files(&m, step, None, Sink::Discard)
+            .map(|_| ())
     }
 
     /// Removes one step. Steps coded against it are re-coded first (against
@@ -1200,7 +1362,7 @@ impl Store {
             while let Some(a) = anchor.filter(|a| remove.contains(a)) {
                 anchor = m.get(a).and_then(|s| s.reference);
             }
-            let files = self.restore_files(&m, rec.step, None)?;
+            let mut files = self.restore_files(&m, rec.step, None, Sink::Keep)?;
             let ck = Checkpoint {
                 name: rec.name.clone(),
                 kind: rec.kind,
@@ -1210,7 +1372,7 @@ impl Store {
                     .map(|f| {
                         (
                             f.path.clone(),
-                            Bytes::Owned(files.get(&f.path).cloned().unwrap_or_default()),
+                            files.remove(&f.path).unwrap_or(Bytes::Owned(Vec::new())),
                         )
                     })
                     .collect(),
