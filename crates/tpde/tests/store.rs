@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::{perturb_fraction, safetensors, sha256, Rng, Tensor};
+use common::{perturb_fraction, safetensors, sha256, tree, Rng, Tensor};
 use tpde::store::{Faults, Store};
 use tpde::Error;
 
@@ -62,25 +62,6 @@ impl Run {
     fn path(&self, step: u64) -> PathBuf {
         self.dir.path().join(format!("checkpoint-{step}"))
     }
-}
-
-/// Relative path -> sha256 of every file (folders as "dir"), recursively.
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-            if p.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, sha256(&std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
 }
 
 /// Every step in `steps` restores to exactly the original folder.

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use common::{perturb_fraction, safetensors, sha256, Rng, Tensor};
+use common::{perturb_fraction, safetensors, sha256, tree, Rng, Tensor};
 use tpde::store::{Checkpoint, Faults, Store};
 use tpde::Error;
 
@@ -74,25 +73,6 @@ impl Run {
     fn path(&self, step: u64) -> PathBuf {
         self.dir.path().join(format!("checkpoint-{step}"))
     }
-}
-
-/// Relative path -> sha256 of every file (folders as "dir").
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-            if p.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, sha256(&std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
 }
 
 /// Every step in `steps` restores (through `get`, to disk) to exactly the

@@ -1148,39 +1148,10 @@ impl Store {
         let rec = m
             .get(step)
             .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        // Built under a temporary name beside `out`, removed on error.
-        let tmp = tempfile::Builder::new()
-            .prefix(".tpde-tmp-")
-            .tempdir_in(parent)
-            .map_err(|e| Error::io(parent, e))?;
-        for d in &rec.dirs {
-            let p = tmp.path().join(d);
-            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        }
-        self.restore_files(&m, step, None, Sink::Dir(tmp.path()))?;
-        if rec.kind == EntryKind::File {
-            let from = tmp.path().join(&rec.files[0].path);
-            std::fs::rename(&from, out).map_err(|e| Error::io(out, e))?;
-        } else {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ =
-                    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755));
-            }
-            let tmp = tmp.keep();
-            if let Err(e) = std::fs::rename(&tmp, out) {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(Error::io(out, e));
-            }
-        }
-        if let Ok(d) = File::open(parent) {
-            let _ = d.sync_all();
-        }
+        build_beside(out, rec.kind, &rec.dirs, |dir| {
+            self.restore_files(&m, step, None, Sink::Dir(dir))
+                .map(|_| ())
+        })?;
         Ok(rec.clone())
     }
 
@@ -1522,10 +1493,30 @@ fn list_steps(m: &Manifest) -> String {
 /// Writes a restored checkpoint to `out` atomically: a file through a
 /// temporary file, a folder built under a temporary name and renamed.
 pub fn write_restored(r: &Restored, out: &Path) -> Result<()> {
-    if r.kind == EntryKind::File {
-        let bytes = &r.files.first().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
-        return crate::atomic::write_atomic(out, |w| Ok(w.write_all(bytes)?));
-    }
+    build_beside(out, r.kind, &r.dirs, |dir| {
+        for (rel, bytes) in &r.files {
+            let p = dir.join(rel);
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            let mut f = File::create(&p).map_err(|e| Error::io(&p, e))?;
+            f.write_all(bytes).map_err(|e| Error::io(&p, e))?;
+            f.sync_all().map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Makes `out` (which must not exist) appear whole or not at all: `fill`
+/// writes the checkpoint's files under a temporary folder beside it (its
+/// `dirs` made first), which is renamed to `out`, or for a single-file
+/// checkpoint, whose file is. The temporary folder is removed on error.
+fn build_beside(
+    out: &Path,
+    kind: EntryKind,
+    dirs: &[String],
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -1534,28 +1525,31 @@ pub fn write_restored(r: &Restored, out: &Path) -> Result<()> {
         .prefix(".tpde-tmp-")
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
-    for d in &r.dirs {
+    for d in dirs {
         let p = tmp.path().join(d);
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
-    for (rel, bytes) in &r.files {
-        let p = tmp.path().join(rel);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    fill(tmp.path())?;
+    if kind == EntryKind::File {
+        // The one file, whatever its name in the folder.
+        let file = std::fs::read_dir(tmp.path())
+            .map_err(|e| Error::io(tmp.path(), e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::InvalidArgument("a file checkpoint without its file".into()))?;
+        std::fs::rename(&file, out).map_err(|e| Error::io(out, e))?;
+    } else {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755));
         }
-        let mut f = File::create(&p).map_err(|e| Error::io(&p, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&p, e))?;
-        f.sync_all().map_err(|e| Error::io(&p, e))?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755));
-    }
-    let tmp = tmp.keep();
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Error::io(out, e));
+        let tmp = tmp.keep();
+        if let Err(e) = std::fs::rename(&tmp, out) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::io(out, e));
+        }
     }
     if let Ok(d) = File::open(parent) {
         let _ = d.sync_all();

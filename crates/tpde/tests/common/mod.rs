@@ -145,6 +145,29 @@ pub fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Relative path -> sha256 of every file (folders as "dir"), recursively.
+pub fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            if p.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, sha256(&std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
 /// A small seeded RNG (splitmix64): deterministic, no dependencies.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
