@@ -197,15 +197,22 @@ def main() -> None:
     ap.add_argument("--store", action="store_true",
                     help="make both steps whole (sharded folders) and time tpde store add/get instead")
     ap.add_argument("--keep", action="store_true", help="keep the --store run's files")
+    ap.add_argument("--zstd", action="store_true",
+                    help="also time zstd -3 (-T1 and -T2) on every shard, the baseline")
+    ap.add_argument("--only", help="code only these shards (1-based, comma-separated)")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     plan = shards(llama3_8b_tensors(args.layers), int(args.shard_gb * 1e9))
     if args.store:
         return store_bench(args, plan)
+    only = {int(k) for k in args.only.split(",")} if args.only else None
     rows = []
     seed = 0
     for s, tensors in enumerate(plan):
+        if only and s + 1 not in only:
+            seed += len(tensors)
+            continue
         a = args.work / f"a-{s:05d}.safetensors"
         b = args.work / f"b-{s:05d}.safetensors"
         out, dec = args.work / "b.tpde", args.work / "b.decoded"
@@ -228,6 +235,15 @@ def main() -> None:
                 sys.exit(f"shard {s}: the decoded file differs from the original")
             dec.unlink()
         row["identical"] = True
+        if args.zstd:
+            z = args.work / "b.zst"
+            for j in threads:
+                z.unlink(missing_ok=True)
+                row[f"zstd_s_j{j}"], row[f"zstd_rss_j{j}"] = timed(
+                    ["zstd", "-3", f"-T{j}", "-q", str(b), "-o", str(z)])
+            row["zstd_encoded"] = z.stat().st_size
+            row["unzstd_s"], row["unzstd_rss"] = timed(["zstd", "-d", "-q", "-c", str(z), "-o", "/dev/null"])
+            z.unlink()
         for p in (a, b, out):
             p.unlink()
         rows.append(row)
@@ -263,6 +279,21 @@ def main() -> None:
         summary[f"j{j}"] = {"encode_mb_s": total / 1e6 / e, "decode_mb_s": total / 1e6 / d,
                             "encode_peak_rss": er, "decode_peak_rss": dr}
         print(f"| {j} | {total / 1e6 / e:.0f} | {er / 2**20:.0f} MiB | {total / 1e6 / d:.0f} | {dr / 2**20:.0f} MiB |")
+    if args.zstd:
+        zenc = sum(r["zstd_encoded"] for r in rows)
+        print(f"\nzstd -3 of the same shards: {total / 1e9:.2f} GB -> {zenc / 1e9:.2f} GB ({total / zenc:.3f}x); "
+              f"tpde's output is {zenc / enc:.2f}x smaller")
+        print("| threads | zstd -3 MB/s | tpde encode speed vs zstd | zstd peak RSS | zstd -d MB/s | tpde decode speed vs zstd -d |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        d1 = sum(r["unzstd_s"] for r in rows)
+        for j in threads:
+            zs = sum(r[f"zstd_s_j{j}"] for r in rows)
+            e = sum(r[f"encode_s_j{j}"] for r in rows)
+            d = sum(r[f"decode_s_j{j}"] for r in rows)
+            zr = max(r[f"zstd_rss_j{j}"] for r in rows)
+            print(f"| {j} | {total / 1e6 / zs:.0f} | {zs / e:.2f}x | {zr / 2**20:.0f} MiB | "
+                  f"{total / 1e6 / d1:.0f} | {d1 / d:.2f}x |")
+        summary["zstd"] = {"encoded": zenc}
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "shards": rows}, indent=1))
 
