@@ -244,10 +244,13 @@ pub fn encode(
             .map(|(i, &h)| {
                 let j = &jobs[i];
                 let same = seen.entry((h, j.cur.len())).or_default();
-                let first = same
-                    .iter()
-                    .copied()
-                    .find(|&k| jobs[k].cur == j.cur && jobs[k].reference == j.reference);
+                // The same bytes quantized with another bound (or not at
+                // all: an integer tensor) decode to something else.
+                let first = same.iter().copied().find(|&k| {
+                    jobs[k].cur == j.cur
+                        && jobs[k].reference == j.reference
+                        && jobs[k].lossy == j.lossy
+                });
                 if first.is_none() {
                     same.push(i);
                 }
@@ -307,8 +310,7 @@ pub fn encode(
                 (None, Some(k)) => {
                     let e = entry_of[k].expect("the first copy comes earlier");
                     // A duplicate decodes to what its first copy decodes to.
-                    if e.coding.codec == Codec::Quantized {
-                        let (kind, bound) = j.lossy.expect("quantized chunks are lossy jobs");
+                    if let (Codec::Quantized, Some((kind, bound))) = (e.coding.codec, j.lossy) {
                         // Quantizing is deterministic: the same bytes against
                         // the same reference give the same reconstruction.
                         let q = crate::lossy::quantize(kind, bound, j.cur, j.reference);

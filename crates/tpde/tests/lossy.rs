@@ -261,3 +261,63 @@ proptest! {
         chain(kind, Bound::MaxAbsError(10f64.powi(exp)), 50, n, seed, chunk);
     }
 }
+
+/// Chunks with the same bytes share a payload only when they are coded the
+/// same way: an integer tensor whose bytes equal those of a float tensor
+/// stays exact, and two float tensors with the same bytes but different
+/// relative bounds (other RMS) each keep their own bound. Found by fuzzing.
+#[test]
+fn equal_bytes_coded_differently_are_not_shared() {
+    let mut rng = Rng::new(11);
+    let n = 4096u64;
+    let w = rng.f32_weights(n as usize, 0.5);
+    let mut big = rng.f32_weights(n as usize, 100.0);
+    big[..w.len() / 2].copy_from_slice(&w[..w.len() / 2]);
+    let cur = safetensors(
+        &[
+            Tensor::new("f", "F32", &[n], w.clone()),
+            Tensor::new("i", "I32", &[n], w.clone()),
+            Tensor::new("g", "F32", &[n], big.clone()),
+        ],
+        None,
+    );
+    for bound in [Bound::MaxAbsError(1e-2), Bound::MaxRelError(0.05)] {
+        let opts = EncodeOptions {
+            chunk_size: 8192,
+            lossy: Some(bound),
+            ..EncodeOptions::default()
+        };
+        let mut packed = Vec::new();
+        let stats = tpde::encode(&cur, None, &opts, &mut packed, None).unwrap();
+        let out = common::decode(&packed, None).unwrap();
+        assert_eq!(tpde::format::digest(&out), stats.output_digest);
+        let hl = cur.len() - 3 * w.len();
+        let part = |k: usize| &out[hl + k * w.len()..hl + (k + 1) * w.len()];
+        assert_eq!(part(1), &w[..], "{bound:?}: the I32 tensor is exact");
+        // Each float tensor within its own bound (relative: times its RMS).
+        let rms = |b: &[u8]| {
+            let v: Vec<f64> = b
+                .chunks_exact(4)
+                .map(|x| f64::from(f32::from_le_bytes(x.try_into().unwrap())))
+                .filter(|x| x.is_finite())
+                .collect();
+            (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        for (k, orig) in [(0, &w), (2, &big)] {
+            let e = match bound {
+                Bound::MaxAbsError(e) => e,
+                Bound::MaxRelError(r) => r * rms(orig),
+            };
+            for (x, y) in part(k).chunks_exact(4).zip(orig.chunks_exact(4)) {
+                let (x, y) = (
+                    f32::from_le_bytes(x.try_into().unwrap()),
+                    f32::from_le_bytes(y.try_into().unwrap()),
+                );
+                assert!(
+                    (f64::from(x) - f64::from(y)).abs() <= e,
+                    "{bound:?}, tensor {k}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
