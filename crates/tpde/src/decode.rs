@@ -15,6 +15,8 @@ use crate::safetensors::{self, Header};
 pub struct DecodeStats {
     pub original_len: u64,
     pub encoded_len: u64,
+    /// XXH3-128 of the bytes written (checked against the container's).
+    pub output_digest: u128,
 }
 
 /// The reference, checked against what the container expects.
@@ -224,11 +226,11 @@ pub fn decode(
     // One buffer, reused by every batch of jobs.
     let mut buf: Vec<u8> = Vec::new();
     // Bytes of output decoded per parallel batch: bounds the memory held at
-    // once, as when encoding.
-    let batch_bytes = crate::encode::batch_bytes(format::MAX_CHUNK as usize / 16);
+    // once, as when encoding (with chunks of the default size).
+    let batch_bytes = crate::encode::batch_bytes(crate::EncodeOptions::default().chunk_size);
     let mut at = 0;
     while at < items.len() {
-        // A batch: the items up to BATCH_BYTES of decoded chunks.
+        // A batch: the items up to `batch_bytes` of decoded chunks.
         let mut end = at;
         let mut bytes = 0usize;
         let mut first_job = None;
@@ -280,6 +282,7 @@ pub fn decode(
     Ok(DecodeStats {
         original_len: w.written,
         encoded_len: c.len(),
+        output_digest: c.index.original_digest,
     })
 }
 

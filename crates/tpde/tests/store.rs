@@ -66,14 +66,7 @@ impl Run {
 
 /// Every step in `steps` restores to exactly the original folder.
 fn check_steps(store: &Store, run: &Run, steps: &[u64]) {
-    let out = tempfile::tempdir().unwrap();
-    for &s in steps {
-        let dest = out.path().join(format!("restored-{s}"));
-        store
-            .get(s, &dest)
-            .unwrap_or_else(|e| panic!("step {s}: {e}"));
-        assert_eq!(tree(&dest), tree(&run.path(s)), "step {s}");
-    }
+    common::check_restores(store, |s| run.path(s), steps);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use common::{perturb_fraction, safetensors, sha256, tree, Rng, Tensor};
+use common::{perturb_fraction, safetensors, sha256, Rng, Tensor};
 use tpde::store::{Checkpoint, Faults, Store};
 use tpde::Error;
 
@@ -78,14 +78,7 @@ impl Run {
 /// Every step in `steps` restores (through `get`, to disk) to exactly the
 /// original folder.
 fn check_steps(store: &Store, run: &Run, steps: &[u64]) {
-    let out = tempfile::tempdir().unwrap();
-    for &s in steps {
-        let dest = out.path().join(format!("restored-{s}"));
-        store
-            .get(s, &dest)
-            .unwrap_or_else(|e| panic!("step {s}: {e}"));
-        assert_eq!(tree(&dest), tree(&run.path(s)), "step {s}");
-    }
+    common::check_restores(store, |s| run.path(s), steps);
 }
 
 fn assert_clean(store: &Store) -> tpde::store::VerifyReport {

@@ -124,6 +124,15 @@ impl StoreIo {
     }
 }
 
+/// Where temporary files go that are not in a local store's own `tmp/`
+/// (object storage, a store that cannot be written): `TPDE_TMPDIR`, else
+/// the system's temporary folder.
+pub(crate) fn local_temp_dir() -> PathBuf {
+    std::env::var_os("TPDE_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// A fresh name in `dir` for a temporary file.
 pub(crate) fn temp_name(dir: &Path, what: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

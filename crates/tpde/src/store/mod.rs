@@ -971,21 +971,17 @@ impl Store {
     /// (on the store's disk) when it can be written, else `TPDE_TMPDIR` or
     /// the system's temporary folder.
     fn spill_dir(&self) -> PathBuf {
-        let own = self.root.join(TMP);
         #[cfg(feature = "s3")]
-        let own = if self.s3.is_some() {
-            PathBuf::new()
-        } else {
-            own
-        };
+        if self.s3.is_some() {
+            return io::local_temp_dir();
+        }
+        let own = self.root.join(TMP);
         let writable =
             std::fs::metadata(&own).is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
         if writable {
             own
         } else {
-            std::env::var_os("TPDE_TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir)
+            io::local_temp_dir()
         }
     }
 
@@ -1009,15 +1005,12 @@ impl Store {
             Error::Io { source, .. } => what(&source),
             e => what(&e),
         })?;
-        let mut hw = HashWriter {
-            inner: out,
-            hasher: xxhash_rust::xxh3::Xxh3::new(),
-        };
-        let stats = crate::decode(&bytes, reference, &mut hw, None).map_err(|e| match e {
+        // `decode` checks the whole output against the container's digest.
+        let stats = crate::decode(&bytes, reference, out, None).map_err(|e| match e {
             Error::Io { source, .. } => what(&format!("writing the decoded file: {source}")),
             e => what(&e),
         })?;
-        if format::digest_hex(hw.hasher.digest128()) != f.digest || stats.original_len != f.len {
+        if format::digest_hex(stats.output_digest) != f.digest || stats.original_len != f.len {
             return Err(what(&"decodes to a file other than the one stored"));
         }
         Ok(())

@@ -143,9 +143,7 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| Error::io(loc.url(), e))?;
-        let tmp_dir = std::env::var_os("TPDE_TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
+        let tmp_dir = super::io::local_temp_dir();
         Ok(S3Backend {
             loc,
             store,

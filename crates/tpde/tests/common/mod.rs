@@ -168,6 +168,23 @@ pub fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String
     out
 }
 
+/// Every step in `steps` of `store` restores (through `get`, to disk) to
+/// exactly the folder `original(step)`.
+pub fn check_restores(
+    store: &tpde::store::Store,
+    original: impl Fn(u64) -> std::path::PathBuf,
+    steps: &[u64],
+) {
+    let out = tempfile::tempdir().unwrap();
+    for &s in steps {
+        let dest = out.path().join(format!("restored-{s}"));
+        store
+            .get(s, &dest)
+            .unwrap_or_else(|e| panic!("step {s}: {e}"));
+        assert_eq!(tree(&dest), tree(&original(s)), "step {s}");
+    }
+}
+
 /// A small seeded RNG (splitmix64): deterministic, no dependencies.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
