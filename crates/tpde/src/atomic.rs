@@ -1,19 +1,52 @@
-//! Atomic file output: a temporary file beside the target, fsync, rename.
+//! Atomic file output: the bytes go to a file with no name yet (or a
+//! temporary one) beside the target, which is fsynced and only then given
+//! the target's name.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::safefs::{self, Unnamed};
 
-/// Writes `path` through `f`: the bytes go to a temporary file in the same
-/// directory, which is flushed, fsynced and renamed over `path` only when `f`
-/// succeeds. On any error the temporary file is removed and `path` is left
-/// as it was.
-pub fn write_atomic<T>(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+/// Whether an output may replace a file already at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Refuse when something is at the path, even if it appears while the
+    /// output is being written (the final step never replaces anything).
+    No,
+    /// Replace a file at the path (atomically: readers see the old file or
+    /// the new one).
+    Yes,
+}
+
+/// Writes `path` through `f`: the bytes go to a file beside `path` that has
+/// no name (`O_TMPFILE`) or a temporary one, which is flushed, fsynced and
+/// given the name `path` only when `f` succeeds. On any error nothing is
+/// left behind and `path` is as it was; a process killed meanwhile leaves
+/// nothing behind where the file system has unnamed files.
+pub fn write_atomic<T>(
+    path: &Path,
+    replace: Replace,
+    f: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
+    let dir = safefs::parent_of(path);
+    if replace == Replace::No && std::fs::symlink_metadata(path).is_ok() {
+        return Err(exists(path));
+    }
+    if let Some(unnamed) = Unnamed::new(dir) {
+        let mut w = BufWriter::with_capacity(1 << 20, &unnamed.file);
+        let value = f(&mut w)?;
+        w.flush().map_err(|e| Error::io(path, e))?;
+        drop(w);
+        unnamed.file.sync_all().map_err(|e| Error::io(path, e))?;
+        match replace {
+            Replace::No => unnamed.link(path),
+            Replace::Yes => unnamed.link_replacing(path),
+        }
+        .map_err(|e| Error::io(path, e))?;
+        let _ = safefs::sync_dir(dir);
+        return Ok(value);
+    }
     let mut builder = tempfile::Builder::new();
     builder.prefix(".tpde-tmp-");
     // A temporary file is private (0600); the output is an ordinary file.
@@ -29,12 +62,21 @@ pub fn write_atomic<T>(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<T>)
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    // Make the rename itself durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    match replace {
+        Replace::Yes => tmp.persist(path).map(|_| ()),
+        Replace::No => tmp.persist_noclobber(path).map(|_| ()),
     }
+    .map_err(|e| Error::io(path, e.error))?;
+    // Make the rename itself durable.
+    let _ = safefs::sync_dir(dir);
     Ok(value)
+}
+
+fn exists(path: &Path) -> Error {
+    Error::InvalidArgument(format!(
+        "{} exists already; tpde does not overwrite it (-f/--force to replace it)",
+        path.display()
+    ))
 }
 
 /// Refuses an output path that names one of the inputs, so that an input is

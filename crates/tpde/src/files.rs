@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::atomic::{check_not_input, write_atomic};
+use crate::atomic::{check_not_input, write_atomic, Replace};
 use crate::error::Result;
 use crate::mmap::FileBytes;
 use crate::{DecodeStats, EncodeOptions, EncodeStats};
@@ -33,7 +33,7 @@ pub fn encode_file(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
     let (cur, reference) = open_inputs(cur, reference, out)?;
-    write_atomic(out, |w| {
+    write_atomic(out, Replace::Yes, |w| {
         crate::encode(&cur, reference.as_deref(), opts, w, progress)
     })
 }
@@ -48,7 +48,7 @@ pub fn decode_file(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<DecodeStats> {
     let (bytes, reference) = open_inputs(input, reference, out)?;
-    write_atomic(out, |w| {
+    write_atomic(out, Replace::Yes, |w| {
         crate::decode(&bytes, reference.as_deref(), w, progress)
     })
 }
@@ -64,7 +64,7 @@ pub fn decode_tensor_file(
 ) -> Result<u64> {
     let (bytes, reference) = open_inputs(input, reference, out)?;
     let data = crate::decode_tensor(&bytes, reference.as_deref(), name)?;
-    write_atomic(out, |w| {
+    write_atomic(out, Replace::Yes, |w| {
         w.write_all(&data)?;
         Ok(data.len() as u64)
     })

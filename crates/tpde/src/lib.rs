@@ -40,6 +40,7 @@ pub mod format;
 pub mod inspect;
 pub mod lossy;
 mod mmap;
+mod safefs;
 pub mod safetensors;
 pub mod store;
 pub mod transform;

@@ -445,3 +445,73 @@ fn racing_writers_lose_no_update() {
     let report = assert_clean(&store);
     assert_eq!(report.steps, stored.len());
 }
+
+// Issue 12, item 17: a writer that lost a race against `rm` (its reference
+// step's content deleted meanwhile) failed with "not found" instead of the
+// retryable conflict error.
+#[test]
+fn a_writer_overtaken_by_rm_gets_a_conflict() {
+    let Some(loc) = location("rm-race") else {
+        return;
+    };
+    let run = Run::new(3, 9);
+    let store = Store::init_location(&loc, 10).unwrap();
+    store.add(&run.path(10), 10).unwrap();
+    store.add(&run.path(20), 20).unwrap();
+    // Just after the writer read the manifest (step 20 is its reference),
+    // another handle removes step 20; its content files go at once (being
+    // older than the new manifest: the server's clock counts seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+    let other = Store::open_location(&loc).unwrap();
+    other.set_gc_grace(Duration::ZERO);
+    let fired = Mutex::new(false);
+    let writer = Store::open_location(&loc).unwrap().after_begin(move || {
+        let mut f = fired.lock().unwrap();
+        if !*f {
+            *f = true;
+            other.remove(20).unwrap();
+        }
+    });
+    let err = writer.add(&run.path(30), 30).unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("try again"), "{err}");
+    // Trying again works.
+    writer.add(&run.path(30), 30).unwrap();
+    check_steps(&writer, &run, &[10, 30]);
+}
+
+// Issue 12, item 15: S3 writers and readers kept their local copies in named
+// temporary files (`.tpde-s3-*`), which a killed process left behind. They
+// have no name now: none is ever visible, even in the middle of a write.
+#[test]
+fn local_temporary_files_have_no_name() {
+    let Some(loc) = location("unnamed-tmp") else {
+        return;
+    };
+    let run = Run::new(2, 10);
+    let tmp = std::env::temp_dir();
+    let named = move || {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tpde-s3-"))
+            .count()
+    };
+    let before = named();
+    let seen = std::sync::Arc::new(Mutex::new(0usize));
+    let seen2 = seen.clone();
+    let named2 = named.clone();
+    let store = Store::init_location(&loc, 10).unwrap();
+    store.add(&run.path(10), 10).unwrap();
+    let store = Store::open_location(&loc)
+        .unwrap()
+        .before_commit(move || *seen2.lock().unwrap() = named2());
+    store.add(&run.path(20), 20).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        before,
+        "named temporary files mid-write"
+    );
+    check_steps(&store, &run, &[10, 20]);
+    assert_eq!(named(), before);
+}

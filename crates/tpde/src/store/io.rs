@@ -96,16 +96,6 @@ impl StoreIo {
         std::fs::remove_file(path)
     }
 
-    pub(crate) fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.tick("remove", &path.display())?;
-        std::fs::remove_dir_all(path)
-    }
-
-    pub(crate) fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.tick("mkdir", &path.display())?;
-        std::fs::create_dir_all(path)
-    }
-
     /// Makes the entries of a directory (a rename into it) durable.
     pub(crate) fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.tick("fsync", &path.display())?;

@@ -183,6 +183,17 @@ impl Manifest {
             if s.dirs.iter().any(|d| !safe_relative(d)) {
                 return Err(format!("step {}: unsafe folder path", s.step));
             }
+            // A path is a file or a folder, not both: `get` could not write
+            // such a step back.
+            let files: std::collections::HashSet<&str> = paths.iter().copied().collect();
+            let folders = s.files.iter().flat_map(|f| ancestors(&f.path));
+            let listed = s.dirs.iter().flat_map(|d| ancestors(d).chain([d.as_str()]));
+            if let Some(p) = folders.chain(listed).find(|p| files.contains(p)) {
+                return Err(format!(
+                    "step {}: {p:?} is listed both as a file and as a folder",
+                    s.step
+                ));
+            }
             if s.kind == EntryKind::File && s.files.len() != 1 {
                 return Err(format!("file step {} does not hold one file", s.step));
             }
@@ -201,4 +212,9 @@ pub(crate) fn safe_relative(p: &str) -> bool {
         && !p.contains('\\')
         && !p.contains('\0')
         && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// The folders a relative path lies in: `a/b/c` gives `a` and `a/b`.
+fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    p.match_indices('/').map(move |(i, _)| &p[..i])
 }

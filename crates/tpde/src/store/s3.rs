@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -93,13 +93,13 @@ pub(crate) type Version = Option<String>;
 /// ends so that it can be uploaded again if it vanished (see `repair`).
 pub(crate) struct Uploaded {
     pub name: String,
-    pub file: tempfile::TempPath,
+    /// Its bytes, in an unnamed local temporary file.
+    pub file: std::fs::File,
 }
 
 /// A content file downloaded to a local temporary file, mapped.
 pub(crate) struct Fetched {
     bytes: crate::FileBytes,
-    _file: tempfile::TempPath,
 }
 
 impl std::ops::Deref for Fetched {
@@ -199,11 +199,10 @@ impl S3Backend {
         )
     }
 
-    pub fn tmp_file(&self) -> Result<tempfile::NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix(".tpde-s3-")
-            .tempfile_in(&self.tmp_dir)
-            .map_err(|e| Error::io(&self.tmp_dir, e))
+    /// A local temporary file with no name (removed by the system when it
+    /// is closed, also when the process is killed).
+    pub fn tmp_file(&self) -> Result<std::fs::File> {
+        tempfile::tempfile_in(&self.tmp_dir).map_err(|e| Error::io(&self.tmp_dir, e))
     }
 
     /// The manifest's bytes and ETag; `None` when there is none.
@@ -291,7 +290,7 @@ impl S3Backend {
         &self,
         io: &StoreIo,
         name: &str,
-        file: &FsPath,
+        file: &std::fs::File,
         len: u64,
         listed: bool,
     ) -> Result<bool> {
@@ -302,15 +301,17 @@ impl S3Backend {
         Ok(true)
     }
 
-    fn upload(&self, io: &StoreIo, name: &str, file: &FsPath, len: u64) -> Result<()> {
+    fn upload(&self, io: &StoreIo, name: &str, file: &std::fs::File, len: u64) -> Result<()> {
         let key = self.key(&Self::object_rel(name));
         let url = self.url_of(&key);
         let ioe = |e: io::Error| Error::io(&url, e);
         io.tick("upload", &url).map_err(ioe)?;
-        let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+        let mut f = file.try_clone().map_err(|e| Error::io(&self.tmp_dir, e))?;
+        io::Seek::seek(&mut f, io::SeekFrom::Start(0)).map_err(|e| Error::io(&self.tmp_dir, e))?;
         if len <= PART as u64 {
             let mut buf = Vec::with_capacity(len as usize);
-            f.read_to_end(&mut buf).map_err(|e| Error::io(file, e))?;
+            f.read_to_end(&mut buf)
+                .map_err(|e| Error::io(&self.tmp_dir, e))?;
             self.rt
                 .block_on(self.store.put(&key, PutPayload::from(buf)))
                 .map_err(|e| self.err(&key, e))?;
@@ -326,7 +327,7 @@ impl S3Backend {
             let mut buf = vec![0u8; 1 << 20];
             let sent: Result<()> = async {
                 loop {
-                    let n = f.read(&mut buf).map_err(|e| Error::io(file, e))?;
+                    let n = f.read(&mut buf).map_err(|e| Error::io(&self.tmp_dir, e))?;
                     if n == 0 {
                         return Ok(());
                     }
@@ -356,8 +357,8 @@ impl S3Backend {
     /// and maps it.
     pub fn fetch(&self, name: &str) -> Result<Fetched> {
         let key = self.key(&Self::object_rel(name));
-        let tmp = self.tmp_file()?;
-        let (mut file, path) = tmp.into_parts();
+        let mut file = self.tmp_file()?;
+        let path = self.tmp_dir.clone();
         self.rt.block_on(async {
             let got = self.store.get(&key).await.map_err(|e| self.err(&key, e))?;
             let mut stream = got.into_stream();
@@ -367,10 +368,8 @@ impl S3Backend {
             }
             file.flush().map_err(|e| Error::io(&path, e))
         })?;
-        drop(file);
         Ok(Fetched {
-            bytes: crate::FileBytes::open(&path)?,
-            _file: path,
+            bytes: crate::FileBytes::from_file(&file, &path)?,
         })
     }
 
@@ -446,8 +445,10 @@ impl S3Backend {
             io.tick("head", &self.object_url(&u.name))
                 .map_err(|e| Error::io(self.object_url(&u.name), e))?;
             if self.object_size(&u.name)?.is_none() {
-                let len = std::fs::metadata(&u.file)
-                    .map_err(|e| Error::io(&*u.file, e))?
+                let len = u
+                    .file
+                    .metadata()
+                    .map_err(|e| Error::io(&self.tmp_dir, e))?
                     .len();
                 self.upload(io, &u.name, &u.file, len)?;
             }
