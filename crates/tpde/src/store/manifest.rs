@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 
 /// Written in the manifest's `format` field.
 pub const MANIFEST_FORMAT: &str = "tpde-store";
-/// The manifest version this build reads and writes.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The newest manifest version this build reads and writes. Version 2 adds
+/// [`FileRecord::reference_path`]; a manifest is written with the lowest
+/// version that has what it uses, so stores that do not need version 2
+/// stay readable by older builds.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,8 +66,15 @@ pub struct FileRecord {
     pub object: String,
     /// Bytes of the content file.
     pub stored_len: u64,
-    /// Coded against the file of the same path in the reference step.
+    /// Coded against a file of the reference step: the one at
+    /// [`FileRecord::reference_path`], or at the same path.
     pub delta: bool,
+    /// The path of the reference step's file this one is coded against,
+    /// when it is not the same path (the reference step's file had another
+    /// name: `step-100.safetensors` before `step-200.safetensors`). Manifest
+    /// version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_path: Option<String>,
     /// How tpde read it: "safetensors", "torch archive" or "opaque bytes".
     pub coding: String,
     /// The lossy mode's bound when the file was stored lossy: restoring gives
@@ -73,11 +83,39 @@ pub struct FileRecord {
     pub lossy: Option<crate::lossy::Bound>,
 }
 
+impl FileRecord {
+    /// The path of the reference step's file this one is coded against (for
+    /// a delta).
+    pub fn ref_path(&self) -> &str {
+        self.reference_path.as_deref().unwrap_or(&self.path)
+    }
+}
+
+impl StepRecord {
+    /// How many of its files are coded against the reference step.
+    pub fn delta_files(&self) -> usize {
+        self.files.iter().filter(|f| f.delta).count()
+    }
+}
+
 impl Manifest {
+    /// The lowest manifest version that holds what this manifest uses.
+    pub fn min_version(&self) -> u32 {
+        let renamed = self
+            .steps
+            .iter()
+            .any(|s| s.files.iter().any(|f| f.reference_path.is_some()));
+        if renamed {
+            2
+        } else {
+            1
+        }
+    }
+
     pub fn new(keyframe_every: u32) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT.into(),
-            version: MANIFEST_VERSION,
+            version: 1,
             keyframe_every,
             steps: Vec::new(),
         }
@@ -135,10 +173,18 @@ impl Manifest {
                 self.format
             ));
         }
-        if self.version != MANIFEST_VERSION {
+        if !(1..=MANIFEST_VERSION).contains(&self.version) {
             return Err(format!(
-                "manifest version {} (this build reads version {MANIFEST_VERSION})",
+                "manifest version {} (this build reads versions 1 to {MANIFEST_VERSION}: \
+                 a newer tpde wrote it?)",
                 self.version
+            ));
+        }
+        if self.min_version() > self.version {
+            return Err(format!(
+                "manifest version {} uses features of version {}",
+                self.version,
+                self.min_version()
             ));
         }
         if self.keyframe_every == 0 {
@@ -176,8 +222,26 @@ impl Manifest {
                         s.step, f.path
                     ));
                 }
-                if !safe_relative(&f.path) {
+                if !safe_relative(&f.path) || !safe_relative(f.ref_path()) {
                     return Err(format!("step {}: unsafe file path {:?}", s.step, f.path));
+                }
+                if f.reference_path.is_some() && !f.delta {
+                    return Err(format!(
+                        "step {}, file {}: a reference path without a reference",
+                        s.step, f.path
+                    ));
+                }
+                // A delta's reference file is a file of the reference step.
+                let reference = s.reference.and_then(|r| self.get(r));
+                if f.delta
+                    && !reference.is_some_and(|r| r.files.iter().any(|g| g.path == f.ref_path()))
+                {
+                    return Err(format!(
+                        "step {}, file {}: its reference step lacks {:?}",
+                        s.step,
+                        f.path,
+                        f.ref_path()
+                    ));
                 }
             }
             if s.dirs.iter().any(|d| !safe_relative(d)) {

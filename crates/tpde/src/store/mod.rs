@@ -22,6 +22,7 @@
 
 mod io;
 mod manifest;
+mod matching;
 #[cfg(feature = "s3")]
 mod s3;
 pub mod watch;
@@ -270,6 +271,16 @@ impl std::fmt::Debug for Store {
 
 /// Decoded files of one step, by path.
 type Files = HashMap<String, Bytes>;
+
+/// What a step is coded against: the reference step, its decoded files, and
+/// for each file of the new step the path of its partner there (see
+/// [`matching`]).
+#[derive(Clone, Copy)]
+struct Against<'a> {
+    step: u64,
+    files: &'a Files,
+    partners: &'a HashMap<String, &'a str>,
+}
 
 /// Where [`Store::restore_files`] puts the files of the step asked for.
 #[derive(Clone, Copy)]
@@ -764,7 +775,9 @@ impl Store {
     }
 
     fn manifest_bytes(&self, m: &Manifest) -> Result<Vec<u8>> {
-        let mut text = serde_json::to_vec_pretty(m).map_err(|e| self.err(e.to_string()))?;
+        let mut m = m.clone();
+        m.version = m.min_version();
+        let mut text = serde_json::to_vec_pretty(&m).map_err(|e| self.err(e.to_string()))?;
         text.push(b'\n');
         Ok(text)
     }
@@ -932,10 +945,14 @@ impl Store {
         txn: &Txn,
         step: u64,
         (path, bytes): &(String, Bytes),
-        reference: Option<(u64, &Files)>,
+        reference: Option<Against<'_>>,
         opts: &EncodeOptions,
     ) -> Result<FileRecord> {
-        let ref_bytes = reference.and_then(|(_, f)| f.get(path)).map(|b| &**b);
+        let ref_path = reference.and_then(|a| a.partners.get(path).copied());
+        let ref_bytes = reference
+            .zip(ref_path)
+            .and_then(|(a, p)| a.files.get(p))
+            .map(|b| &**b);
         let (object, stats) = self
             .write_object(txn, |w| crate::encode(bytes, ref_bytes, opts, w, None))
             .map_err(|e| self.err(format!("step {step}, file {path}: {e}")))?;
@@ -946,13 +963,17 @@ impl Store {
             object,
             stored_len: stats.encoded_len,
             delta: stats.reference_used,
+            reference_path: ref_path
+                .filter(|p| stats.reference_used && p != path)
+                .map(str::to_string),
             coding: stats.source_kind.name().to_string(),
             lossy: stats.max_abs_error.and(opts.lossy),
         })
     }
 
-    /// Codes the files of `ck` as step `step`, against `reference` (its step
-    /// and decoded files) or as a keyframe. Up to [`FILES_IN_FLIGHT`] files
+    /// Codes the files of `ck` as step `step`, against `reference` or as a
+    /// keyframe; a step none of whose files used its reference is recorded
+    /// as a keyframe (it starts a new chain). Up to [`FILES_IN_FLIGHT`] files
     /// (the shards of a sharded checkpoint) are coded at once; the record
     /// lists them in path order whatever order they finish in.
     fn code_step(
@@ -960,7 +981,7 @@ impl Store {
         txn: &Txn,
         step: u64,
         ck: &Checkpoint,
-        reference: Option<(u64, &Files)>,
+        reference: Option<Against<'_>>,
         lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
@@ -1022,11 +1043,12 @@ impl Store {
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| self.err(format!("internal: step {step} has a file left uncoded")))?;
+        let used = files.iter().any(|f| f.delta);
         Ok(StepRecord {
             step,
             name: ck.name.clone(),
             kind: ck.kind,
-            reference: reference.map(|(r, _)| r),
+            reference: reference.filter(|_| used).map(|a| a.step),
             depth: 0, // set by Manifest::fix_depths
             dirs: ck.dirs.clone(),
             files,
@@ -1049,21 +1071,41 @@ impl Store {
         let Some(r) = reference else {
             return self.code_step(txn, step, ck, None, lossy, progress);
         };
-        let paths: HashSet<String> = ck.files.iter().map(|(p, _)| p.clone()).collect();
+        let ref_rec = m
+            .get(r)
+            .ok_or_else(|| self.err(format!("internal: no reference step {r}")))?;
+        let cur_paths: Vec<&str> = ck.files.iter().map(|(p, _)| p.as_str()).collect();
+        let ref_paths: Vec<&str> = ref_rec.files.iter().map(|f| f.path.as_str()).collect();
+        let partners = matching::match_files(&cur_paths, &ref_paths);
+        if partners.is_empty() {
+            return self.code_step(txn, step, ck, None, lossy, progress);
+        }
+        let wanted: HashSet<String> = partners.values().map(|p| p.to_string()).collect();
         let ref_files = match self.cached(m, r) {
             Some(files) => files,
-            None => self.restore_files(m, r, Some(&paths), Sink::Keep)?,
+            None => self.restore_files(m, r, Some(&wanted), Sink::Keep)?,
         };
-        let delta = self.code_step(txn, step, ck, Some((r, &ref_files)), lossy, progress)?;
+        let against = Against {
+            step: r,
+            files: &ref_files,
+            partners: &partners,
+        };
+        let delta = self.code_step(txn, step, ck, Some(against), lossy, progress)?;
         drop(ref_files);
-        // Expected keyframe size: this checkpoint at its chain keyframe's ratio.
+        if delta.reference.is_none() {
+            return Ok(delta); // nothing used the reference: a keyframe already
+        }
+        // The keyframe this step would be: estimated at the ratio of its
+        // chain's keyframe when that was coded alike (the same lossy bound
+        // on every file), else coded to compare like with like.
         let key = m.chain(r)[0];
-        let key_ratio = stored(key) as f64 / original(key).max(1) as f64;
-        let expected_key = key_ratio * ck.len() as f64;
-        if (stored(&delta) as f64) < DELTA_PAYS * expected_key
-            || !delta.files.iter().any(|f| f.delta)
-        {
-            return Ok(delta);
+        let alike = key.files.iter().all(|f| f.lossy == lossy);
+        if alike {
+            let key_ratio = stored(key) as f64 / original(key).max(1) as f64;
+            let expected_key = key_ratio * ck.len() as f64;
+            if (stored(&delta) as f64) < DELTA_PAYS * expected_key {
+                return Ok(delta);
+            }
         }
         let key = self.code_step(txn, step, ck, None, lossy, &mut |_| {})?;
         Ok(if stored(&key) <= stored(&delta) {
@@ -1260,7 +1302,7 @@ impl Store {
                 .files
                 .iter()
                 .filter(|f| f.delta && need[i].contains(f.path.as_str()))
-                .map(|f| f.path.as_str())
+                .map(|f| f.ref_path())
                 .collect();
             need[i - 1] = next;
         }
@@ -1273,10 +1315,13 @@ impl Store {
                 .filter(|f| need[i].contains(f.path.as_str()))
             {
                 let reference = if f.delta {
-                    Some(cur.get(&f.path).ok_or_else(|| {
+                    Some(cur.get(f.ref_path()).ok_or_else(|| {
                         self.err(format!(
-                            "step {}, file {}: its reference step {:?} lacks the file",
-                            rec.step, f.path, rec.reference
+                            "step {}, file {}: its reference step {:?} lacks the file {}",
+                            rec.step,
+                            f.path,
+                            rec.reference,
+                            f.ref_path()
                         ))
                     })?)
                 } else {
@@ -1438,7 +1483,7 @@ impl Store {
                         continue;
                     }
                     let r = if f.delta {
-                        reference.and_then(|rf| rf.get(&f.path)).map(|b| &**b)
+                        reference.and_then(|rf| rf.get(f.ref_path())).map(|b| &**b)
                     } else {
                         None
                     };
