@@ -47,28 +47,21 @@ fn no_follow(opts: &mut OpenOptions) -> &mut OpenOptions {
 /// the last component) or a FIFO, socket or device is refused without
 /// blocking.
 pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
-    let f = no_follow(OpenOptions::new().read(true))
-        .open(path)
-        .map_err(|e| link_error(path, e))?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(not_regular(path, kind_of(&meta)));
-    }
-    Ok(f)
+    open_checked(path, OpenOptions::new().read(true))
 }
 
 /// Opens (creating it if missing) the regular file `path` for reading and
 /// writing, refusing a link or a special file in its place.
 pub(crate) fn open_or_create_regular(path: &Path) -> io::Result<File> {
-    let f = no_follow(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false),
-    )
-    .open(path)
-    .map_err(|e| link_error(path, e))?;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    open_checked(path, &mut opts)
+}
+
+fn open_checked(path: &Path, opts: &mut OpenOptions) -> io::Result<File> {
+    let f = no_follow(opts)
+        .open(path)
+        .map_err(|e| link_error(path, e))?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(not_regular(path, kind_of(&meta)));
