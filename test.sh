@@ -16,6 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 venv=${TPDE_VENV:-$HOME/.cache/tpde/venv}
 export TPDE_VENV=$venv
+# The work tree as the checks find it (they must leave it so).
+in_git=0
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  in_git=1
+  tree_before=$(git status --porcelain)
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -24,11 +30,14 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
 if [ "${PYTHON_TESTS:-1}" != "0" ] || [ "${S3_TESTS:-1}" != "0" ]; then
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "== creating the Python virtual environment $venv"
+    python3 -m venv "$venv"
+  fi
 fi
 
 if [ "${S3_TESTS:-1}" != "0" ]; then
-  echo "== S3 test server (moto on 127.0.0.1)"
+  echo "== S3 test server (moto on 127.0.0.1; the first run installs moto into $venv)"
   server_env=$(scripts/s3-server.sh)
   eval "$server_env"
   trap 'kill "$TPDE_S3_SERVER_PID" 2>/dev/null || true' EXIT
@@ -44,10 +53,13 @@ if [ "${PYTHON_TESTS:-1}" != "0" ]; then
   # Install only when the pinned requirements changed since the last time.
   stamp=$venv/.tpde-requirements
   if ! cmp -s "$req" "$stamp"; then
+    echo "== installing $req into $venv (torch on CPU, transformers, lightning:"
+    echo "   a few GB, a few minutes; done again only when the file changes)"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -r "$req"
     cp "$req" "$stamp"
   fi
+  echo "== building the Python package (maturin develop)"
   VIRTUAL_ENV=$venv maturin develop --quiet -m bindings/python/Cargo.toml
   "$venv/bin/python" -m pytest -q bindings/python/tests
 fi
@@ -55,5 +67,12 @@ fi
 if [ "${FUZZ_SECONDS:-20}" != "0" ]; then
   echo "== fuzz (${FUZZ_SECONDS:-20}s per target)"
   FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash .ci/fuzz.sh
+fi
+# The checks must leave the work tree as they found it (a stale
+# fuzz/Cargo.lock used to be rewritten by every fuzz build).
+if [ "$in_git" = 1 ] && [ "$(git status --porcelain)" != "$tree_before" ]; then
+  echo "!! the checks changed the work tree:" >&2
+  git status --short >&2
+  exit 1
 fi
 echo "== all checks passed"

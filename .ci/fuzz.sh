@@ -45,6 +45,13 @@ fi
 echo "== $(cargo fuzz --version)"
 install_done=$SECONDS
 
+# cargo fuzz has no --locked: a stale fuzz/Cargo.lock would be rewritten by
+# the build, leaving the work tree changed. Refuse it instead.
+if ! cargo metadata --locked --format-version 1 --manifest-path "$FUZZ_DIR/Cargo.toml" >/dev/null; then
+    echo "fuzz.sh: fuzz/Cargo.lock is out of date with the workspace; update it with" >&2
+    echo "  cargo update --workspace --manifest-path fuzz/Cargo.toml   (and commit it)" >&2
+    exit 1
+fi
 echo "== building the fuzz targets"
 cargo fuzz build --fuzz-dir "$FUZZ_DIR"
 build_done=$SECONDS

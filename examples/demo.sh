@@ -6,6 +6,7 @@
 # checks the sha256 of the result against the original.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== building tpde (cargo build --release; the first time takes a few minutes)"
 cargo build --release --locked -q -p tpde-cli
 tpde=target/release/tpde
 data=examples/data/tiny

@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::table::Table;
-use crate::{progress_bar, ratio};
+use crate::{human, progress_bar, ratio, WIDTH};
 
 #[derive(Serialize)]
 struct Row {
@@ -134,14 +134,16 @@ pub fn run(dir: &Path, json: bool, repeat: usize, opts: &tpde::EncodeOptions) ->
 
         rows.push(Row {
             file: name,
-            keyframe: reference.is_none(),
+            // A reference none of whose tensors matched is not used.
+            keyframe: !stats.reference_used,
             original_bytes: cur.len() as u64,
             tpde_bytes: packed.len() as u64,
             ratio: cur.len() as f64 / packed.len() as f64,
             zstd3_bytes: z.len() as u64,
             zstd3_ratio: cur.len() as f64 / z.len() as f64,
-            changed_fraction: reference
-                .map(|_| stats.changed as f64 / stats.elements.max(1) as f64),
+            changed_fraction: stats
+                .reference_used
+                .then(|| stats.changed as f64 / stats.elements.max(1) as f64),
             threads,
             encode_mbps: mbps(enc_s),
             decode_mbps: mbps(dec_s),
@@ -165,12 +167,15 @@ pub fn run(dir: &Path, json: bool, repeat: usize, opts: &tpde::EncodeOptions) ->
 
 fn print_table(dir: &Path, rows: &[Row], threads: usize) {
     println!(
-        "tpde bench {}: each checkpoint coded against the previous one, lossless, verified byte for byte",
+        "tpde bench {}: each checkpoint coded against the previous one, lossless, verified",
         dir.display()
     );
     println!(
-        "speeds in MB/s of the original size; tpde with 1 and {threads} threads, zstd -3 with 1\n"
+        "speeds in MB/s of the original size: tpde with 1/{threads} threads, zstd -3 (1 thread) \
+         compress/decompress\n"
     );
+    let enc = format!("enc 1t/{threads}t");
+    let dec = format!("dec 1t/{threads}t");
     let mut t = Table::new(&[
         "checkpoint",
         "original",
@@ -178,68 +183,63 @@ fn print_table(dir: &Path, rows: &[Row], threads: usize) {
         "ratio",
         "zstd-3",
         "changed",
-        "enc 1t",
-        &format!("enc {threads}t"),
-        "dec 1t",
-        &format!("dec {threads}t"),
-        "zstd-3 c",
-        "zstd-3 d",
+        &enc,
+        &dec,
+        "zstd-3 c/d",
     ]);
-    let f0 = |v: f64| format!("{v:.0}");
+    let pair = |a: f64, b: f64| format!("{a:.0}/{b:.0}");
     for r in rows {
         t.row(vec![
-            if r.keyframe {
-                format!("{} (key)", r.file)
-            } else {
-                r.file.clone()
-            },
-            r.original_bytes.to_string(),
-            r.tpde_bytes.to_string(),
+            r.file.clone(),
+            human(r.original_bytes),
+            human(r.tpde_bytes),
             format!("{:.3}x", r.ratio),
             format!("{:.3}x", r.zstd3_ratio),
             r.changed_fraction
-                .map_or("-".into(), |c| format!("{:.2}%", 100.0 * c)),
-            f0(r.encode_mbps_1t),
-            f0(r.encode_mbps),
-            f0(r.decode_mbps_1t),
-            f0(r.decode_mbps),
-            f0(r.zstd3_compress_mbps),
-            f0(r.zstd3_decompress_mbps),
+                .map_or("key".into(), |c| format!("{:.2}%", 100.0 * c)),
+            pair(r.encode_mbps_1t, r.encode_mbps),
+            pair(r.decode_mbps_1t, r.decode_mbps),
+            pair(r.zstd3_compress_mbps, r.zstd3_decompress_mbps),
         ]);
     }
     let deltas: Vec<&Row> = rows.iter().filter(|r| !r.keyframe).collect();
-    if !deltas.is_empty() {
-        let n = deltas.len() as f64;
-        let mean = |f: &dyn Fn(&Row) -> f64| deltas.iter().map(|r| f(r)).sum::<f64>() / n;
-        let orig: u64 = deltas.iter().map(|r| r.original_bytes).sum();
-        let packed: u64 = deltas.iter().map(|r| r.tpde_bytes).sum();
-        let z: u64 = deltas.iter().map(|r| r.zstd3_bytes).sum();
-        t.separator();
-        t.row(vec![
-            format!("deltas ({})", deltas.len()),
-            orig.to_string(),
-            packed.to_string(),
-            ratio(orig, packed),
-            ratio(orig, z),
-            format!(
-                "{:.2}%",
-                100.0 * mean(&|r| r.changed_fraction.unwrap_or(0.0))
-            ),
-            f0(mean(&|r| r.encode_mbps_1t)),
-            f0(mean(&|r| r.encode_mbps)),
-            f0(mean(&|r| r.decode_mbps_1t)),
-            f0(mean(&|r| r.decode_mbps)),
-            f0(mean(&|r| r.zstd3_compress_mbps)),
-            f0(mean(&|r| r.zstd3_decompress_mbps)),
-        ]);
+    if deltas.is_empty() {
+        t.fit(WIDTH);
         print!("{t}");
-        println!(
-            "\nmean ratio over the {} deltas: tpde {:.3}x, zstd -3 {:.3}x",
-            deltas.len(),
-            mean(&|r| r.ratio),
-            mean(&|r| r.zstd3_ratio)
-        );
-    } else {
-        print!("{t}");
+        return;
     }
+    let n = deltas.len() as f64;
+    let mean = |f: &dyn Fn(&Row) -> f64| deltas.iter().map(|r| f(r)).sum::<f64>() / n;
+    let orig: u64 = deltas.iter().map(|r| r.original_bytes).sum();
+    let packed: u64 = deltas.iter().map(|r| r.tpde_bytes).sum();
+    let z: u64 = deltas.iter().map(|r| r.zstd3_bytes).sum();
+    t.separator();
+    t.row(vec![
+        format!("deltas ({})", deltas.len()),
+        human(orig),
+        human(packed),
+        ratio(orig, packed),
+        ratio(orig, z),
+        format!(
+            "{:.2}%",
+            100.0 * mean(&|r| r.changed_fraction.unwrap_or(0.0))
+        ),
+        pair(mean(&|r| r.encode_mbps_1t), mean(&|r| r.encode_mbps)),
+        pair(mean(&|r| r.decode_mbps_1t), mean(&|r| r.decode_mbps)),
+        pair(
+            mean(&|r| r.zstd3_compress_mbps),
+            mean(&|r| r.zstd3_decompress_mbps),
+        ),
+    ]);
+    t.fit(WIDTH);
+    print!("{t}");
+    if t.shortened() {
+        println!("(long names shortened in the middle; --json gives them whole)");
+    }
+    println!(
+        "\nmean ratio over the {} deltas: tpde {:.3}x, zstd -3 {:.3}x",
+        deltas.len(),
+        mean(&|r| r.ratio),
+        mean(&|r| r.zstd3_ratio)
+    );
 }

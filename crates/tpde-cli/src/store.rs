@@ -8,7 +8,7 @@ use clap::Subcommand;
 use tpde::store::{watch, Checkpoint, EntryKind, StepRecord, Store};
 
 use crate::table::Table;
-use crate::{mb, progress_bar, LossyArgs};
+use crate::{human, progress_bar, ForceArg, LossyArgs, WIDTH};
 use tpde::lossy::Bound;
 
 /// Where a store is: a directory, or `s3://BUCKET/PREFIX` on S3-compatible
@@ -44,10 +44,13 @@ pub enum StoreCommand {
         #[arg(help = STORE_HELP)]
         dir: String,
         step: u64,
-        /// Where to write it (must not exist); by default its original name
-        /// in the current folder.
+        /// Where to write it; by default its original name in the current
+        /// folder. An existing file is replaced only with --force; an
+        /// existing folder never is.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        force: ForceArg,
     },
     /// List the stored checkpoints.
     Ls {
@@ -87,11 +90,11 @@ pub enum StoreCommand {
         /// .safetensors files).
         run_dir: PathBuf,
         /// Seconds between looks at the run folder.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         interval: f64,
         /// A checkpoint is complete once it has not changed for this long
         /// (seconds).
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, default_value_t = 30.0, value_parser = seconds)]
         settle: f64,
         /// Delete each original once its stored copy is verified.
         #[arg(long)]
@@ -102,6 +105,90 @@ pub enum StoreCommand {
         #[command(flatten)]
         lossy: LossyArgs,
     },
+}
+
+/// A number of seconds: finite, not negative.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    Duration::try_from_secs_f64(v)
+        .map(|_| v)
+        .map_err(|_| format!("{s} is not a number of seconds (at least 0, finite)"))
+}
+
+/// Opens the store that `usage` takes first; when it is not one, says
+/// whether the arguments look swapped (`other`, the second one, is a
+/// store) or what the first one is instead.
+fn open_store(dir: &str, other: &Path, other_is: &str, usage: &str) -> Result<Store> {
+    let e = match Store::open_location(dir) {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
+    let local = Path::new(dir);
+    let is_local = !dir.starts_with("s3://") && local.exists();
+    let other_is_store =
+        other.is_dir() && Store::exists_at(&other.to_string_lossy()).unwrap_or(false);
+    if is_local && other_is_store {
+        bail!(
+            "arguments swapped? {dir} is not a store and {} is not {other_is} (it is a store); \
+             usage: {usage}",
+            other.display()
+        );
+    }
+    if is_local && matches!(e, tpde::Error::Store { .. }) {
+        bail!(
+            "{dir} is not a tpde store (it is a {}; create a store with `tpde store init`); \
+             usage: {usage}",
+            if local.is_dir() { "folder" } else { "file" }
+        );
+    }
+    Err(e.into())
+}
+
+/// Where `store get` may write `out`: an existing file only with --force
+/// (then `true`: restore beside it and rename over it), never an existing
+/// folder or anything that is not a plain file.
+fn check_get_output(out: &Path, force: bool) -> Result<bool> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => std::fs::metadata(out).unwrap_or(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", out.display())),
+    };
+    if meta.is_dir() {
+        bail!(
+            "{} is a directory; tpde does not replace a folder, even with --force: remove it \
+             yourself or give another -o",
+            out.display()
+        );
+    }
+    crate::check_output(out, &[], force)?;
+    Ok(true)
+}
+
+/// Restores `step` to `out`, replacing the file there (checked by
+/// [`check_get_output`]): the step is restored beside it first, so that a
+/// failed restore leaves the file as it was.
+fn get_over(store: &Store, step: u64, out: &Path) -> Result<StepRecord> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tpde-tmp-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let staged = tmp.path().join("restored");
+    let rec = store.get(step, &staged)?;
+    if rec.kind == EntryKind::Dir {
+        // A folder cannot be renamed over a file.
+        std::fs::remove_file(out).with_context(|| format!("replacing {}", out.display()))?;
+    }
+    std::fs::rename(&staged, out).with_context(|| format!("replacing {}", out.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(rec)
 }
 
 pub fn run(cmd: StoreCommand) -> Result<()> {
@@ -122,14 +209,24 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             step,
             lossy,
         } => {
-            let store = Store::open_location(&dir)?;
+            let store = open_store(
+                &dir,
+                &path,
+                "a checkpoint",
+                "tpde store add STORE CHECKPOINT",
+            )?;
             let step = match step {
                 Some(s) => s,
                 None => step_of(&path)?,
             };
             add(&store, &path, step, lossy.bound())
         }
-        StoreCommand::Get { dir, step, output } => {
+        StoreCommand::Get {
+            dir,
+            step,
+            output,
+            force,
+        } => {
             let store = Store::open_location(&dir)?;
             let t = Instant::now();
             let out = match output {
@@ -144,15 +241,18 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                     PathBuf::from(&rec.name)
                 }
             };
-            let r = store
-                .get(step, &out)
-                .with_context(|| format!("restoring step {step}"))?;
+            let r = if check_get_output(&out, force.force)? {
+                get_over(&store, step, &out)
+            } else {
+                store.get(step, &out).map_err(Into::into)
+            }
+            .with_context(|| format!("restoring step {step}"))?;
             let bytes: u64 = r.files.iter().map(|f| f.len).sum();
             println!(
                 "step {step} -> {} ({} files, {}), verified, {:.2} s",
                 out.display(),
                 r.files.len(),
-                mb(bytes),
+                human(bytes),
                 t.elapsed().as_secs_f64()
             );
             Ok(())
@@ -162,7 +262,15 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
-                print!("{}", ls_table(&m.steps));
+                let mut t = ls_table(&m.steps);
+                t.fit(WIDTH);
+                print!("{t}");
+                if t.shortened() {
+                    println!("(long names shortened in the middle; --json gives them whole)");
+                }
+                for line in lossy_lines(&m.steps) {
+                    println!("{line}");
+                }
             }
             Ok(())
         }
@@ -185,7 +293,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 "ok: {} steps, {} files, {} restored and checked in {:.2} s",
                 r.steps,
                 r.files,
-                mb(r.bytes),
+                human(r.bytes),
                 t.elapsed().as_secs_f64()
             );
             Ok(())
@@ -259,8 +367,8 @@ fn add(store: &Store, path: &Path, step: u64, lossy: Option<Bound>) -> Result<()
     let (orig, stored) = totals(&rec);
     println!(
         "step {step}: {} -> {} ({:.3}x), {}{}, {:.2} s",
-        mb(orig),
-        mb(stored),
+        human(orig),
+        human(stored),
         orig as f64 / stored.max(1) as f64,
         frame(&rec),
         lossy_note(&rec).map_or(String::new(), |b| format!(", LOSSY ({b})")),
@@ -303,8 +411,8 @@ fn ls_table(steps: &[StepRecord]) -> Table {
                 EntryKind::File => s.name.clone(),
             },
             s.files.len().to_string(),
-            mb(o),
-            mb(st),
+            human(o),
+            human(st),
             format!("{:.3}x", o as f64 / st.max(1) as f64),
             if s.reference.is_some() {
                 "delta"
@@ -314,7 +422,7 @@ fn ls_table(steps: &[StepRecord]) -> Table {
             .into(),
             s.reference.map_or("-".into(), |r| r.to_string()),
             s.depth.to_string(),
-            lossy_note(s).map_or("yes".into(), |b| format!("no ({b})")),
+            if lossy_note(s).is_some() { "no" } else { "yes" }.into(),
         ]);
     }
     t.separator();
@@ -326,8 +434,8 @@ fn ls_table(steps: &[StepRecord]) -> Table {
             .map(|s| s.files.len())
             .sum::<usize>()
             .to_string(),
-        mb(to),
-        mb(ts),
+        human(to),
+        human(ts),
         format!("{:.3}x", to as f64 / ts.max(1) as f64),
         String::new(),
         String::new(),
@@ -335,6 +443,28 @@ fn ls_table(steps: &[StepRecord]) -> Table {
         String::new(),
     ]);
     t
+}
+
+/// Under `store ls`: the bound of the steps that are not exact, one line
+/// per bound.
+fn lossy_lines(steps: &[StepRecord]) -> Vec<String> {
+    let mut bounds: Vec<(String, Vec<String>)> = Vec::new();
+    for s in steps {
+        if let Some(b) = lossy_note(s) {
+            let b = b.to_string();
+            match bounds.iter_mut().find(|(x, _)| *x == b) {
+                Some((_, v)) => v.push(s.step.to_string()),
+                None => bounds.push((b, vec![s.step.to_string()])),
+            }
+        }
+    }
+    bounds
+        .into_iter()
+        .map(|(b, v)| {
+            let which = if v.len() == 1 { "step" } else { "steps" };
+            format!("not exact (lossy): {which} {}: {b}", v.join(", "))
+        })
+        .collect()
 }
 
 /// How `tpde store watch` runs.
@@ -356,7 +486,13 @@ fn watch_run(dir: &str, run_dir: &Path, w: Watch) -> Result<()> {
         once,
         lossy,
     } = w;
-    let store = Store::open_location(dir)?.keep_latest();
+    let store = open_store(
+        dir,
+        run_dir,
+        "a run folder",
+        "tpde store watch STORE RUN_DIR",
+    )?
+    .keep_latest();
     let settle = Duration::from_secs_f64(settle.max(0.0));
     let interval = Duration::from_secs_f64(interval.max(0.1));
     // Path -> (signature, when it was first seen so).

@@ -312,7 +312,8 @@ fn bench_table_and_json() {
     for step in [1, 2, 3] {
         assert!(out.contains(&format!("ckpt-{step}.safetensors")), "{out}");
     }
-    assert!(out.contains("(key)"), "{out}");
+    // The keyframe's changed column.
+    assert!(out.contains(" key "), "{out}");
     assert!(!out.contains("notes.txt"), "{out}");
 
     let out = ok(s.path(), &["bench", ".", "--json"]);
@@ -392,7 +393,7 @@ fn not_safetensors() {
     fails(
         s.path(),
         &["encode", "junk.safetensors", "-o", "junk.tpde"],
-        &["not a valid safetensors"],
+        &["junk.safetensors is not a safetensors file"],
         Some("junk.tpde"),
     );
     fails(
@@ -405,7 +406,7 @@ fn not_safetensors() {
             "-o",
             "junk.tpde",
         ],
-        &["not a valid safetensors"],
+        &["junk.safetensors is not a safetensors file"],
         Some("junk.tpde"),
     );
     // A reference that is not safetensors.
@@ -419,7 +420,7 @@ fn not_safetensors() {
             "-o",
             "x.tpde",
         ],
-        &["not a valid safetensors"],
+        &["the reference junk.safetensors is not a safetensors file"],
         Some("x.tpde"),
     );
     // An input that does not exist.
@@ -490,7 +491,8 @@ fn truncated_or_foreign_tpde() {
     );
 }
 
-/// A failed decode leaves an existing output file as it was.
+/// A failed decode leaves an existing output file as it was, even with
+/// --force.
 #[test]
 fn failure_keeps_an_existing_output() {
     let s = Setup::new();
@@ -505,6 +507,7 @@ fn failure_keeps_an_existing_output() {
             "ckpt-3.safetensors",
             "-o",
             "out.safetensors",
+            "--force",
         ],
         &["wrong reference"],
         None,
@@ -727,7 +730,7 @@ fn store_add_ls_get_verify_rm_prune() {
     fails(
         d,
         &["store", "get", "st", "3", "-o", "back3"],
-        &["exists"],
+        &["back3 is a directory"],
         None,
     );
     fails(
@@ -929,7 +932,9 @@ fn lossy_encode_says_so_everywhere() {
     assert!(out.contains("LOSSY"), "{out}");
     let ls = ok(d, &["store", "ls", "st"]);
     assert!(
-        ls.contains("no (max error 0.01 x tensor RMS)") && ls.contains("yes"),
+        ls.contains("not exact (lossy): step 2: max error 0.01 x tensor RMS")
+            && ls.contains(" no")
+            && ls.contains(" yes"),
         "{ls}"
     );
     assert!(ok(d, &["store", "verify", "st"]).contains("ok: 2 steps"));
@@ -1174,4 +1179,558 @@ fn two_processes_adding_to_one_s3_store_lose_no_step() {
         .collect();
     assert_eq!(steps, stored);
     assert!(ok(d, &["store", "verify", &st]).contains(&format!("ok: {} steps", stored.len())));
+}
+
+/// How many times `needle` occurs in `hay`, ignoring case.
+fn count(hay: &str, needle: &str) -> usize {
+    hay.to_lowercase().matches(&needle.to_lowercase()).count()
+}
+
+/// The operating system's message, and the path it concerns, are said once.
+#[test]
+fn an_os_error_is_said_once() {
+    let s = Setup::new();
+    let d = s.path();
+    std::fs::write(s.file("plain-file"), "x").unwrap();
+    std::fs::create_dir(s.file("folder")).unwrap();
+    // An output inside something that is not a folder (ENOTDIR).
+    let err = fails(
+        d,
+        &["encode", "ckpt-1.safetensors", "-o", "plain-file/x.tpde"],
+        &["not a directory"],
+        None,
+    );
+    assert_eq!(count(&err, "not a directory"), 1, "{err}");
+    // A folder where a file is read.
+    for args in [
+        vec!["encode", "folder", "-o", "x.tpde"],
+        vec!["inspect", "folder"],
+        vec!["decode", "folder", "-o", "x.safetensors"],
+    ] {
+        let err = fails(d, &args, &["is a directory"], Some("x.tpde"));
+        assert_eq!(count(&err, "is a directory"), 1, "{args:?}: {err}");
+    }
+    // A file that does not exist: its name and the reason, once each.
+    for args in [
+        vec!["inspect", "missing.tpde"],
+        vec!["decode", "missing.tpde", "-o", "x.safetensors"],
+        vec!["encode", "missing.tpde", "-o", "x.tpde"],
+    ] {
+        let err = fails(d, &args, &["no such file"], Some("x.safetensors"));
+        assert_eq!(count(&err, "no such file"), 1, "{args:?}: {err}");
+        assert_eq!(count(&err, "missing.tpde"), 1, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// Runs tpde, killing it after `secs` seconds (`None`: it did not finish).
+fn run_within(dir: &Path, args: &[&str], secs: u64) -> Option<Output> {
+    let mut child = tpde()
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed().as_secs() >= secs {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn the_thread_count_is_bounded() {
+    let s = Setup::new();
+    ok(s.path(), &["encode", "ckpt-1.safetensors", "-o", "k.tpde"]);
+    for (j, needle) in [("20000", "at most"), ("0", "at least 1")] {
+        let o = run_within(s.path(), &["-j", j, "inspect", "k.tpde"], 10)
+            .unwrap_or_else(|| panic!("tpde -j {j} did not finish within 10 s"));
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "-j {j}: {err}");
+        assert!(err.contains(needle), "-j {j}: {err}");
+    }
+    ok(s.path(), &["-j", "3", "inspect", "k.tpde"]);
+}
+
+/// Options out of range, and numbers that are not, are refused with one
+/// line (no panic).
+#[test]
+fn odd_arguments_are_refused_without_a_panic() {
+    let s = Setup::new();
+    let d = s.path();
+    ok(d, &["store", "init", "st"]);
+    std::fs::create_dir(s.file("run")).unwrap();
+    for (args, needle) in [
+        (
+            vec![
+                "encode",
+                "ckpt-1.safetensors",
+                "-o",
+                "x.tpde",
+                "--chunk-kib",
+                "0",
+            ],
+            "--chunk-kib",
+        ),
+        (
+            vec![
+                "encode",
+                "ckpt-1.safetensors",
+                "-o",
+                "x.tpde",
+                "--chunk-kib",
+                "99999999999999",
+            ],
+            "--chunk-kib",
+        ),
+        (
+            vec![
+                "encode",
+                "ckpt-1.safetensors",
+                "-o",
+                "x.tpde",
+                "--level",
+                "1000",
+            ],
+            "--level",
+        ),
+        (vec!["bench", ".", "--level", "0"], "--level"),
+        (
+            vec!["store", "watch", "st", "run", "--once", "--settle", "inf"],
+            "--settle",
+        ),
+        (
+            vec!["store", "watch", "st", "run", "--once", "--settle", "nan"],
+            "--settle",
+        ),
+        (
+            vec!["store", "watch", "st", "run", "--once", "--interval", "inf"],
+            "--interval",
+        ),
+        (
+            vec!["store", "watch", "st", "run", "--once", "--interval=-1"],
+            "--interval",
+        ),
+    ] {
+        let o = run(d, &args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}:\n{out}\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!s.file("x.tpde").exists());
+    }
+}
+
+/// Like zstd: an existing output is refused unless -f/--force; with it the
+/// output is replaced (atomically), but an input or a folder never is.
+#[test]
+fn outputs_are_overwritten_only_with_force() {
+    let s = Setup::new();
+    let d = s.path();
+    s.encode_delta("d.tpde");
+    let write_old = |name: &str| std::fs::write(s.file(name), b"old").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["encode", "ckpt-1.safetensors", "-o", "out"], "out"),
+        (
+            vec![
+                "decode",
+                "d.tpde",
+                "--ref",
+                "ckpt-1.safetensors",
+                "-o",
+                "out",
+            ],
+            "out",
+        ),
+        (
+            vec![
+                "decode",
+                "d.tpde",
+                "--ref",
+                "ckpt-1.safetensors",
+                "--tensor",
+                "layer.bias",
+                "-o",
+                "out",
+            ],
+            "out",
+        ),
+    ];
+    for (args, out) in &cases {
+        write_old(out);
+        let err = fails(d, args, &["exists"], None);
+        assert!(
+            err.contains("out exists; use -f/--force to overwrite"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(s.file(out)).unwrap(), b"old");
+        for force in ["-f", "--force"] {
+            write_old(out);
+            let mut forced = args.clone();
+            forced.push(force);
+            let before = listing(d);
+            ok(d, &forced);
+            assert_ne!(std::fs::read(s.file(out)).unwrap(), b"old", "{forced:?}");
+            assert_eq!(listing(d), before, "{forced:?} left files behind");
+        }
+    }
+    // --force never replaces an input, nor a folder.
+    let inputs = ["ckpt-1.safetensors", "d.tpde"];
+    let sums: Vec<String> = inputs.iter().map(|f| sha256_file(&s.file(f))).collect();
+    fails(
+        d,
+        &[
+            "encode",
+            "ckpt-1.safetensors",
+            "-o",
+            "ckpt-1.safetensors",
+            "-f",
+        ],
+        &["input"],
+        None,
+    );
+    fails(
+        d,
+        &[
+            "decode",
+            "d.tpde",
+            "--ref",
+            "ckpt-1.safetensors",
+            "-o",
+            "d.tpde",
+            "-f",
+        ],
+        &["input"],
+        None,
+    );
+    let after: Vec<String> = inputs.iter().map(|f| sha256_file(&s.file(f))).collect();
+    assert_eq!(after, sums);
+    std::fs::create_dir(s.file("folder")).unwrap();
+    std::fs::write(s.file("folder/keep"), "mine").unwrap();
+    fails(
+        d,
+        &["encode", "ckpt-1.safetensors", "-o", "folder", "-f"],
+        &["folder is a directory"],
+        None,
+    );
+    // Nor anything that is not a plain file (a named pipe here).
+    #[cfg(unix)]
+    {
+        let fifo = s.file("pipe");
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        fails(
+            d,
+            &["encode", "ckpt-1.safetensors", "-o", "pipe", "-f"],
+            &["not a regular file"],
+            None,
+        );
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+
+    // store get: the same rule; an existing folder is refused even with -f.
+    ok(d, &["store", "init", "st"]);
+    ok(
+        d,
+        &["store", "add", "st", "ckpt-1.safetensors", "--step", "1"],
+    );
+    write_old("got");
+    fails(
+        d,
+        &["store", "get", "st", "1", "-o", "got"],
+        &["got exists; use -f/--force to overwrite"],
+        None,
+    );
+    assert_eq!(std::fs::read(s.file("got")).unwrap(), b"old");
+    let before = listing(d);
+    ok(d, &["store", "get", "st", "1", "-o", "got", "--force"]);
+    assert_eq!(
+        sha256_file(&s.file("got")),
+        sha256_file(&s.file("ckpt-1.safetensors"))
+    );
+    assert_eq!(listing(d), before, "store get --force left files behind");
+    // A failed get leaves the existing file as it was.
+    write_old("got");
+    fails(
+        d,
+        &["store", "get", "st", "7", "-o", "got", "-f"],
+        &["no step 7"],
+        None,
+    );
+    assert_eq!(std::fs::read(s.file("got")).unwrap(), b"old");
+    // By default it goes to its original name: refused, that file exists.
+    fails(
+        d,
+        &["store", "get", "st", "1"],
+        &["ckpt-1.safetensors exists"],
+        None,
+    );
+    let err = fails(
+        d,
+        &["store", "get", "st", "1", "-o", "folder", "-f"],
+        &["folder is a directory"],
+        None,
+    );
+    assert!(err.contains("even with --force"), "{err}");
+    assert_eq!(std::fs::read(s.file("folder/keep")).unwrap(), b"mine");
+}
+
+/// A reference none of whose tensors matches: said, and coded as a
+/// keyframe (decoding needs no reference).
+#[test]
+fn an_unrelated_reference_is_named() {
+    let s = Setup::new();
+    let d = s.path();
+    let adam = safetensors(&[
+        ("state.0.exp_avg", vec![0.5; 300]),
+        ("state.0.exp_avg_sq", vec![0.25; 300]),
+    ]);
+    std::fs::write(s.file("adam.safetensors"), adam).unwrap();
+    let o = run(
+        d,
+        &[
+            "encode",
+            "ckpt-2.safetensors",
+            "--ref",
+            "adam.safetensors",
+            "-o",
+            "x.tpde",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains(
+            "no tensor of ckpt-2.safetensors matched one of the reference adam.safetensors \
+             (by name, dtype and shape): coded as a keyframe"
+        ),
+        "{all}"
+    );
+    assert!(!all.contains("changed elements"), "{all}");
+    ok(d, &["decode", "x.tpde", "-o", "back.safetensors"]);
+    assert_eq!(
+        sha256_file(&s.file("back.safetensors")),
+        sha256_file(&s.file("ckpt-2.safetensors"))
+    );
+}
+
+/// A file named .safetensors that is not one: said so, with the way out.
+#[test]
+fn a_safetensors_name_on_another_file() {
+    let s = Setup::new();
+    let d = s.path();
+    std::fs::write(
+        s.file("notes.safetensors"),
+        b"these are my notes, not tensors",
+    )
+    .unwrap();
+    let err = fails(
+        d,
+        &["encode", "notes.safetensors", "-o", "n.tpde"],
+        &["notes.safetensors is not a safetensors file"],
+        Some("n.tpde"),
+    );
+    assert!(
+        err.contains("use --as bytes to store it as opaque bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("not a valid safetensors file"), "{err}");
+    ok(
+        d,
+        &[
+            "encode",
+            "notes.safetensors",
+            "-o",
+            "n.tpde",
+            "--as",
+            "bytes",
+        ],
+    );
+    ok(d, &["decode", "n.tpde", "-o", "back"]);
+    assert_eq!(
+        std::fs::read(s.file("back")).unwrap(),
+        b"these are my notes, not tensors"
+    );
+    // As the reference.
+    fails(
+        d,
+        &[
+            "encode",
+            "ckpt-1.safetensors",
+            "--ref",
+            "notes.safetensors",
+            "-o",
+            "n2.tpde",
+        ],
+        &["the reference notes.safetensors is not a safetensors file"],
+        Some("n2.tpde"),
+    );
+}
+
+#[test]
+fn store_add_with_its_arguments_swapped() {
+    let s = Setup::new();
+    let d = s.path();
+    hf_run(d, &[1]);
+    ok(d, &["store", "init", "st"]);
+    for ck in ["ckpt-1.safetensors", "run/checkpoint-1"] {
+        let err = fails(
+            d,
+            &["store", "add", ck, "st"],
+            &["arguments swapped?"],
+            None,
+        );
+        assert!(
+            err.contains(&format!("{ck} is not a store and st is not a checkpoint"))
+                && err.contains("usage: tpde store add STORE CHECKPOINT"),
+            "{err}"
+        );
+    }
+    // Not swapped, but the first is a checkpoint: no store given.
+    let err = fails(
+        d,
+        &["store", "add", "ckpt-1.safetensors", "ckpt-2.safetensors"],
+        &["ckpt-1.safetensors is not a tpde store"],
+        None,
+    );
+    assert!(
+        err.contains("usage: tpde store add STORE CHECKPOINT"),
+        "{err}"
+    );
+    // watch too.
+    fails(
+        d,
+        &["store", "watch", "run", "st", "--once"],
+        &["arguments swapped?"],
+        None,
+    );
+}
+
+/// Every line of a table fits in 100 columns, and sizes are in one unit
+/// convention (decimal, 3 significant digits), on the shipped real run.
+#[test]
+fn tables_fit_in_100_columns_with_one_size_unit() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/tiny");
+    let s = Setup::new();
+    let d = s.path();
+    std::fs::create_dir(s.file("w")).unwrap();
+    for e in ["00", "01"] {
+        let name = format!("epoch-{e}.safetensors");
+        std::fs::copy(data.join("weights").join(&name), s.file("w").join(&name)).unwrap();
+    }
+    let adam = |e: &str| data.join(format!("adam/epoch-{e}.safetensors"));
+    let adam2 = adam("02");
+    let adam3 = adam("03");
+    let mut outputs = vec![ok(d, &["bench", "w"])];
+    ok(
+        d,
+        &[
+            "encode",
+            adam3.to_str().unwrap(),
+            "--ref",
+            adam2.to_str().unwrap(),
+            "-o",
+            "a.tpde",
+        ],
+    );
+    outputs.push(ok(d, &["inspect", "a.tpde"]));
+    ok(d, &["store", "init", "st"]);
+    for (step, f) in [
+        ("1", "w/epoch-00.safetensors"),
+        ("2", "w/epoch-01.safetensors"),
+    ] {
+        outputs.push(ok(d, &["store", "add", "st", f, "--step", step]));
+    }
+    std::fs::write(s.file("tiny.safetensors"), &checkpoint(1)[..40]).unwrap();
+    outputs.push(ok(
+        d,
+        &["store", "add", "st", "tiny.safetensors", "--step", "3"],
+    ));
+    outputs.push(ok(d, &["store", "ls", "st"]));
+    let all = outputs.concat();
+    for line in all.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} columns:\n{line}\n{all}",
+            line.len()
+        );
+    }
+    assert!(!all.contains("0.00 MB"), "{all}");
+    // Byte counts: 543 kB, not 543064 or 0.54 MB.
+    assert!(all.contains("543 kB"), "{all}");
+    assert!(!all.contains("543064") && !all.contains("0.54 MB"), "{all}");
+    assert!(all.contains("40 B"), "{all}");
+}
+
+#[test]
+fn inspect_explains_codings_and_counts_raw_tensors() {
+    let help = ok(Path::new("."), &["inspect", "--help"]);
+    for name in [
+        "stored",
+        "zstd",
+        "planes",
+        "delta",
+        "ulp",
+        "xor",
+        "diff",
+        "dense",
+        "gaps",
+        "bitmap",
+        "classes",
+        "quantized",
+        "mixed",
+    ] {
+        assert!(
+            help.contains(name),
+            "inspect --help does not explain {name}:\n{help}"
+        );
+    }
+    // The shipped run: its small biases are stored as they are (their delta
+    // is no smaller); with --ref inspect counts their changed elements.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/tiny/weights");
+    let (prev, cur) = (
+        data.join("epoch-02.safetensors"),
+        data.join("epoch-03.safetensors"),
+    );
+    let s = Setup::new();
+    let d = s.path();
+    ok(
+        d,
+        &[
+            "encode",
+            cur.to_str().unwrap(),
+            "--ref",
+            prev.to_str().unwrap(),
+            "-o",
+            "e.tpde",
+        ],
+    );
+    let row = |out: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with("encoder.layers.0.linear2.bias "))
+            .unwrap_or_else(|| panic!("no row of linear2.bias in\n{out}"))
+            .to_string()
+    };
+    let out = ok(d, &["inspect", "e.tpde"]);
+    let r = row(&out);
+    assert!(r.contains("stored") && r.contains(" ? "), "{r}\n{out}");
+    assert!(out.contains("--ref"), "{out}");
+    let out = ok(d, &["inspect", "e.tpde", "--ref", prev.to_str().unwrap()]);
+    let r = row(&out);
+    assert!(r.contains("stored") && r.contains('%'), "{r}\n{out}");
+    assert!(!r.contains(" ? ") && !r.contains(" - "), "{r}");
 }
