@@ -26,6 +26,9 @@ pub enum StoreCommand {
         /// decodes at most K.
         #[arg(long, default_value_t = tpde::store::DEFAULT_KEYFRAME_EVERY)]
         keyframe_every: u32,
+        /// Also create the missing folders above DIR.
+        #[arg(long)]
+        parents: bool,
     },
     /// Add a checkpoint: a safetensors file or a checkpoint folder (every
     /// file in it is kept).
@@ -167,28 +170,10 @@ fn check_get_output(out: &Path, force: bool) -> Result<bool> {
 }
 
 /// Restores `step` to `out`, replacing the file there (checked by
-/// [`check_get_output`]): the step is restored beside it first, so that a
-/// failed restore leaves the file as it was.
+/// [`check_get_output`]): the output is complete before it replaces the
+/// file, so a failed restore leaves the file as it was.
 fn get_over(store: &Store, step: u64, out: &Path) -> Result<StepRecord> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".tpde-tmp-")
-        .tempdir_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let staged = tmp.path().join("restored");
-    let rec = store.get(step, &staged)?;
-    if rec.kind == EntryKind::Dir {
-        // A folder cannot be renamed over a file.
-        std::fs::remove_file(out).with_context(|| format!("replacing {}", out.display()))?;
-    }
-    std::fs::rename(&staged, out).with_context(|| format!("replacing {}", out.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(rec)
+    Ok(store.get_with(step, out, tpde::atomic::Replace::Yes)?)
 }
 
 pub fn run(cmd: StoreCommand) -> Result<()> {
@@ -196,8 +181,9 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
         StoreCommand::Init {
             dir,
             keyframe_every,
+            parents,
         } => {
-            Store::init_location(&dir, keyframe_every)?;
+            Store::create_location(&dir, keyframe_every, parents)?;
             println!(
                 "created store {dir} (a keyframe at least every {keyframe_every} checkpoints)"
             );
@@ -284,6 +270,20 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 println!(
                     "{} leftover files of an interrupted write (the next write removes them)",
                     r.leftovers.len()
+                );
+            }
+            if !r.foreign.is_empty() {
+                let shown: Vec<String> = r
+                    .foreign
+                    .iter()
+                    .take(3)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                println!(
+                    "{} entries in the store's folders that tpde did not write, left alone: {}{}",
+                    r.foreign.len(),
+                    shown.join(", "),
+                    if r.foreign.len() > 3 { ", ..." } else { "" }
                 );
             }
             if !r.problems.is_empty() {
@@ -389,8 +389,21 @@ fn totals(rec: &StepRecord) -> (u64, u64) {
 }
 
 fn frame(rec: &StepRecord) -> String {
+    let (n, d) = (rec.files.len(), rec.delta_files());
     match rec.reference {
+        Some(r) if d < n => format!("delta against step {r} ({d} of {n} files)"),
         Some(r) => format!("delta against step {r}"),
+        None => "keyframe".into(),
+    }
+}
+
+/// The frame column of `store ls`: `keyframe`, `delta`, or `delta 2/3` when
+/// only some files are coded against the reference.
+fn frame_short(rec: &StepRecord) -> String {
+    let (n, d) = (rec.files.len(), rec.delta_files());
+    match rec.reference {
+        Some(_) if d < n => format!("delta {d}/{n}"),
+        Some(_) => "delta".into(),
         None => "keyframe".into(),
     }
 }
@@ -414,12 +427,7 @@ fn ls_table(steps: &[StepRecord]) -> Table {
             human(o),
             human(st),
             format!("{:.3}x", o as f64 / st.max(1) as f64),
-            if s.reference.is_some() {
-                "delta"
-            } else {
-                "keyframe"
-            }
-            .into(),
+            frame_short(s),
             s.reference.map_or("-".into(), |r| r.to_string()),
             s.depth.to_string(),
             if lossy_note(s).is_some() { "no" } else { "yes" }.into(),
@@ -523,12 +531,22 @@ fn watch_run(dir: &str, run_dir: &Path, w: Watch) -> Result<()> {
                 pending = true;
                 continue;
             }
+            let before = watch::signature(&c.path)?;
             add(&store, &c.path, c.step, lossy)?;
             seen.remove(&c.path);
             if delete_originals {
                 store
                     .check_against(c.step, &c.path)
                     .with_context(|| format!("verifying step {} before deleting", c.step))?;
+                // Written to since it was read: what is stored is not all of
+                // it, so it is not deleted.
+                if watch::signature(&c.path)? != before {
+                    bail!(
+                        "{} changed while it was being stored; it was not deleted (add it \
+                         again once it is complete: `tpde store rm` then `add`)",
+                        c.path.display()
+                    );
+                }
                 let r = if c.path.is_dir() {
                     std::fs::remove_dir_all(&c.path)
                 } else {

@@ -1734,3 +1734,100 @@ fn inspect_explains_codings_and_counts_raw_tensors() {
     assert!(r.contains("stored") && r.contains('%'), "{r}\n{out}");
     assert!(!r.contains(" ? ") && !r.contains(" - "), "{r}");
 }
+
+// Issue 17: single-file checkpoints with other names were coded as
+// keyframes while `store add` and `store ls` called them deltas.
+#[test]
+fn single_file_steps_are_deltas_and_ls_says_what_is() {
+    let t = TempDir::new().unwrap();
+    let d = t.path();
+    ok(d, &["store", "init", "s"]);
+    for e in 0..3u32 {
+        std::fs::write(d.join(format!("model_e{e:02}.safetensors")), checkpoint(e)).unwrap();
+    }
+    ok(
+        d,
+        &["store", "add", "s", "model_e00.safetensors", "--step", "0"],
+    );
+    let out = ok(
+        d,
+        &["store", "add", "s", "model_e01.safetensors", "--step", "1"],
+    );
+    assert!(out.contains("delta against step 0"), "{out}");
+    // A folder with nothing to match is a keyframe, and says so.
+    std::fs::create_dir(d.join("other")).unwrap();
+    std::fs::write(d.join("other/a.json"), b"{\"a\": 1}").unwrap();
+    std::fs::write(d.join("other/b.json"), b"{\"b\": 2}").unwrap();
+    let out = ok(d, &["store", "add", "s", "other", "--step", "2"]);
+    assert!(out.contains("keyframe"), "{out}");
+    let ls = ok(d, &["store", "ls", "s"]);
+    let line = |step: &str| {
+        ls.lines()
+            .find(|l| l.split_whitespace().next() == Some(step))
+            .unwrap_or_else(|| panic!("no step {step} in\n{ls}"))
+            .to_string()
+    };
+    assert!(line("1").contains("delta"), "{ls}");
+    assert!(line("2").contains("keyframe"), "{ls}");
+    let v = ok(d, &["store", "verify", "s"]);
+    assert!(v.contains("ok: 3 steps"), "{v}");
+}
+
+// Issue 12: `store init` made every missing parent folder and adopted a
+// folder that held other files.
+#[test]
+fn store_init_needs_an_empty_folder_and_asks_for_parents() {
+    let t = TempDir::new().unwrap();
+    let d = t.path();
+    fails(
+        d,
+        &["store", "init", "a/b/s"],
+        &["does not exist", "--parents"],
+        None,
+    );
+    assert!(!d.join("a").exists());
+    ok(d, &["store", "init", "--parents", "a/b/s"]);
+    std::fs::create_dir_all(d.join("proj/tmp")).unwrap();
+    std::fs::write(d.join("proj/tmp/mine.txt"), b"mine").unwrap();
+    fails(d, &["store", "init", "proj"], &["is not empty"], None);
+    assert_eq!(std::fs::read(d.join("proj/tmp/mine.txt")).unwrap(), b"mine");
+    // Files planted in a store are left alone and listed by verify.
+    std::fs::write(d.join("a/b/s/tmp/notes.txt"), b"mine").unwrap();
+    let v = ok(d, &["store", "verify", "a/b/s"]);
+    assert!(v.contains("did not write, left alone"), "{v}");
+}
+
+// Issue 12: `decode -o /dev/null` as root renamed a temporary file over the
+// device; `store get --force` replaces a file, never anything else.
+#[test]
+fn only_regular_files_are_ever_replaced() {
+    let t = TempDir::new().unwrap();
+    let d = t.path();
+    std::fs::write(d.join("a.safetensors"), checkpoint(1)).unwrap();
+    ok(d, &["encode", "a.safetensors", "-o", "a.tpde"]);
+    std::fs::create_dir(d.join("folder")).unwrap();
+    fails(
+        d,
+        &["decode", "a.tpde", "-o", "folder", "-f"],
+        &["folder"],
+        None,
+    );
+    assert!(d.join("folder").is_dir());
+    ok(d, &["store", "init", "s"]);
+    ok(d, &["store", "add", "s", "a.safetensors", "--step", "1"]);
+    std::fs::write(d.join("out.safetensors"), b"old").unwrap();
+    ok(
+        d,
+        &["store", "get", "s", "1", "-o", "out.safetensors", "--force"],
+    );
+    assert_eq!(
+        sha256_file(&d.join("out.safetensors")),
+        sha256(&checkpoint(1))
+    );
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tpde"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

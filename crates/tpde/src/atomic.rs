@@ -30,8 +30,17 @@ pub fn write_atomic<T>(
     f: impl FnOnce(&mut dyn Write) -> Result<T>,
 ) -> Result<T> {
     let dir = safefs::parent_of(path);
-    if replace == Replace::No && std::fs::symlink_metadata(path).is_ok() {
-        return Err(exists(path));
+    match std::fs::symlink_metadata(path) {
+        Err(_) => {}
+        Ok(_) if replace == Replace::No => return Err(exists(path)),
+        // Never rename over a device (`-o /dev/null`), a folder or a link.
+        Ok(m) if !m.is_file() => {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists and is not a regular file; tpde does not replace it",
+                path.display()
+            )))
+        }
+        Ok(_) => {}
     }
     if let Some(unnamed) = Unnamed::new(dir) {
         let mut w = BufWriter::with_capacity(1 << 20, &unnamed.file);

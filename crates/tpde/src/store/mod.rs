@@ -39,6 +39,7 @@ use std::sync::Mutex;
 pub use io::Faults;
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 
+use crate::atomic::Replace;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::lossy::Bound;
@@ -1397,18 +1398,35 @@ impl Store {
     /// The files are decoded straight to disk (a checkpoint of any size);
     /// returns the step's record.
     pub fn get(&self, step: u64, out: &Path) -> Result<StepRecord> {
-        if std::fs::symlink_metadata(out).is_ok() {
-            return Err(Error::InvalidArgument(format!(
-                "{} exists already; tpde does not overwrite it",
-                out.display()
-            )));
+        self.get_with(step, out, Replace::No)
+    }
+
+    /// [`Store::get`], and with [`Replace::Yes`] an existing regular file at
+    /// `out` is replaced (atomically for a single-file step; a folder or
+    /// anything but a regular file is never replaced).
+    pub fn get_with(&self, step: u64, out: &Path, replace: Replace) -> Result<StepRecord> {
+        match std::fs::symlink_metadata(out) {
+            Err(_) => {}
+            Ok(m) if replace == Replace::Yes && m.is_file() => {}
+            Ok(m) if m.is_file() => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} exists already; tpde does not overwrite it (-f/--force to replace it)",
+                    out.display()
+                )))
+            }
+            Ok(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} exists and is not a regular file; tpde does not replace it",
+                    out.display()
+                )))
+            }
         }
         let _lock = self.lock_shared()?;
         let m = self.load_manifest()?;
         let rec = m
             .get(step)
             .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
-        build_beside(out, rec.kind, &rec.dirs, |sink| {
+        build_beside(out, rec.kind, &rec.dirs, replace, |sink| {
             self.restore_files(&m, step, None, sink)?;
             if let Some(hook) = &self.after_decode {
                 hook();
@@ -1878,7 +1896,7 @@ fn list_steps(m: &Manifest) -> String {
 /// Writes a restored checkpoint to `out` atomically: a file through a
 /// temporary file, a folder built under a temporary name and renamed.
 pub fn write_restored(r: &Restored, out: &Path) -> Result<()> {
-    build_beside(out, r.kind, &r.dirs, |sink| match sink {
+    build_beside(out, r.kind, &r.dirs, Replace::No, |sink| match sink {
         Sink::File(mut f) => {
             let bytes = r.files.first().map(|(_, b)| &b[..]).unwrap_or_default();
             f.write_all(bytes).map_err(|e| Error::io(out, e))
@@ -1915,15 +1933,24 @@ fn build_beside(
     out: &Path,
     kind: EntryKind,
     dirs: &[String],
+    replace: Replace,
     fill: impl FnOnce(Sink<'_>) -> Result<()>,
 ) -> Result<()> {
     let parent = safefs::parent_of(out);
     remove_stale_builds(parent);
+    // Only a regular file is ever replaced (checked again just before).
+    let replacing =
+        || replace == Replace::Yes && std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file());
     if kind == EntryKind::File {
         if let Some(unnamed) = safefs::Unnamed::new(parent) {
             fill(Sink::File(&unnamed.file))?;
             unnamed.file.sync_all().map_err(|e| Error::io(out, e))?;
-            unnamed.link(out).map_err(|e| Error::io(out, e))?;
+            if replacing() {
+                unnamed.link_replacing(out)
+            } else {
+                unnamed.link(out)
+            }
+            .map_err(|e| Error::io(out, e))?;
             let _ = safefs::sync_dir(parent);
             return Ok(());
         }
@@ -1944,9 +1971,18 @@ fn build_beside(
             let file = File::create(&p).map_err(|e| Error::io(&p, e))?;
             fill(Sink::File(&file))?;
             file.sync_all().map_err(|e| Error::io(&p, e))?;
-            safefs::rename_noreplace(&p, out).map_err(|e| Error::io(out, e))
+            if replacing() {
+                std::fs::rename(&p, out).map_err(|e| Error::io(out, e))
+            } else {
+                safefs::rename_noreplace(&p, out).map_err(|e| Error::io(out, e))
+            }
         } else {
             fill(Sink::Dir(&tmp))?;
+            if replacing() {
+                // A folder cannot be renamed over a file: the file goes
+                // first, once the folder is complete.
+                std::fs::remove_file(out).map_err(|e| Error::io(out, e))?;
+            }
             safefs::rename_noreplace(&tmp, out).map_err(|e| Error::io(out, e))
         }
     })();
