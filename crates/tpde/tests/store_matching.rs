@@ -91,7 +91,7 @@ fn renamed_shards_and_step_numbered_files_in_folders_are_matched() {
     for step in 0..3u64 {
         let g = (step + 1) * 100;
         let ck = root.path().join(format!("in/global_step{g}"));
-        let mut add = |rel: String, from: &Path| {
+        let add = |rel: String, from: &Path| {
             let p = ck.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::copy(from, &p).unwrap();
