@@ -5,6 +5,7 @@ tpde.TpdeError everywhere and survives pickling."""
 import pickle
 import time
 
+import numpy as np
 import pytest
 
 import tpde
@@ -47,8 +48,6 @@ def test_deep_and_shared_states(store):
         store.save(1, {"deep": deep})
     # A DAG with 2**60 paths (every level refers to the one below twice) is
     # not a cycle: it saves in linear time, and the tensors get one name.
-    import numpy as np
-
     d = {"w": np.arange(3)}
     for _ in range(60):
         d = {"a": d, "b": d}
@@ -73,6 +72,8 @@ def test_integer_arguments_say_their_range(store, tmp_path):
         (lambda: store.get(2**70, tmp_path / "o"), f"step must be an int between 0 and {U64}"),
         (lambda: store.remove(-1), "step must be"),
         (lambda: store.files(True), "step must be an int"),
+        (lambda: store.files(np.bool_(True)), "step must be an int"),
+        (lambda: store.files(1.0), "step must be an int"),
         (lambda: store.add(tmp_path, step=-2), "step must be"),
         (lambda: store.prune(keep_last=-1), f"keep_last must be an int between 0 and {U64}"),
         (lambda: store.prune(keep_last=2**64), f"keep_last must be an int between 0 and {U64}"),
@@ -93,7 +94,7 @@ def test_integer_arguments_say_their_range(store, tmp_path):
     for fn, message in checks:
         with pytest.raises(tpde.TpdeError, match=message.replace("(", r"\(")):
             fn()
-    store.save(U64, {"a": 1})
+    store.save(np.uint64(U64), {"a": 1})  # numpy integers are ints
     assert store.load(U64) == {"a": 1} and store.steps() == [U64]
     assert tpde.encode(b"x" * 100, level=-131072, chunk_kib=65536)
     assert not (tmp_path / "k").exists()

@@ -4,6 +4,7 @@ raises TpdeError (not a TypeError from deep inside)."""
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import sys
 from typing import Any, Callable, Optional, Tuple, TypeVar, Union
@@ -50,11 +51,17 @@ def _describe(value: Any) -> str:
 
 
 def _int(what: str, value: Any, lo: int, hi: int) -> int:
-    """``value`` if it is an int (not a bool) in [lo, hi]; else TpdeError
-    naming ``what`` and the range."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    """``value`` as an int if it is one (or a numpy integer; not a bool) in
+    [lo, hi]; else TpdeError naming ``what`` and the range."""
+    n = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            n = operator.index(value)
+        except TypeError:
+            pass
+    if n is None or not lo <= n <= hi:
         raise TpdeError(f"{what} must be an int between {lo} and {hi}, not {_describe(value)}")
-    return int(value)
+    return n
 
 
 def _flag(what: str, value: Any) -> bool:
