@@ -11,8 +11,10 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
+// Module `tpde`: the class is `tpde.TpdeError` in tracebacks and pickles
+// (the package re-exports it), not `_tpde.TpdeError`.
 create_exception!(
-    _tpde,
+    tpde,
     TpdeError,
     PyException,
     "Raised for every tpde failure, with a message naming the problem."

@@ -4,8 +4,12 @@ raises TpdeError (not a TypeError from deep inside)."""
 from __future__ import annotations
 
 import functools
+import operator
 import os
+import sys
 from typing import Any, Callable, Optional, Tuple, TypeVar, Union
+
+import numpy as np
 
 from . import _tpde
 from ._tpde import TpdeError
@@ -28,6 +32,43 @@ def tpde_errors(fn: Callable[..., T]) -> Callable[..., T]:
             raise TpdeError(f"{fn.__name__}: {e}") from e
 
     return wrapper
+
+
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+USIZE_MAX = 2 * sys.maxsize + 1
+# zstd's levels (ZSTD_minCLevel() and ZSTD_maxCLevel(); 0 is its default, 3).
+LEVEL_MIN, LEVEL_MAX = -131072, 22
+# The library's chunk sizes: 64 bytes to 64 MiB.
+CHUNK_KIB_MAX = 64 * 1024
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _int(what: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int if it is one (or a numpy integer; not a bool) in
+    [lo, hi]; else TpdeError naming ``what`` and the range."""
+    n = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            n = operator.index(value)
+        except TypeError:
+            pass
+    if n is None or not lo <= n <= hi:
+        raise TpdeError(f"{what} must be an int between {lo} and {hi}, not {_describe(value)}")
+    return n
+
+
+def _flag(what: str, value: Any) -> bool:
+    """``value`` if it is a bool (a truthy string is not one)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TpdeError(f"{what} must be True or False, not {_describe(value)}")
 
 
 def _bytes(what: str, data: Any) -> bytes:
@@ -54,6 +95,8 @@ def encode(data: bytes, reference: Optional[bytes] = None, *, kind: str = "auto"
     "auto", "safetensors", "torch" or "bytes". A bound makes it lossy (pass
     the decoded previous file as ``reference``, so that errors do not add up)."""
     ref = None if reference is None else _bytes("reference", reference)
+    level = _int("level", level, LEVEL_MIN, LEVEL_MAX)
+    chunk_kib = _int("chunk_kib", chunk_kib, 1, CHUNK_KIB_MAX)
     return _tpde.encode(_bytes("data", data), ref, kind=kind, level=level, chunk_kib=chunk_kib,
                         max_abs_error=max_abs_error, max_rel_error=max_rel_error)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from . import _state
-from ._api import _path, tpde_errors
+from ._api import U32_MAX, U64_MAX, USIZE_MAX, _flag, _int, _path, tpde_errors
 from ._tpde import Store as _Store
 from ._tpde import TpdeError, step_from_name
 
@@ -16,9 +16,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise TpdeError(f"a step is a non-negative int, not {step!r}")
-    return step
+    return _int("step", step, 0, U64_MAX)
 
 
 @dataclass
@@ -53,11 +51,9 @@ class Store:
     @tpde_errors
     def __init__(self, path: PathLike, *, keyframe_every: Optional[int] = None,
                  create: bool = True) -> None:
-        if keyframe_every is not None and (
-            isinstance(keyframe_every, bool) or not isinstance(keyframe_every, int)
-            or keyframe_every < 1
-        ):
-            raise TpdeError(f"keyframe_every is a positive int, not {keyframe_every!r}")
+        if keyframe_every is not None:
+            keyframe_every = _int("keyframe_every", keyframe_every, 1, U32_MAX)
+        create = _flag("create", create)
         self._inner = _Store(_path("path", path), keyframe_every=keyframe_every, create=create)
 
     @property
@@ -84,7 +80,7 @@ class Store:
 
     @tpde_errors
     def save(self, step: int, state: Any, *, max_abs_error: Optional[float] = None,
-             max_rel_error: Optional[float] = None) -> None:
+             max_rel_error: Optional[float] = None, pickle_tensors: bool = False) -> None:
         """Stores ``state`` (a state dict, or any nesting of dicts, lists and
         tuples holding torch tensors, numpy arrays and plain values: model,
         optimizer and RNG states together) as step ``step``.
@@ -92,10 +88,18 @@ class Store:
         Lossless unless a bound is given: with ``max_abs_error=E`` every float
         element (F16, BF16, F32, F64) is restored within E of its value (with
         ``max_rel_error=R``, within R times its tensor's RMS); NaN, infinities,
-        integers and bools stay exact, and errors do not add up from step to
-        step."""
+        integers, bools and complex values stay exact, and errors do not add
+        up from step to step.
+
+        Tensors and arrays tpde cannot store as data (sparse, quantized,
+        nested or subclassed tensors; object, structured, masked arrays) are
+        refused, unless ``pickle_tensors=True``: then they are pickled as
+        ``torch.save`` would, and loading the step needs ``trusted=True``.
+        A cycle (a dict that contains itself) is refused."""
         step = _step(step)
-        tensors, structure = _state.flatten(state)
+        pickle_tensors = _flag("pickle_tensors", pickle_tensors)
+        lossy = max_abs_error is not None or max_rel_error is not None
+        tensors, structure = _state.flatten(state, pickle_tensors=pickle_tensors, lossy=lossy)
         self._inner.add_tensors(step, f"step-{step}", tensors, [(_state.STRUCTURE, structure)],
                                 max_abs_error=max_abs_error, max_rel_error=max_rel_error)
 
@@ -105,8 +109,18 @@ class Store:
         """Restores the state saved as step ``step``: torch tensors (numpy
         arrays with ``numpy=True``; moved with ``map_location``). Objects other
         than containers, plain values, torch dtypes/devices/sizes and numpy
-        scalars are unpickled only with ``trusted=True``."""
+        scalars, dtypes and types are unpickled only with ``trusted=True``
+        (which runs whatever the stored pickle says: only for stores you
+        trust)."""
         step = _step(step)
+        numpy = _flag("numpy", numpy)
+        trusted = _flag("trusted", trusted)
+        if map_location is not None and not isinstance(map_location, str) and (
+            _state.torch is None or not isinstance(map_location, _state.torch.device)
+        ):
+            raise TpdeError(f"map_location must be a device (a str or torch.device), not a "
+                            f"{type(map_location).__name__}: tpde does not apply remapping "
+                            f"functions or dicts")
         name, kind, files, _dirs = self._inner.restore(step)
         by_path = dict(files)
         if kind != "dir" or _state.TENSORS not in by_path or _state.STRUCTURE not in by_path:
@@ -162,6 +176,9 @@ class Store:
     def prune(self, keep_last: int = 0, keep_every: Optional[int] = None) -> List[int]:
         """Keeps the last ``keep_last`` steps and the multiples of
         ``keep_every``; returns the removed steps."""
+        keep_last = _int("keep_last", keep_last, 0, USIZE_MAX)
+        if keep_every is not None:
+            keep_every = _int("keep_every", keep_every, 1, U64_MAX)
         if keep_last == 0 and keep_every is None:
             raise TpdeError("say what to keep: keep_last and/or keep_every")
         return self._inner.prune(keep_last, keep_every)

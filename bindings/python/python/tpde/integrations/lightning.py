@@ -138,7 +138,9 @@ class TpdeCheckpointIO(CheckpointIO):
             if stored:
                 logger.info("tpde: replacing stored step %d", step)
                 store.remove(step)
-            store.save(step, checkpoint)
+            # As torch.save would: tensors tpde does not store as data
+            # (sparse, quantized...) are pickled (loading is trusted, below).
+            store.save(step, checkpoint, pickle_tensors=True)
             self._saved[step] = keys
         old = read_pointer(path)
         self._write_pointer(path, step)
