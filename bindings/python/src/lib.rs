@@ -194,25 +194,29 @@ type RestoredPy<'py> = (
 impl Store {
     /// Opens the store at `location` (a folder, or `s3://bucket/prefix` on
     /// S3-compatible object storage), creating it (with a keyframe every
-    /// `keyframe_every` steps) when `create` is set and there is none.
+    /// `keyframe_every` steps) when `create` is set and there is none: in a
+    /// new or empty folder, whose parent must exist unless `create_parents`.
+    /// Many processes may do this at once; they all get the same store.
     #[new]
-    #[pyo3(signature = (location, *, keyframe_every=None, create=true))]
+    #[pyo3(signature = (location, *, keyframe_every=None, create=true, create_parents=false))]
     fn new(
         py: Python<'_>,
         location: String,
         keyframe_every: Option<u32>,
         create: bool,
+        create_parents: bool,
     ) -> PyResult<Self> {
         let inner = py
             .detach(|| {
                 use tpde::store::Store;
-                if !create || Store::exists_at(&location)? {
-                    Store::open_location(&location)
-                } else {
-                    Store::init_location(
+                if create {
+                    Store::open_or_create_location(
                         &location,
                         keyframe_every.unwrap_or(tpde::store::DEFAULT_KEYFRAME_EVERY),
+                        create_parents,
                     )
+                } else {
+                    Store::open_location(&location)
                 }
             })
             .map_err(err)?;

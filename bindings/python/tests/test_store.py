@@ -240,3 +240,51 @@ def test_lossy_saves_stay_within_the_bound_along_a_chain(store):
         store.save(99, {"w": w}, max_abs_error=1e-3, max_rel_error=0.1)
     with pytest.raises(tpde.TpdeError, match="positive number"):
         store.save(99, {"w": w}, max_abs_error=-1.0)
+
+
+def test_store_creation_is_safe_and_asks_for_parents(tmp_path):
+    # Issue 12: tpde.Store("/nonexistent/dir/store") made every missing
+    # parent, and a folder holding other files was adopted (its tmp/ and
+    # objects/ then garbage collected).
+    deep = tmp_path / "a" / "b" / "store"
+    with pytest.raises(tpde.TpdeError, match="create_parents=True"):
+        tpde.Store(deep)
+    assert not (tmp_path / "a").exists()
+    tpde.Store(deep, create_parents=True).save(1, {"x": np.arange(3)})
+    assert tpde.Store(deep).steps() == [1]
+    busy = tmp_path / "busy"
+    (busy / "tmp").mkdir(parents=True)
+    (busy / "tmp" / "mine.txt").write_bytes(b"mine")
+    with pytest.raises(tpde.TpdeError, match="is not empty"):
+        tpde.Store(busy)
+    assert (busy / "tmp" / "mine.txt").read_bytes() == b"mine"
+
+
+def test_ranks_creating_one_store_at_once_all_keep_their_step(tmp_path):
+    # Issue 12, item 4: the late one of two creators replaced a manifest
+    # that already held a committed step. Processes, as ranks would be.
+    import subprocess
+    import sys
+    import textwrap
+    store = tmp_path / "store"
+    code = textwrap.dedent("""
+        import sys, time, numpy as np, tpde
+        path, step = sys.argv[1], int(sys.argv[2])
+        s = tpde.Store(path)
+        for _ in range(2000):
+            try:
+                s.save(step, {"w": np.full(100, step, dtype=np.float32)})
+                break
+            except tpde.TpdeError as e:
+                if "locked" not in str(e):
+                    raise
+                time.sleep(0.01)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(store), str(i)])
+             for i in range(1, 7)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 6
+    s = tpde.Store(store)
+    assert s.steps() == [1, 2, 3, 4, 5, 6]
+    assert s.verify().ok
+    for i in range(1, 7):
+        assert (s.load(i)["w"] == i).all()

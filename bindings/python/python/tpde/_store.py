@@ -41,7 +41,10 @@ class Store:
     keyframe at least every ``keyframe_every`` steps, and any of them back
     byte for byte.
 
-    ``Store(path)`` opens the store at ``path`` or creates it. For
+    ``Store(path)`` opens the store at ``path`` or creates it: in a new or
+    empty folder (a store never adopts a folder holding other files), whose
+    parent must exist unless ``create_parents=True``. Every rank of a run
+    may call it at once; they all get the same store. For
     ``s3://`` the endpoint, region and credentials come from the ``AWS_*``
     environment variables (see docs/STORE.md). Saving
     (:meth:`save`, :meth:`add`) keeps the last saved checkpoint in memory so
@@ -50,11 +53,13 @@ class Store:
 
     @tpde_errors
     def __init__(self, path: PathLike, *, keyframe_every: Optional[int] = None,
-                 create: bool = True) -> None:
+                 create: bool = True, create_parents: bool = False) -> None:
         if keyframe_every is not None:
             keyframe_every = _int("keyframe_every", keyframe_every, 1, U32_MAX)
         create = _flag("create", create)
-        self._inner = _Store(_path("path", path), keyframe_every=keyframe_every, create=create)
+        create_parents = _flag("create_parents", create_parents)
+        self._inner = _Store(_path("path", path), keyframe_every=keyframe_every, create=create,
+                             create_parents=create_parents)
 
     @property
     def path(self) -> str:

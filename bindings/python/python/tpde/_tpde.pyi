@@ -48,7 +48,12 @@ def step_from_name(name: str) -> Optional[int]:
 
 class Store:
     def __init__(
-        self, location: str, *, keyframe_every: Optional[int] = None, create: bool = True
+        self,
+        location: str,
+        *,
+        keyframe_every: Optional[int] = None,
+        create: bool = True,
+        create_parents: bool = False,
     ) -> None: ...
     @property
     def path(self) -> str: ...

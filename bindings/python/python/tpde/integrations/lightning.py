@@ -111,7 +111,9 @@ class TpdeCheckpointIO(CheckpointIO):
     def store(self) -> Store:
         """The store, opened (or created) on first use."""
         if self._store is None:
-            self._store = Store(self._store_path, keyframe_every=self._keyframe_every)
+            # The trainer makes its own folders as needed; so does its store.
+            self._store = Store(self._store_path, keyframe_every=self._keyframe_every,
+                                create_parents=True)
         return self._store
 
     def __getstate__(self) -> Dict[str, Any]:  # spawned processes reopen the store

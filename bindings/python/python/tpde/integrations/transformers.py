@@ -34,7 +34,8 @@ __all__ = ["TpdeCallback", "restore_checkpoint"]
 def _open(store: StoreLike, keyframe_every: Optional[int] = None, create: bool = True) -> Store:
     if isinstance(store, Store):
         return store
-    return Store(store, keyframe_every=keyframe_every, create=create)
+    # The Trainer makes its output folders as needed; so does its store.
+    return Store(store, keyframe_every=keyframe_every, create=create, create_parents=create)
 
 
 def _folder_files(folder: str) -> Dict[str, str]:
