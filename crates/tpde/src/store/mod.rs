@@ -1416,7 +1416,7 @@ impl Store {
             }
             Ok(_) => {
                 return Err(Error::InvalidArgument(format!(
-                    "{} exists and is not a regular file; tpde does not replace it",
+                    "{} exists already and is not a regular file; tpde does not replace it",
                     out.display()
                 )))
             }
