@@ -67,6 +67,10 @@ fi
 if [ "${FUZZ_SECONDS:-20}" != "0" ]; then
   echo "== fuzz (${FUZZ_SECONDS:-20}s per target)"
   FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash .ci/fuzz.sh
+  if [ "${PYTHON_TESTS:-1}" != "0" ]; then
+    echo "== fuzz: the untrusted unpickler of Store.load (${FUZZ_SECONDS:-20}s)"
+    "$venv/bin/python" bindings/python/fuzz/fuzz_unpickler.py --seconds "${FUZZ_SECONDS:-20}"
+  fi
 fi
 # The checks must leave the work tree as they found it (a stale
 # fuzz/Cargo.lock used to be rewritten by every fuzz build).
