@@ -223,8 +223,9 @@ pub fn encode(
     let mut digest = OutputDigest::new(cur);
     let mut done = header_block.len() as u64;
     let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
-    let batch_bytes = batch_bytes(opts.chunk_size);
+    let batch_bytes = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(opts.chunk_size));
     let mut start = 0;
+    let mut window = 0;
     while start < jobs.len() {
         // A batch of jobs: the window of the input held at once.
         let mut end = start;
@@ -280,6 +281,8 @@ pub fn encode(
                 encode_chunk(j.cur, j.reference, j.params).map(|c| Some((c, None)))
             })
             .collect::<Result<_>>()?;
+        test_hooks::after_window(window);
+        window += 1;
         for (((i, coded), dup), &hash) in (start..end).zip(coded).zip(&dup_of).zip(&hashes) {
             let j = &jobs[i];
             let at = j.cur.as_ptr() as usize - cur.as_ptr() as usize;
@@ -589,6 +592,45 @@ fn push_jobs<'a>(
             params,
             lossy,
         });
+    }
+}
+
+/// Hooks for the tests of inputs that change while they are read: not part
+/// of the API.
+#[doc(hidden)]
+pub mod test_hooks {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, RwLock};
+
+    /// Called with each batch window's number (from 0).
+    pub type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+
+    static AFTER_WINDOW: RwLock<Option<Hook>> = RwLock::new(None);
+    static BATCH_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+    /// Calls `hook` once each batch window of the input has been read and
+    /// coded, before the next window is read.
+    pub fn set_after_window(hook: Option<Hook>) {
+        *AFTER_WINDOW.write().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Sets the bytes of input coded per batch window (0: the default).
+    pub fn set_batch_bytes(n: usize) {
+        BATCH_BYTES.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn after_window(window: usize) {
+        let hook = AFTER_WINDOW
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(window);
+        }
+    }
+
+    pub(crate) fn batch_bytes() -> Option<usize> {
+        Some(BATCH_BYTES.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 }
 
