@@ -101,41 +101,108 @@ pub(crate) fn batch_bytes(chunk_size: usize) -> usize {
     (chunk_size * 4 * rayon::current_num_threads()).max(16 << 20)
 }
 
-/// XXH3-128 of the output fed in file order: `cur` with some ranges replaced
-/// (by their lossy reconstructions). The jobs come in file order, so the
-/// bytes between them (header, archive filler) are hashed from `cur`.
+/// XXH3-128 of the output fed in file order: the jobs' bytes (or their lossy
+/// reconstructions) with, between them, the bytes of the file outside every
+/// job (the header, an archive's filler) taken from the copy of them that the
+/// container stores, never from the input again.
 struct OutputDigest<'a> {
-    cur: &'a [u8],
+    /// The bytes outside the jobs, one after another.
+    outside: &'a [u8],
+    /// How many of them were fed.
+    used: usize,
+    /// Where the next byte lies in the file.
     pos: usize,
     hasher: xxhash_rust::xxh3::Xxh3,
 }
 
 impl<'a> OutputDigest<'a> {
-    fn new(cur: &'a [u8]) -> Self {
+    fn new(outside: &'a [u8]) -> Self {
         OutputDigest {
-            cur,
+            outside,
+            used: 0,
             pos: 0,
             hasher: xxhash_rust::xxh3::Xxh3::new(),
         }
     }
 
-    /// The bytes of the output at `at` (where the job's bytes lie in `cur`).
+    /// The bytes of the output at `at` (where the job's bytes lie in the
+    /// file); the bytes before them, from `pos`, are outside bytes.
     fn feed(&mut self, at: usize, bytes: &[u8]) {
-        assert!(at >= self.pos, "chunk jobs are in file order");
-        self.hasher.update(&self.cur[self.pos..at]);
+        debug_assert!(at >= self.pos, "chunk jobs are in file order");
+        let gap = at.saturating_sub(self.pos);
+        let end = (self.used + gap).min(self.outside.len());
+        self.hasher.update(&self.outside[self.used..end]);
+        self.used = end;
         self.hasher.update(bytes);
         self.pos = at + bytes.len();
     }
 
     fn finish(mut self) -> u128 {
-        self.hasher.update(&self.cur[self.pos..]);
+        self.hasher.update(&self.outside[self.used..]);
         self.hasher.digest128()
     }
 }
 
+/// The hashes of a job's private copy: XXH3-64 (the chunk checksum of the
+/// index) and XXH3-128 (to find duplicates) of its bytes, in one pass, and
+/// XXH3-128 of its reference bytes.
+struct Hashes {
+    checksum: u64,
+    bytes: u128,
+    reference: Option<u128>,
+}
+
+/// Bytes copied and hashed at a time: hashed while still in the cache.
+const COPY_BLOCK: usize = 64 << 10;
+
+/// Copies `src` into `dst` (of the same length) and hashes the copy.
+fn copy_hashed(src: &[u8], dst: &mut [u8]) -> xxhash_rust::xxh3::Xxh3 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (s, d) in src.chunks(COPY_BLOCK).zip(dst.chunks_mut(COPY_BLOCK)) {
+        d.copy_from_slice(s);
+        h.update(d);
+    }
+    h
+}
+
+/// Splits `buf` into consecutive pieces of `lens`.
+fn split_lens<'b>(mut buf: &'b mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&'b mut [u8]> {
+    lens.map(|len| {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
+        buf = tail;
+        head
+    })
+    .collect()
+}
+
 /// Encodes `cur` against `reference` (a keyframe when `None`) and writes the
 /// container to `out`. `progress` is told the input bytes done so far.
+///
+/// Each window of the input (and of the reference) is copied once and every
+/// pass over it reads the copy, so that the container always agrees with
+/// itself, even when a file changes while it is read. When `cur` or
+/// `reference` lies in a [`FileBytes`](crate::FileBytes) whose file changed
+/// meanwhile (see [`FileBytes::check_unchanged`](crate::FileBytes::check_unchanged)),
+/// the encode ends in [`Error::InputChanged`], after writing the container:
+/// throw it away.
 pub fn encode(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<EncodeStats> {
+    let result = encode_bytes(cur, reference, opts, out, progress);
+    // A file that changed while it was read: say so, whatever else went wrong
+    // meanwhile (bytes cut short may not even parse any more).
+    mmap::check_unchanged(cur)?;
+    if let Some(r) = reference {
+        mmap::check_unchanged(r)?;
+    }
+    result
+}
+
+fn encode_bytes(
     cur: &[u8],
     reference: Option<&[u8]>,
     opts: &EncodeOptions,
@@ -192,6 +259,7 @@ pub fn encode(
     };
     let Plan {
         header_block,
+        outside_from,
         entries,
         jobs,
         elements,
@@ -216,14 +284,20 @@ pub fn encode(
         .collect();
     // Identical chunks (same bytes, same reference bytes) share one payload:
     // freshly initialized layers are often exact copies of each other.
-    // `seen` maps (hash, length) to the first copies met so far.
-    let mut seen: HashMap<(u64, usize), Vec<usize>> = HashMap::new();
+    // `seen` maps (XXH3-128 of the bytes, length, XXH3-128 of the reference
+    // bytes) to the first copies met so far: the bytes of earlier windows
+    // are gone, and reading them again from the input could give other bytes
+    // than were coded.
+    let mut seen: HashMap<(u128, usize, Option<u128>), Vec<usize>> = HashMap::new();
     let mut changed = 0u64;
     let mut max_error = 0f64;
-    let mut digest = OutputDigest::new(cur);
+    let mut digest = OutputDigest::new(&header_block[outside_from..]);
     let mut done = header_block.len() as u64;
     let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
     let batch_bytes = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(opts.chunk_size));
+    // The window's private copy of its input bytes and reference bytes.
+    let mut cur_buf: Vec<u8> = Vec::new();
+    let mut ref_buf: Vec<u8> = Vec::new();
     let mut start = 0;
     let mut window = 0;
     while start < jobs.len() {
@@ -235,23 +309,51 @@ pub fn encode(
             end += 1;
         }
         let batch = &jobs[start..end];
-        // The chunk hashes double as the checksums of the index.
-        let hashes: Vec<u64> = batch
+        let ref_len = |j: &Job| j.reference.map_or(0, <[u8]>::len);
+        cur_buf.resize(bytes, 0);
+        ref_buf.resize(batch.iter().map(ref_len).sum(), 0);
+        // Each byte read once: copied (in parallel, as the pages come in),
+        // hashed in the cache, and let go of in the input's map.
+        let hashes: Vec<Hashes> = batch
             .par_iter()
-            .map(|j| xxhash_rust::xxh3::xxh3_64(j.cur))
+            .zip(split_lens(&mut cur_buf, batch.iter().map(|j| j.cur.len())))
+            .zip(split_lens(&mut ref_buf, batch.iter().map(ref_len)))
+            .map(|((j, c), r)| {
+                let h = copy_hashed(j.cur, c);
+                mmap::release(j.cur);
+                let reference = j.reference.map(|src| {
+                    let h = copy_hashed(src, r);
+                    mmap::release(src);
+                    h.digest128()
+                });
+                Hashes {
+                    checksum: h.digest(),
+                    bytes: h.digest128(),
+                    reference,
+                }
+            })
             .collect();
+        // Every pass below reads the copies.
+        let mut views: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(batch.len());
+        let (mut c_at, mut r_at) = (0, 0);
+        for j in batch {
+            let c = &cur_buf[c_at..c_at + j.cur.len()];
+            c_at += j.cur.len();
+            let r = j.reference.map(|src| {
+                r_at += src.len();
+                &ref_buf[r_at - src.len()..r_at]
+            });
+            views.push((c, r));
+        }
         let dup_of: Vec<Option<usize>> = (start..end)
             .zip(&hashes)
-            .map(|(i, &h)| {
+            .zip(&views)
+            .map(|((i, h), &(c, _))| {
                 let j = &jobs[i];
-                let same = seen.entry((h, j.cur.len())).or_default();
+                let same = seen.entry((h.bytes, c.len(), h.reference)).or_default();
                 // The same bytes quantized with another bound (or not at
                 // all: an integer tensor) decode to something else.
-                let first = same.iter().copied().find(|&k| {
-                    jobs[k].cur == j.cur
-                        && jobs[k].reference == j.reference
-                        && jobs[k].lossy == j.lossy
-                });
+                let first = same.iter().copied().find(|&k| jobs[k].lossy == j.lossy);
                 if first.is_none() {
                     same.push(i);
                 }
@@ -260,30 +362,36 @@ pub fn encode(
             .collect();
         let coded: Vec<Option<_>> = batch
             .par_iter()
+            .zip(&views)
             .zip(&dup_of)
-            .map(|(j, dup)| {
+            .map(|((j, &(c, r)), dup)| {
                 if dup.is_some() {
                     return Ok(None);
                 }
                 if let Some((kind, bound)) = j.lossy {
                     let (coding, payload, q) =
-                        encode_quantized_chunk(j.cur, j.reference, kind, bound, j.params.level)?;
+                        encode_quantized_chunk(c, r, kind, bound, j.params.level)?;
                     // Exact when that is no larger (tried only when
                     // quantizing did poorly: many escapes).
-                    if payload.len() * 2 > j.cur.len() {
-                        let exact = encode_chunk(j.cur, j.reference, j.params)?;
+                    if payload.len() * 2 > c.len() {
+                        let exact = encode_chunk(c, r, j.params)?;
                         if exact.1.len() <= payload.len() {
                             return Ok(Some((exact, None)));
                         }
                     }
                     return Ok(Some(((coding, payload), Some(q))));
                 }
-                encode_chunk(j.cur, j.reference, j.params).map(|c| Some((c, None)))
+                encode_chunk(c, r, j.params).map(|c| Some((c, None)))
             })
             .collect::<Result<_>>()?;
         test_hooks::after_window(window);
         window += 1;
-        for (((i, coded), dup), &hash) in (start..end).zip(coded).zip(&dup_of).zip(&hashes) {
+        for ((((i, coded), dup), h), &(c, r)) in (start..end)
+            .zip(coded)
+            .zip(&dup_of)
+            .zip(&hashes)
+            .zip(&views)
+        {
             let j = &jobs[i];
             let at = j.cur.as_ptr() as usize - cur.as_ptr() as usize;
             let entry = match (coded, *dup) {
@@ -296,14 +404,14 @@ pub fn encode(
                             xxhash_rust::xxh3::xxh3_64(&q.recon)
                         }
                         None => {
-                            digest.feed(at, j.cur);
-                            hash
+                            digest.feed(at, c);
+                            h.checksum
                         }
                     };
                     let e = ChunkEntry {
                         payload_offset: w.written,
                         payload_len: payload.len() as u32,
-                        raw_len: j.cur.len() as u32,
+                        raw_len: c.len() as u32,
                         checksum,
                         coding,
                     };
@@ -316,16 +424,16 @@ pub fn encode(
                     if let (Codec::Quantized, Some((kind, bound))) = (e.coding.codec, j.lossy) {
                         // Quantizing is deterministic: the same bytes against
                         // the same reference give the same reconstruction.
-                        let q = crate::lossy::quantize(kind, bound, j.cur, j.reference);
+                        let q = crate::lossy::quantize(kind, bound, c, r);
                         digest.feed(at, &q.recon);
                     } else {
-                        digest.feed(at, j.cur);
+                        digest.feed(at, c);
                     }
                     e
                 }
                 (None, None) => unreachable!("only duplicates are skipped"),
             };
-            changed += match (entry.coding.codec, j.reference) {
+            changed += match (entry.coding.codec, r) {
                 // Counted above, from the bins.
                 (Codec::Quantized, _) => 0,
                 (Codec::Delta, _) => entry.coding.nnz,
@@ -333,8 +441,7 @@ pub fn encode(
                 // elements that differ from it all the same.
                 (_, Some(r)) => {
                     let w = j.params.width;
-                    j.cur
-                        .chunks_exact(w)
+                    c.chunks_exact(w)
                         .zip(r.chunks_exact(w))
                         .filter(|(a, b)| a != b)
                         .count() as u64
@@ -343,12 +450,7 @@ pub fn encode(
             };
             entry_of[i] = Some(entry);
             tensors[j.tensor].chunks.push(entry);
-            done += j.cur.len() as u64;
-            // Done with this window of the input (and of the reference).
-            mmap::release(j.cur);
-            if let Some(r) = j.reference {
-                mmap::release(r);
-            }
+            done += c.len() as u64;
         }
         if let Some(p) = progress {
             p(done);
@@ -393,6 +495,10 @@ pub fn encode(
 #[derive(Default)]
 struct Plan<'a> {
     header_block: Vec<u8>,
+    /// Where in the header block the bytes of the file outside the jobs
+    /// begin: all of it (the safetensors header), or after the layout (an
+    /// archive's filler).
+    outside_from: usize,
     entries: Vec<(RefMode, u64)>,
     jobs: Vec<Job<'a>>,
     elements: u64,
@@ -415,7 +521,11 @@ fn plan_safetensors<'a>(
     opts: &EncodeOptions,
     lenient: bool,
 ) -> Result<Plan<'a>> {
-    let header = safetensors::parse(cur)?;
+    // The header as stored, and the tensors as it gives them: one copy, so
+    // that they agree whatever happens to the file.
+    let hl = 8 + safetensors::header_size(cur, cur.len() as u64)? as usize;
+    let header_block = cur[..hl].to_vec();
+    let header = safetensors::parse_header(&header_block, cur.len() as u64)?;
     let ref_header = match reference.map(safetensors::parse) {
         Some(Ok(h)) => Some(h),
         Some(Err(_)) if lenient => None,
@@ -426,9 +536,10 @@ fn plan_safetensors<'a>(
         }
         None => None,
     };
-    let mut plan = Plan::default();
-    let hl = header.header_len as usize;
-    plan.header_block.extend_from_slice(&cur[..hl]);
+    let mut plan = Plan {
+        header_block,
+        ..Plan::default()
+    };
     for (i, t) in header.tensors.iter().enumerate() {
         let data = &cur[hl + t.begin as usize..hl + t.end as usize];
         let ref_data = ref_header.as_ref().and_then(|rh| {
@@ -510,6 +621,7 @@ fn plan_archive<'a>(
     }
     filler.extend_from_slice(&cur[pos..]);
     plan.header_block = format::archive_layout(&layout, &filler)?;
+    plan.outside_from = plan.header_block.len() - filler.len();
     if plan.header_block.len() as u64 > safetensors::MAX_HEADER_SIZE {
         return Err(Error::InvalidArgument(format!(
             "the archive has {} bytes outside its tensor storages, more than the format allows",

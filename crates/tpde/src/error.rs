@@ -74,6 +74,11 @@ pub enum Error {
     /// A caller asked for something that does not exist or cannot be done.
     #[error("{0}")]
     InvalidArgument(String),
+
+    /// An input file changed (was rewritten, cut short, replaced) while tpde
+    /// read it: what was made of it mixes two versions and was thrown away.
+    #[error("{} changed while being read; nothing was written for it — try again once it is complete", path.display())]
+    InputChanged { path: PathBuf },
 }
 
 impl Error {
