@@ -143,13 +143,11 @@ impl<'a> OutputDigest<'a> {
     }
 }
 
-/// The hashes of a job's private copy: XXH3-64 (the chunk checksum of the
-/// index) and XXH3-128 (to find duplicates) of its bytes, in one pass, and
-/// XXH3-128 of its reference bytes.
+/// The hashes of a job's private copy, in one pass: XXH3-64 (the chunk
+/// checksum of the index) and XXH3-128 (to find duplicates).
 struct Hashes {
     checksum: u64,
     bytes: u128,
-    reference: Option<u128>,
 }
 
 /// Bytes copied and hashed at a time: hashed while still in the cache.
@@ -166,7 +164,7 @@ fn copy_hashed(src: &[u8], dst: &mut [u8]) -> xxhash_rust::xxh3::Xxh3 {
 }
 
 /// Splits `buf` into consecutive pieces of `lens`.
-fn split_lens<'b>(mut buf: &'b mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&'b mut [u8]> {
+fn split_lens(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut [u8]> {
     lens.map(|len| {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
         buf = tail;
@@ -178,9 +176,12 @@ fn split_lens<'b>(mut buf: &'b mut [u8], lens: impl Iterator<Item = usize>) -> V
 /// Encodes `cur` against `reference` (a keyframe when `None`) and writes the
 /// container to `out`. `progress` is told the input bytes done so far.
 ///
-/// Each window of the input (and of the reference) is copied once and every
-/// pass over it reads the copy, so that the container always agrees with
-/// itself, even when a file changes while it is read. When `cur` or
+/// Each window of the input is copied once and every pass over it (chunk
+/// checksums, duplicates, coding, the output digest) reads the copy, so that
+/// the container always agrees with the bytes that were coded, even when the
+/// file changes while it is read. The reference is read in place: coded
+/// against bytes that changed meanwhile, a chunk fails its checksum when
+/// decoded, never decodes silently to something else. When `cur` or
 /// `reference` lies in a [`FileBytes`](crate::FileBytes) whose file changed
 /// meanwhile (see [`FileBytes::check_unchanged`](crate::FileBytes::check_unchanged)),
 /// the encode ends in [`Error::InputChanged`], after writing the container:
@@ -284,20 +285,18 @@ fn encode_bytes(
         .collect();
     // Identical chunks (same bytes, same reference bytes) share one payload:
     // freshly initialized layers are often exact copies of each other.
-    // `seen` maps (XXH3-128 of the bytes, length, XXH3-128 of the reference
-    // bytes) to the first copies met so far: the bytes of earlier windows
-    // are gone, and reading them again from the input could give other bytes
-    // than were coded.
-    let mut seen: HashMap<(u128, usize, Option<u128>), Vec<usize>> = HashMap::new();
+    // `seen` maps (XXH3-128 of the bytes, length) to the first copies met so
+    // far: the bytes of earlier windows are gone, and reading them again from
+    // the input could give other bytes than were coded.
+    let mut seen: HashMap<(u128, usize), Vec<usize>> = HashMap::new();
     let mut changed = 0u64;
     let mut max_error = 0f64;
     let mut digest = OutputDigest::new(&header_block[outside_from..]);
     let mut done = header_block.len() as u64;
     let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
     let batch_bytes = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(opts.chunk_size));
-    // The window's private copy of its input bytes and reference bytes.
+    // The window's private copy of its input bytes.
     let mut cur_buf: Vec<u8> = Vec::new();
-    let mut ref_buf: Vec<u8> = Vec::new();
     let mut start = 0;
     let mut window = 0;
     while start < jobs.len() {
@@ -309,51 +308,39 @@ fn encode_bytes(
             end += 1;
         }
         let batch = &jobs[start..end];
-        let ref_len = |j: &Job| j.reference.map_or(0, <[u8]>::len);
         cur_buf.resize(bytes, 0);
-        ref_buf.resize(batch.iter().map(ref_len).sum(), 0);
         // Each byte read once: copied (in parallel, as the pages come in),
         // hashed in the cache, and let go of in the input's map.
         let hashes: Vec<Hashes> = batch
             .par_iter()
             .zip(split_lens(&mut cur_buf, batch.iter().map(|j| j.cur.len())))
-            .zip(split_lens(&mut ref_buf, batch.iter().map(ref_len)))
-            .map(|((j, c), r)| {
-                let h = copy_hashed(j.cur, c);
+            .map(|(j, copy)| {
+                let h = copy_hashed(j.cur, copy);
                 mmap::release(j.cur);
-                let reference = j.reference.map(|src| {
-                    let h = copy_hashed(src, r);
-                    mmap::release(src);
-                    h.digest128()
-                });
                 Hashes {
                     checksum: h.digest(),
                     bytes: h.digest128(),
-                    reference,
                 }
             })
             .collect();
-        // Every pass below reads the copies.
-        let mut views: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(batch.len());
-        let (mut c_at, mut r_at) = (0, 0);
+        // Every pass below reads the copies of the input.
+        let mut views: Vec<&[u8]> = Vec::with_capacity(batch.len());
+        let mut c_at = 0;
         for j in batch {
-            let c = &cur_buf[c_at..c_at + j.cur.len()];
+            views.push(&cur_buf[c_at..c_at + j.cur.len()]);
             c_at += j.cur.len();
-            let r = j.reference.map(|src| {
-                r_at += src.len();
-                &ref_buf[r_at - src.len()..r_at]
-            });
-            views.push((c, r));
         }
         let dup_of: Vec<Option<usize>> = (start..end)
             .zip(&hashes)
-            .zip(&views)
-            .map(|((i, h), &(c, _))| {
+            .map(|(i, h)| {
                 let j = &jobs[i];
-                let same = seen.entry((h.bytes, c.len(), h.reference)).or_default();
+                let same = seen.entry((h.bytes, j.cur.len())).or_default();
                 // The same bytes quantized with another bound (or not at
                 // all: an integer tensor) decode to something else.
-                let first = same.iter().copied().find(|&k| jobs[k].lossy == j.lossy);
+                let first = same
+                    .iter()
+                    .copied()
+                    .find(|&k| jobs[k].reference == j.reference && jobs[k].lossy == j.lossy);
                 if first.is_none() {
                     same.push(i);
                 }
@@ -364,10 +351,11 @@ fn encode_bytes(
             .par_iter()
             .zip(&views)
             .zip(&dup_of)
-            .map(|((j, &(c, r)), dup)| {
+            .map(|((j, &c), dup)| {
                 if dup.is_some() {
                     return Ok(None);
                 }
+                let r = j.reference;
                 if let Some((kind, bound)) = j.lossy {
                     let (coding, payload, q) =
                         encode_quantized_chunk(c, r, kind, bound, j.params.level)?;
@@ -386,13 +374,14 @@ fn encode_bytes(
             .collect::<Result<_>>()?;
         test_hooks::after_window(window);
         window += 1;
-        for ((((i, coded), dup), h), &(c, r)) in (start..end)
+        for ((((i, coded), dup), h), &c) in (start..end)
             .zip(coded)
             .zip(&dup_of)
             .zip(&hashes)
             .zip(&views)
         {
             let j = &jobs[i];
+            let r = j.reference;
             let at = j.cur.as_ptr() as usize - cur.as_ptr() as usize;
             let entry = match (coded, *dup) {
                 (Some(((coding, payload), q)), _) => {
@@ -451,6 +440,10 @@ fn encode_bytes(
             entry_of[i] = Some(entry);
             tensors[j.tensor].chunks.push(entry);
             done += c.len() as u64;
+            // Done with this window of the reference.
+            if let Some(r) = r {
+                mmap::release(r);
+            }
         }
         if let Some(p) = progress {
             p(done);

@@ -236,9 +236,11 @@ impl Data {
         // truncate or rewrite the file meanwhile: on Linux a read past the
         // new end raises SIGBUS, which the handler of `guard` turns into
         // zeros and a mark (the map is in its table before anyone reads it,
-        // and leaves it before it is unmapped); a rewrite changes bytes
-        // that tpde only ever copies (u8 has no invalid values) and shows in
-        // the file's times, which `check_unchanged` compares. Elsewhere,
+        // and leaves it before it is unmapped); a rewrite only changes the
+        // values of bytes, which tpde's readers accept whatever they are (u8
+        // has no invalid values: the input is copied once per window, the
+        // reference checked by the chunk checksums when decoding), and shows
+        // in the file's times, which `check_unchanged` compares. Elsewhere,
         // such a truncation is outside what tpde can guard against (as for
         // every memory-mapped reader).
         let map = match unsafe { memmap2::Mmap::map(file) } {
@@ -645,6 +647,168 @@ mod guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// The tests that fill the handler's table, or need maps, take turns.
+    static TURN: Mutex<()> = Mutex::new(());
+
+    fn turn() -> std::sync::MutexGuard<'static, ()> {
+        TURN.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A file of `len` bytes, last modified an hour ago (so that a rewrite
+    /// shows, however coarse the file system's clock).
+    fn old_file(dir: &Path, name: &str, len: usize) -> (PathBuf, Vec<u8>) {
+        let path = dir.join(name);
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+        std::fs::write(&path, &data).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        (path, data)
+    }
+
+    fn cut(path: &Path, len: u64) {
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
+    fn assert_changed(r: Result<()>, path: &Path) {
+        match r {
+            Err(Error::InputChanged { path: p }) => assert_eq!(p, path),
+            other => panic!("expected InputChanged for {}: {other:?}", path.display()),
+        }
+    }
+
+    #[test]
+    fn unchanged_files_pass_and_rewritten_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = old_file(dir.path(), "f", 100_000);
+        let f = FileBytes::open(&path).unwrap();
+        f.check_unchanged().unwrap();
+        check_unchanged(&f[10..20]).unwrap();
+        // Same size, other bytes.
+        std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+        assert_changed(f.check_unchanged(), &path);
+        assert_changed(check_unchanged(&f[10..20]), &path);
+        // Replaced by another file, removed.
+        let (other, _) = old_file(dir.path(), "g", 10);
+        let g = FileBytes::open(&other).unwrap();
+        std::fs::rename(dir.path().join("f"), &other).unwrap();
+        assert_changed(g.check_unchanged(), &other);
+        std::fs::remove_file(&other).unwrap();
+        assert_changed(g.check_unchanged(), &other);
+        // An empty file that grew.
+        let (empty, _) = old_file(dir.path(), "e", 0);
+        let e = FileBytes::open(&empty).unwrap();
+        e.check_unchanged().unwrap();
+        std::fs::write(&empty, b"more").unwrap();
+        assert_changed(e.check_unchanged(), &empty);
+        // Bytes that are no file's pass.
+        check_unchanged(&[1, 2, 3]).unwrap();
+    }
+
+    #[test]
+    fn a_map_cut_short_reads_zeros_and_reports_a_change() {
+        let _turn = turn();
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data) = old_file(dir.path(), "f", 5 * 4096 + 100);
+        let f = FileBytes::open(&path).unwrap();
+        assert!(matches!(f.source.data, Data::Mapped(_)));
+        assert_eq!(f[4096 * 3], data[4096 * 3]);
+        cut(&path, 4096 + 10);
+        // Without the handler, this read raises SIGBUS.
+        let sum: u64 = f.iter().map(|&b| b as u64).sum();
+        assert_eq!(&f[..4096 + 10], &data[..4096 + 10]);
+        assert!(f[2 * 4096..].iter().all(|&b| b == 0));
+        assert!(sum > 0);
+        assert_changed(f.check_unchanged(), &path);
+        // The zero pages behave as the map did.
+        release(&f[..]);
+        assert!(f[2 * 4096..].iter().all(|&b| b == 0));
+        drop(f);
+        // A new map of the same file is guarded afresh.
+        let (path, _) = old_file(dir.path(), "g", 3 * 4096);
+        let g = FileBytes::open(&path).unwrap();
+        g.check_unchanged().unwrap();
+        cut(&path, 0);
+        assert_eq!(g[3 * 4096 - 1], 0);
+        assert_changed(g.check_unchanged(), &path);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_table_reads_files_into_memory() {
+        let _turn = turn();
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data) = old_file(dir.path(), "f", 10_000);
+        let mut taken = Vec::new();
+        while let guard::Reserve::Slot(slot) = guard::reserve() {
+            taken.push(slot);
+        }
+        let f = FileBytes::open(&path);
+        for slot in taken {
+            guard::unregister(slot);
+        }
+        let f = f.unwrap();
+        assert!(matches!(f.source.data, Data::Read(_)));
+        assert_eq!(&f[..], &data[..]);
+        f.check_unchanged().unwrap();
+        cut(&path, 10);
+        assert_eq!(&f[..], &data[..]);
+        assert_changed(f.check_unchanged(), &path);
+        // The slots are free again.
+        let g = FileBytes::open(&path).unwrap();
+        assert!(matches!(g.source.data, Data::Mapped(_)));
+    }
+
+    /// A SIGBUS that is not in one of tpde's maps still kills the process
+    /// (through the handler that was there before: Rust's, in a test).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fault_elsewhere_still_kills() {
+        use std::os::unix::process::ExitStatusExt;
+        const CHILD: &str = "TPDE_TEST_FOREIGN_SIGBUS_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = Path::new(&dir);
+            let (ours, _) = old_file(dir, "ours", 2 * 4096);
+            let ours = FileBytes::open(&ours).unwrap();
+            let (theirs, _) = old_file(dir, "theirs", 2 * 4096);
+            let file = File::open(&theirs).unwrap();
+            // SAFETY: a test of the handler: the file is cut short below on
+            // purpose, and the read that follows must kill this process.
+            let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+            cut(&theirs, 0);
+            let byte = std::hint::black_box(&map[..])[4096 + 1];
+            eprintln!("survived a foreign SIGBUS (read {byte}, {})", ours.len());
+            std::process::exit(0);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "mmap::tests::a_fault_elsewhere_still_kills",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            run.status.signal(),
+            Some(libc::SIGBUS),
+            "{:?}: {}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
 
     #[test]
     fn released_pages_read_back_unchanged() {
