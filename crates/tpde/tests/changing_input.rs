@@ -272,3 +272,31 @@ fn reference_rewritten_in_place_is_an_error_never_a_wrong_file() {
         }
     }
 }
+
+#[test]
+fn archive_filler_rewritten_after_coding_is_hashed_as_stored() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v2");
+    let cur = std::fs::read(data.join("cur.pt")).unwrap();
+    let reference = std::fs::read(data.join("ref.pt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_old(dir.path(), "cur.pt", &cur);
+    let bytes = tpde::FileBytes::open(&path).unwrap();
+    let victim = path.clone();
+    // The zip's central directory, at the end: archive filler, outside the
+    // tensor storages.
+    let tail = cur.len() - 64;
+    let hooks = Hooks::set(move |window| {
+        if window == 0 {
+            rewrite_in_place(&victim, tail);
+        }
+    });
+    let mut packed = Vec::new();
+    let opts = EncodeOptions {
+        input: tpde::InputKind::Archive,
+        ..opts()
+    };
+    let result = tpde::encode(&bytes, Some(&reference), &opts, &mut packed, None);
+    drop(hooks);
+    // The filler was read (and stored) before the rewrite.
+    check_consistent(result, &packed, Some(&reference), &cur, &path);
+}
