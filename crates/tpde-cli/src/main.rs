@@ -861,7 +861,7 @@ mod tests {
         let sys = io.to_string();
         let e = anyhow::Error::new(tpde::Error::Io {
             path: Some("out.safetensors".into()),
-            source: io,
+            err: io,
         })
         .context("decoding x.tpde");
         let line = error_line(&e);
@@ -870,7 +870,7 @@ mod tests {
         // A context that names the path the cause starts with.
         let e = anyhow::Error::new(tpde::Error::Io {
             path: Some("x.tpde".into()),
-            source: std::io::Error::from_raw_os_error(2),
+            err: std::io::Error::from_raw_os_error(2),
         })
         .context("reading x.tpde");
         assert_eq!(

@@ -101,41 +101,109 @@ pub(crate) fn batch_bytes(chunk_size: usize) -> usize {
     (chunk_size * 4 * rayon::current_num_threads()).max(16 << 20)
 }
 
-/// XXH3-128 of the output fed in file order: `cur` with some ranges replaced
-/// (by their lossy reconstructions). The jobs come in file order, so the
-/// bytes between them (header, archive filler) are hashed from `cur`.
+/// XXH3-128 of the output fed in file order: the jobs' bytes (or their lossy
+/// reconstructions) with, between them, the bytes of the file outside every
+/// job (the header, an archive's filler) taken from the copy of them that the
+/// container stores, never from the input again.
 struct OutputDigest<'a> {
-    cur: &'a [u8],
+    /// The bytes outside the jobs, one after another.
+    outside: &'a [u8],
+    /// How many of them were fed.
+    used: usize,
+    /// Where the next byte lies in the file.
     pos: usize,
     hasher: xxhash_rust::xxh3::Xxh3,
 }
 
 impl<'a> OutputDigest<'a> {
-    fn new(cur: &'a [u8]) -> Self {
+    fn new(outside: &'a [u8]) -> Self {
         OutputDigest {
-            cur,
+            outside,
+            used: 0,
             pos: 0,
             hasher: xxhash_rust::xxh3::Xxh3::new(),
         }
     }
 
-    /// The bytes of the output at `at` (where the job's bytes lie in `cur`).
+    /// The bytes of the output at `at` (where the job's bytes lie in the
+    /// file); the bytes before them, from `pos`, are outside bytes.
     fn feed(&mut self, at: usize, bytes: &[u8]) {
-        assert!(at >= self.pos, "chunk jobs are in file order");
-        self.hasher.update(&self.cur[self.pos..at]);
+        debug_assert!(at >= self.pos, "chunk jobs are in file order");
+        let gap = at.saturating_sub(self.pos);
+        let end = (self.used + gap).min(self.outside.len());
+        self.hasher.update(&self.outside[self.used..end]);
+        self.used = end;
         self.hasher.update(bytes);
         self.pos = at + bytes.len();
     }
 
     fn finish(mut self) -> u128 {
-        self.hasher.update(&self.cur[self.pos..]);
+        self.hasher.update(&self.outside[self.used..]);
         self.hasher.digest128()
     }
 }
 
+/// The hashes of a job's private copy, in one pass: XXH3-64 (the chunk
+/// checksum of the index) and XXH3-128 (to find duplicates).
+struct Hashes {
+    checksum: u64,
+    bytes: u128,
+}
+
+/// Bytes copied and hashed at a time: hashed while still in the cache.
+const COPY_BLOCK: usize = 64 << 10;
+
+/// Copies `src` into `dst` (of the same length) and hashes the copy.
+fn copy_hashed(src: &[u8], dst: &mut [u8]) -> xxhash_rust::xxh3::Xxh3 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (s, d) in src.chunks(COPY_BLOCK).zip(dst.chunks_mut(COPY_BLOCK)) {
+        d.copy_from_slice(s);
+        h.update(d);
+    }
+    h
+}
+
+/// Splits `buf` into consecutive pieces of `lens`.
+fn split_lens(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut [u8]> {
+    lens.map(|len| {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
+        buf = tail;
+        head
+    })
+    .collect()
+}
+
 /// Encodes `cur` against `reference` (a keyframe when `None`) and writes the
 /// container to `out`. `progress` is told the input bytes done so far.
+///
+/// Each window of the input is copied once and every pass over it (chunk
+/// checksums, duplicates, coding, the output digest) reads the copy, so that
+/// the container always agrees with the bytes that were coded, even when the
+/// file changes while it is read. The reference is read in place: coded
+/// against bytes that changed meanwhile, a chunk fails its checksum when
+/// decoded, never decodes silently to something else. When `cur` or
+/// `reference` lies in a [`FileBytes`](crate::FileBytes) whose file changed
+/// meanwhile (see [`FileBytes::check_unchanged`](crate::FileBytes::check_unchanged)),
+/// the encode ends in [`Error::InputChanged`], after writing the container:
+/// throw it away.
 pub fn encode(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<EncodeStats> {
+    let result = encode_bytes(cur, reference, opts, out, progress);
+    // A file that changed while it was read: say so, whatever else went wrong
+    // meanwhile (bytes cut short may not even parse any more).
+    mmap::check_unchanged(cur)?;
+    if let Some(r) = reference {
+        mmap::check_unchanged(r)?;
+    }
+    result
+}
+
+fn encode_bytes(
     cur: &[u8],
     reference: Option<&[u8]>,
     opts: &EncodeOptions,
@@ -192,6 +260,7 @@ pub fn encode(
     };
     let Plan {
         header_block,
+        outside_from,
         entries,
         jobs,
         elements,
@@ -216,15 +285,20 @@ pub fn encode(
         .collect();
     // Identical chunks (same bytes, same reference bytes) share one payload:
     // freshly initialized layers are often exact copies of each other.
-    // `seen` maps (hash, length) to the first copies met so far.
-    let mut seen: HashMap<(u64, usize), Vec<usize>> = HashMap::new();
+    // `seen` maps (XXH3-128 of the bytes, length) to the first copies met so
+    // far: the bytes of earlier windows are gone, and reading them again from
+    // the input could give other bytes than were coded.
+    let mut seen: HashMap<(u128, usize), Vec<usize>> = HashMap::new();
     let mut changed = 0u64;
     let mut max_error = 0f64;
-    let mut digest = OutputDigest::new(cur);
+    let mut digest = OutputDigest::new(&header_block[outside_from..]);
     let mut done = header_block.len() as u64;
     let mut entry_of: Vec<Option<ChunkEntry>> = vec![None; jobs.len()];
-    let batch_bytes = batch_bytes(opts.chunk_size);
+    let batch_bytes = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(opts.chunk_size));
+    // The window's private copy of its input bytes.
+    let mut cur_buf: Vec<u8> = Vec::new();
     let mut start = 0;
+    let mut window = 0;
     while start < jobs.len() {
         // A batch of jobs: the window of the input held at once.
         let mut end = start;
@@ -234,23 +308,39 @@ pub fn encode(
             end += 1;
         }
         let batch = &jobs[start..end];
-        // The chunk hashes double as the checksums of the index.
-        let hashes: Vec<u64> = batch
+        cur_buf.resize(bytes, 0);
+        // Each byte read once: copied (in parallel, as the pages come in),
+        // hashed in the cache, and let go of in the input's map.
+        let hashes: Vec<Hashes> = batch
             .par_iter()
-            .map(|j| xxhash_rust::xxh3::xxh3_64(j.cur))
+            .zip(split_lens(&mut cur_buf, batch.iter().map(|j| j.cur.len())))
+            .map(|(j, copy)| {
+                let h = copy_hashed(j.cur, copy);
+                mmap::release(j.cur);
+                Hashes {
+                    checksum: h.digest(),
+                    bytes: h.digest128(),
+                }
+            })
             .collect();
+        // Every pass below reads the copies of the input.
+        let mut views: Vec<&[u8]> = Vec::with_capacity(batch.len());
+        let mut c_at = 0;
+        for j in batch {
+            views.push(&cur_buf[c_at..c_at + j.cur.len()]);
+            c_at += j.cur.len();
+        }
         let dup_of: Vec<Option<usize>> = (start..end)
             .zip(&hashes)
-            .map(|(i, &h)| {
+            .map(|(i, h)| {
                 let j = &jobs[i];
-                let same = seen.entry((h, j.cur.len())).or_default();
+                let same = seen.entry((h.bytes, j.cur.len())).or_default();
                 // The same bytes quantized with another bound (or not at
                 // all: an integer tensor) decode to something else.
-                let first = same.iter().copied().find(|&k| {
-                    jobs[k].cur == j.cur
-                        && jobs[k].reference == j.reference
-                        && jobs[k].lossy == j.lossy
-                });
+                let first = same
+                    .iter()
+                    .copied()
+                    .find(|&k| jobs[k].reference == j.reference && jobs[k].lossy == j.lossy);
                 if first.is_none() {
                     same.push(i);
                 }
@@ -259,29 +349,39 @@ pub fn encode(
             .collect();
         let coded: Vec<Option<_>> = batch
             .par_iter()
+            .zip(&views)
             .zip(&dup_of)
-            .map(|(j, dup)| {
+            .map(|((j, &c), dup)| {
                 if dup.is_some() {
                     return Ok(None);
                 }
+                let r = j.reference;
                 if let Some((kind, bound)) = j.lossy {
                     let (coding, payload, q) =
-                        encode_quantized_chunk(j.cur, j.reference, kind, bound, j.params.level)?;
+                        encode_quantized_chunk(c, r, kind, bound, j.params.level)?;
                     // Exact when that is no larger (tried only when
                     // quantizing did poorly: many escapes).
-                    if payload.len() * 2 > j.cur.len() {
-                        let exact = encode_chunk(j.cur, j.reference, j.params)?;
+                    if payload.len() * 2 > c.len() {
+                        let exact = encode_chunk(c, r, j.params)?;
                         if exact.1.len() <= payload.len() {
                             return Ok(Some((exact, None)));
                         }
                     }
                     return Ok(Some(((coding, payload), Some(q))));
                 }
-                encode_chunk(j.cur, j.reference, j.params).map(|c| Some((c, None)))
+                encode_chunk(c, r, j.params).map(|c| Some((c, None)))
             })
             .collect::<Result<_>>()?;
-        for (((i, coded), dup), &hash) in (start..end).zip(coded).zip(&dup_of).zip(&hashes) {
+        test_hooks::after_window(window);
+        window += 1;
+        for ((((i, coded), dup), h), &c) in (start..end)
+            .zip(coded)
+            .zip(&dup_of)
+            .zip(&hashes)
+            .zip(&views)
+        {
             let j = &jobs[i];
+            let r = j.reference;
             let at = j.cur.as_ptr() as usize - cur.as_ptr() as usize;
             let entry = match (coded, *dup) {
                 (Some(((coding, payload), q)), _) => {
@@ -293,14 +393,14 @@ pub fn encode(
                             xxhash_rust::xxh3::xxh3_64(&q.recon)
                         }
                         None => {
-                            digest.feed(at, j.cur);
-                            hash
+                            digest.feed(at, c);
+                            h.checksum
                         }
                     };
                     let e = ChunkEntry {
                         payload_offset: w.written,
                         payload_len: payload.len() as u32,
-                        raw_len: j.cur.len() as u32,
+                        raw_len: c.len() as u32,
                         checksum,
                         coding,
                     };
@@ -313,16 +413,16 @@ pub fn encode(
                     if let (Codec::Quantized, Some((kind, bound))) = (e.coding.codec, j.lossy) {
                         // Quantizing is deterministic: the same bytes against
                         // the same reference give the same reconstruction.
-                        let q = crate::lossy::quantize(kind, bound, j.cur, j.reference);
+                        let q = crate::lossy::quantize(kind, bound, c, r);
                         digest.feed(at, &q.recon);
                     } else {
-                        digest.feed(at, j.cur);
+                        digest.feed(at, c);
                     }
                     e
                 }
                 (None, None) => unreachable!("only duplicates are skipped"),
             };
-            changed += match (entry.coding.codec, j.reference) {
+            changed += match (entry.coding.codec, r) {
                 // Counted above, from the bins.
                 (Codec::Quantized, _) => 0,
                 (Codec::Delta, _) => entry.coding.nnz,
@@ -330,8 +430,7 @@ pub fn encode(
                 // elements that differ from it all the same.
                 (_, Some(r)) => {
                     let w = j.params.width;
-                    j.cur
-                        .chunks_exact(w)
+                    c.chunks_exact(w)
                         .zip(r.chunks_exact(w))
                         .filter(|(a, b)| a != b)
                         .count() as u64
@@ -340,10 +439,9 @@ pub fn encode(
             };
             entry_of[i] = Some(entry);
             tensors[j.tensor].chunks.push(entry);
-            done += j.cur.len() as u64;
-            // Done with this window of the input (and of the reference).
-            mmap::release(j.cur);
-            if let Some(r) = j.reference {
+            done += c.len() as u64;
+            // Done with this window of the reference.
+            if let Some(r) = r {
                 mmap::release(r);
             }
         }
@@ -390,6 +488,10 @@ pub fn encode(
 #[derive(Default)]
 struct Plan<'a> {
     header_block: Vec<u8>,
+    /// Where in the header block the bytes of the file outside the jobs
+    /// begin: all of it (the safetensors header), or after the layout (an
+    /// archive's filler).
+    outside_from: usize,
     entries: Vec<(RefMode, u64)>,
     jobs: Vec<Job<'a>>,
     elements: u64,
@@ -412,7 +514,11 @@ fn plan_safetensors<'a>(
     opts: &EncodeOptions,
     lenient: bool,
 ) -> Result<Plan<'a>> {
-    let header = safetensors::parse(cur)?;
+    // The header as stored, and the tensors as it gives them: one copy, so
+    // that they agree whatever happens to the file.
+    let hl = 8 + safetensors::header_size(cur, cur.len() as u64)? as usize;
+    let header_block = cur[..hl].to_vec();
+    let header = safetensors::parse_header(&header_block, cur.len() as u64)?;
     let ref_header = match reference.map(safetensors::parse) {
         Some(Ok(h)) => Some(h),
         Some(Err(_)) if lenient => None,
@@ -423,9 +529,10 @@ fn plan_safetensors<'a>(
         }
         None => None,
     };
-    let mut plan = Plan::default();
-    let hl = header.header_len as usize;
-    plan.header_block.extend_from_slice(&cur[..hl]);
+    let mut plan = Plan {
+        header_block,
+        ..Plan::default()
+    };
     for (i, t) in header.tensors.iter().enumerate() {
         let data = &cur[hl + t.begin as usize..hl + t.end as usize];
         let ref_data = ref_header.as_ref().and_then(|rh| {
@@ -507,6 +614,7 @@ fn plan_archive<'a>(
     }
     filler.extend_from_slice(&cur[pos..]);
     plan.header_block = format::archive_layout(&layout, &filler)?;
+    plan.outside_from = plan.header_block.len() - filler.len();
     if plan.header_block.len() as u64 > safetensors::MAX_HEADER_SIZE {
         return Err(Error::InvalidArgument(format!(
             "the archive has {} bytes outside its tensor storages, more than the format allows",
@@ -589,6 +697,45 @@ fn push_jobs<'a>(
             params,
             lossy,
         });
+    }
+}
+
+/// Hooks for the tests of inputs that change while they are read: not part
+/// of the API.
+#[doc(hidden)]
+pub mod test_hooks {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, RwLock};
+
+    /// Called with each batch window's number (from 0).
+    pub type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+
+    static AFTER_WINDOW: RwLock<Option<Hook>> = RwLock::new(None);
+    static BATCH_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+    /// Calls `hook` once each batch window of the input has been read and
+    /// coded, before the next window is read.
+    pub fn set_after_window(hook: Option<Hook>) {
+        *AFTER_WINDOW.write().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Sets the bytes of input coded per batch window (0: the default).
+    pub fn set_batch_bytes(n: usize) {
+        BATCH_BYTES.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn after_window(window: usize) {
+        let hook = AFTER_WINDOW
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(window);
+        }
+    }
+
+    pub(crate) fn batch_bytes() -> Option<usize> {
+        Some(BATCH_BYTES.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 }
 

@@ -24,7 +24,8 @@ fn open_inputs(
 }
 
 /// Encodes the file `cur` against `reference` (a keyframe when `None`) into
-/// `out`, atomically: on error, no output file is left behind.
+/// `out`, atomically: on error, no output file is left behind. An input that
+/// changed while it was read is [`Error::InputChanged`](crate::Error::InputChanged).
 pub fn encode_file(
     cur: &Path,
     reference: Option<&Path>,
@@ -34,7 +35,13 @@ pub fn encode_file(
 ) -> Result<EncodeStats> {
     let (cur, reference) = open_inputs(cur, reference, out)?;
     write_atomic(out, Replace::Yes, |w| {
-        crate::encode(&cur, reference.as_deref(), opts, w, progress)
+        let stats = crate::encode(&cur, reference.as_deref(), opts, w, progress);
+        // Before the output appears: an input that changed says so first.
+        cur.check_unchanged()?;
+        reference
+            .as_ref()
+            .map_or(Ok(()), FileBytes::check_unchanged)?;
+        stats
     })
 }
 

@@ -47,6 +47,8 @@ pub mod transform;
 
 pub use decode::{decode, decode_tensor, DecodeStats};
 pub use dtype::Dtype;
+#[doc(hidden)]
+pub use encode::test_hooks;
 pub use encode::{encode, EncodeOptions, EncodeStats, InputKind};
 pub use error::{Error, Result};
 pub use mmap::FileBytes;

@@ -738,7 +738,7 @@ impl Store {
         // that is not a regular file (a FIFO, a link) is refused.
         let f = match self.lock_file(false) {
             Ok(f) => f,
-            Err(Error::Io { source, .. })
+            Err(Error::Io { err: source, .. })
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
@@ -843,14 +843,14 @@ impl Store {
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.s3 {
             return s3.object_digest(name).map_err(|e| match e {
-                Error::Io { source, .. } => source.to_string(),
+                Error::Io { err: source, .. } => source.to_string(),
                 e => e.to_string(),
             });
         }
         self.open_object(name)
             .map(|b| format::digest_hex(crate::mmap::digest_released(&b)))
             .map_err(|e| match e {
-                Error::Io { source, .. } => source.to_string(),
+                Error::Io { err: source, .. } => source.to_string(),
                 e => e.to_string(),
             })
     }
@@ -956,7 +956,11 @@ impl Store {
             .map(|b| &**b);
         let (object, stats) = self
             .write_object(txn, |w| crate::encode(bytes, ref_bytes, opts, w, None))
-            .map_err(|e| self.err(format!("step {step}, file {path}: {e}")))?;
+            .map_err(|e| match e {
+                // Typed, and naming the file already.
+                e @ Error::InputChanged { .. } => e,
+                e => self.err(format!("step {step}, file {path}: {e}")),
+            })?;
         Ok(FileRecord {
             path: path.clone(),
             len: bytes.len() as u64,
@@ -1183,6 +1187,13 @@ impl Store {
             .filter(|s| s.depth < m.keyframe_every)
             .map(|s| s.step);
         let rec = self.code_best(&txn, &m, step, ck, reference, lossy, progress)?;
+        // Every input is as it was when it was opened: otherwise what was
+        // coded may mix two versions of a file, and nothing is committed.
+        for (_, bytes) in &ck.files {
+            if let Bytes::Mapped(fb) = bytes {
+                fb.check_unchanged()?;
+            }
+        }
         m.put(rec);
         m.fix_depths();
         self.commit(txn, &m)?;
@@ -1261,12 +1272,12 @@ impl Store {
             ))
         };
         let bytes = self.read_object(&f.object).map_err(|e| match e {
-            Error::Io { source, .. } => what(&source),
+            Error::Io { err: source, .. } => what(&source),
             e => what(&e),
         })?;
         // `decode` checks the whole output against the container's digest.
         let stats = crate::decode(&bytes, reference, out, None).map_err(|e| match e {
-            Error::Io { source, .. } => what(&format!("writing the decoded file: {source}")),
+            Error::Io { err: source, .. } => what(&format!("writing the decoded file: {source}")),
             e => what(&e),
         })?;
         if format::digest_hex(stats.output_digest) != f.digest || stats.original_len != f.len {
@@ -1829,7 +1840,10 @@ impl Store {
 /// An I/O error without a path (from a writer) gets the path written to.
 fn with_path(e: Error, path: &Path) -> Error {
     match e {
-        Error::Io { path: None, source } => Error::io(path, source),
+        Error::Io {
+            path: None,
+            err: source,
+        } => Error::io(path, source),
         e => e,
     }
 }
