@@ -161,6 +161,12 @@ enum Command {
         /// file is not decoded).
         #[arg(long)]
         tensor: Option<String>,
+        /// Refuse a file (or with --tensor, a tensor) that decodes to more
+        /// than this, before writing anything: bytes, or with a suffix K, M,
+        /// G, T (powers of 1024) or KB, MB, GB, TB (of 1000). Without it,
+        /// the limit is the free space of the output's filesystem.
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        max_output: Option<u64>,
     },
     /// Show what a .tpde file holds, tensor by tensor.
     Inspect {
@@ -230,9 +236,17 @@ fn run(cli: Cli) -> Result<()> {
             reference,
             output,
             tensor: Some(name),
+            max_output,
         } => {
-            let n = tpde::files::decode_tensor_file(&input, reference.as_deref(), &name, &output)
-                .with_context(|| format!("decoding tensor {name:?} of {}", input.display()))?;
+            let opts = tpde::DecodeOptions { max_output };
+            let n = tpde::files::decode_tensor_file_with(
+                &input,
+                reference.as_deref(),
+                &name,
+                &output,
+                &opts,
+            )
+            .with_context(|| format!("decoding tensor {name:?} of {}", input.display()))?;
             println!(
                 "{} [{name}] -> {} ({n} bytes), verified",
                 input.display(),
@@ -245,7 +259,13 @@ fn run(cli: Cli) -> Result<()> {
             reference,
             output,
             tensor: None,
-        } => decode(&input, reference.as_deref(), &output),
+            max_output,
+        } => decode(
+            &input,
+            reference.as_deref(),
+            &output,
+            &tpde::DecodeOptions { max_output },
+        ),
         Command::Inspect { input } => inspect(&input),
         Command::Bench {
             dir,
@@ -326,7 +346,37 @@ fn encode(
     Ok(())
 }
 
-fn decode(input: &Path, reference: Option<&Path>, out: &Path) -> Result<()> {
+/// A byte count: digits, then optionally K, M, G, T (1024-based; also KiB
+/// and so on) or KB, MB, GB, TB (1000-based), in any case.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 1000000, 512M, 10G)"))?;
+    let power = |base: u64, k: u32| base.pow(k);
+    let scale = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KIB" => power(1024, 1),
+        "M" | "MIB" => power(1024, 2),
+        "G" | "GIB" => power(1024, 3),
+        "T" | "TIB" => power(1024, 4),
+        "KB" => power(1000, 1),
+        "MB" => power(1000, 2),
+        "GB" => power(1000, 3),
+        "TB" => power(1000, 4),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (K, M, G, T, KB, MB, GB, TB)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn decode(
+    input: &Path,
+    reference: Option<&Path>,
+    out: &Path,
+    opts: &tpde::DecodeOptions,
+) -> Result<()> {
     let bytes =
         tpde::FileBytes::open(input).with_context(|| format!("reading {}", input.display()))?;
     let report =
@@ -339,8 +389,14 @@ fn decode(input: &Path, reference: Option<&Path>, out: &Path) -> Result<()> {
     }
     let pb = progress_bar(report.original_len, "decoding");
     let t = Instant::now();
-    let s = tpde::files::decode_file(input, reference, out, Some(&|d| pb.set_position(d)))
-        .with_context(|| format!("decoding {}", input.display()))?;
+    let s = tpde::files::decode_file_with(
+        input,
+        reference,
+        out,
+        Some(&|d| pb.set_position(d)),
+        opts,
+    )
+    .with_context(|| format!("decoding {}", input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     println!(
