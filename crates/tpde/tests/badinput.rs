@@ -161,6 +161,20 @@ fn decode_file_checks_free_space_and_the_limit_before_writing() {
     assert!(!out.exists());
 }
 
+#[test]
+fn a_huge_header_is_read_in_proportion() {
+    // 1.1 KB holding a 10 MB header (metadata of zeros, which a JSON tree
+    // holds at 17 times its size): the header is legal (the format allows
+    // 100 MB); it is parsed without a tree.
+    let file = bad_file("12-huge-header.tpde");
+    assert!(file.len() < 2_000, "{}", file.len());
+    let r = tpde::inspect::inspect(&file).unwrap();
+    assert!(r.header_len > 9_900_000);
+    assert_eq!(r.tensors.len(), 1);
+    let out = tpde::decode_tensor(&file, None, "w").unwrap();
+    assert_eq!(out, [0; 8]);
+}
+
 /// Writes the committed files of `tests/data/bad/` again.
 #[test]
 #[ignore]
@@ -175,6 +189,10 @@ fn regenerate() {
     let files = [
         ("9-tensor-64gib.tpde", badgen::big_tensor(1024, xxh3_64)),
         ("14-bomb-1gib.tpde", badgen::zero_bomb(16, h.digest128(), xxh3_64)),
+        (
+            "12-huge-header.tpde",
+            badgen::huge_header(10_000_000, xxh3_64, tpde::format::digest, xxh3_64(&[0; 8])),
+        ),
     ];
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).unwrap();
