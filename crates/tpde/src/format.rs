@@ -795,3 +795,36 @@ fn archive_views(index: &Index) -> Result<(Vec<TensorView>, Range<usize>)> {
     }
     Ok((views, filler..block.len()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_block_inflates_within_what_its_frame_says() {
+        let data: Vec<u8> = (0..5000u32).flat_map(|i| (i % 7).to_le_bytes()).collect();
+        let n = data.len();
+        let z = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(inflate_header(&z, n).unwrap(), data);
+        // A frame that holds more than the index says: refused at once.
+        let e = inflate_header(&z, n - 1).unwrap_err().to_string();
+        assert!(e.contains(&format!("holds {n} bytes, the index says {}", n - 1)), "{e}");
+        // One that holds less (or several frames): decoded, then refused.
+        let e = inflate_header(&z, 100_000_000).unwrap_err().to_string();
+        assert!(e.contains("wrong length"), "{e}");
+        // A frame that does not say its size (a streaming encoder's).
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        let streamed = enc.finish().unwrap();
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(), None);
+        assert_eq!(inflate_header(&streamed, n).unwrap(), data);
+        for len in [n - 1, n + 1, 100_000_000] {
+            let e = inflate_header(&streamed, len).unwrap_err().to_string();
+            assert!(e.contains("wrong length"), "{e}");
+        }
+        // Not zstd, truncated, empty.
+        for bad in [&b"not zstd"[..], &z[..z.len() - 3], b""] {
+            assert!(inflate_header(bad, n).is_err());
+        }
+    }
+}
