@@ -113,6 +113,12 @@ fn examined() {
     EXAMINED.with(|n| n.set(n.get() + 1));
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Pickle bytes walked (by this thread).
+    static WALKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// The central directory (`start..end`, absolute offsets) of the archive
 /// that begins at `start` if the end record at `e` closes it: its directory
 /// (through the zip64 end record when there is one), at offsets counted from
@@ -214,9 +220,9 @@ fn central_entries(b: &[u8], start: usize, end: usize) -> Option<Vec<Entry<'_>>>
             let (id, len) = (u16_at(extra, 0)?, u16_at(extra, 2)?);
             let body = extra.get(4..4 + len)?;
             if id == 1 {
-                let mut fields = body.chunks_exact(8).map(|c| {
-                    u64::from_le_bytes(c.try_into().expect("8 bytes"))
-                });
+                let mut fields = body
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
                 for v in [&mut size, &mut compressed_size, &mut header] {
                     if *v == 0xffff_ffff {
                         *v = fields.next()?;
@@ -330,15 +336,21 @@ fn scan_one(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
         return None;
     }
 
+    // Pickles are walked once per prefix; entries of the central directory
+    // may point many prefixes at one pickle, so the bytes walked in all are
+    // bounded by the file's length (beyond it, storages are opaque bytes).
+    let mut budget = bytes.len();
     let mut dtypes: HashMap<String, HashMap<String, Dtype>> = HashMap::new();
     let mut out = Vec::with_capacity(kept.len());
     for (prefix, key, mut tensor) in kept {
         let map = dtypes.entry(prefix).or_insert_with_key(|prefix| {
-            pickles
-                .get(prefix)
-                .and_then(|&(start, end)| bytes.get(start..end))
-                .map(storage_dtypes)
-                .unwrap_or_default()
+            let Some(&(start, end)) = pickles.get(prefix) else {
+                return HashMap::new();
+            };
+            let end = end.min(start.saturating_add(budget));
+            let pickle = bytes.get(start..end).unwrap_or_default();
+            budget -= pickle.len();
+            storage_dtypes(pickle)
         });
         if let Some(dtype) = map.get(&key) {
             let width = dtype.bits().map_or(0, |bits| bits / 8);
@@ -408,6 +420,8 @@ enum Value {
 /// pass [`MAX_STACK`] values or its memo [`MAX_MEMO`] entries, far beyond
 /// what torch writes.
 fn storage_dtypes(pickle: &[u8]) -> HashMap<String, Dtype> {
+    #[cfg(test)]
+    WALKED.with(|n| n.set(n.get() + pickle.len() as u64));
     let mut found = HashMap::new();
     let mut walker = Walker::new(pickle);
     // `None` means STOP, the end of the input or malformed bytes: all end the walk.
@@ -461,7 +475,10 @@ impl Memo {
 
     /// Sets entry `index`; `None` when that would pass the limits.
     fn put(&mut self, index: u64, value: Value) -> Option<()> {
-        if let Some(slot) = usize::try_from(index).ok().and_then(|i| self.dense.get_mut(i)) {
+        if let Some(slot) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.dense.get_mut(i))
+        {
             *slot = value;
             return Some(());
         }
@@ -1044,7 +1061,10 @@ mod tests {
         file.extend_from_slice(&b"PK\x05\x06".repeat(n));
         let (found, work) = counted_scan(&file);
         assert_eq!(found, None);
-        assert!(work <= n as u64 + 20_000, "{work} records looked at for {n}");
+        assert!(
+            work <= n as u64 + 20_000,
+            "{work} records looked at for {n}"
+        );
         // A run of many small archives, each with a fake end record in its
         // storage: linear in the number of archives too.
         let one = build_zip(&[("a/data/0", 0, &record[..])], &[]);
@@ -1052,7 +1072,37 @@ mod tests {
         let run = one.repeat(k);
         let (found, work) = counted_scan(&run);
         assert_eq!(found.unwrap().len(), k);
-        assert!(work <= 8 * k as u64, "{work} records looked at for {k} archives");
+        assert!(
+            work <= 8 * k as u64,
+            "{work} records looked at for {k} archives"
+        );
+    }
+
+    #[test]
+    fn pickles_are_walked_in_proportion_to_the_file() {
+        // One long pickle (DUP, POP pairs: walked to its end), and many
+        // prefixes whose data.pkl is that same entry.
+        let mut pickle = b"\x80\x02N".to_vec();
+        pickle.extend_from_slice(&b"20".repeat(50_000));
+        pickle.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nHalfStorage\n");
+        pickle.extend_from_slice(b"X\x01\x00\x00\x000K\x01t.");
+        let names: Vec<String> = (0..300).map(|i| format!("p{i}/data/0")).collect();
+        let aliases: Vec<String> = (0..300).map(|i| format!("p{i}/data.pkl")).collect();
+        let mut entries = vec![("p/data.pkl", 0, &pickle[..])];
+        entries.extend(names.iter().map(|n| (n.as_str(), 0, &b"\x01\x02"[..])));
+        let aliases: Vec<(&str, usize)> = aliases.iter().map(|a| (a.as_str(), 0)).collect();
+        let zip = build_zip(&entries, &aliases);
+        WALKED.with(|n| n.set(0));
+        let found = scan(&zip).unwrap();
+        let walked = WALKED.with(|n| n.get());
+        assert_eq!(found.len(), 300);
+        assert!(
+            walked <= zip.len() as u64,
+            "{walked} bytes walked for {}",
+            zip.len()
+        );
+        // The first prefixes got their dtype before the budget ran out.
+        assert_eq!(found[0].dtype, Dtype::F16);
     }
 
     #[test]
