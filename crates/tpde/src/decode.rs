@@ -133,8 +133,10 @@ fn tensor_reference<'r>(
             Ok(Some(&r.bytes[start..start + rt.len() as usize]))
         }
         RefMode::SameRange => {
-            let start = c.index.header_block.len() as u64 + t.info.begin;
-            Ok(Some(r.bytes.get(start as usize..).unwrap_or(&[])))
+            let start = (c.index.header_block.len() as u64)
+                .checked_add(t.info.begin)
+                .and_then(|s| usize::try_from(s).ok());
+            Ok(Some(start.and_then(|s| r.bytes.get(s..)).unwrap_or(&[])))
         }
         RefMode::Offset => {
             let range = usize::try_from(t.ref_offset)
@@ -247,12 +249,15 @@ fn tensor_jobs<'a, 'r>(
     for (k, e) in t.entry.chunks.iter().enumerate() {
         let len = e.raw_len as usize;
         let slice = |r: &'r [u8]| {
-            r.get(start..start + len).ok_or_else(|| {
-                Error::ReferenceMismatch(format!(
-                    "the reference is too short for tensor {:?}",
-                    t.info.name
-                ))
-            })
+            start
+                .checked_add(len)
+                .and_then(|end| r.get(start..end))
+                .ok_or_else(|| {
+                    Error::ReferenceMismatch(format!(
+                        "the reference is too short for tensor {:?}",
+                        t.info.name
+                    ))
+                })
         };
         let reference = match e.coding.codec {
             Codec::Delta => Some(slice(tref.ok_or(Error::MissingReference)?)?),
@@ -266,7 +271,8 @@ fn tensor_jobs<'a, 'r>(
             payload: c.payload(e),
             reference,
         });
-        start += len;
+        // The chunks add up to the tensor's length (checked by Container::open).
+        start = start.saturating_add(len);
     }
     Ok(())
 }
@@ -284,7 +290,13 @@ pub fn decode(
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<DecodeStats> {
-    decode_with(container, reference, out, progress, &DecodeOptions::default())
+    decode_with(
+        container,
+        reference,
+        out,
+        progress,
+        &DecodeOptions::default(),
+    )
 }
 
 /// [`decode`] within the limits of `opts`: a file that decodes to more than

@@ -38,7 +38,11 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     #[cfg(unix)]
     {
         let s = rustix::fs::statvfs(dir).ok()?;
-        let unit = if s.f_frsize > 0 { s.f_frsize } else { s.f_bsize };
+        let unit = if s.f_frsize > 0 {
+            s.f_frsize
+        } else {
+            s.f_bsize
+        };
         if s.f_blocks == 0 || unit == 0 {
             return None;
         }

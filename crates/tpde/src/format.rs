@@ -546,8 +546,8 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
 /// growing with the bytes it gives, up to `len`.
 fn inflate_header(z: &[u8], len: usize) -> Result<Vec<u8>> {
     let bad = |m: String| Error::corrupt(format!("header block: {m}"));
-    let content = zstd::zstd_safe::get_frame_content_size(z)
-        .map_err(|_| bad("not a zstd frame".into()))?;
+    let content =
+        zstd::zstd_safe::get_frame_content_size(z).map_err(|_| bad("not a zstd frame".into()))?;
     match content {
         Some(n) if n == len as u64 => {
             let mut out = vec![0u8; len];
@@ -639,8 +639,9 @@ fn tensor_views(index: &Index) -> Result<(Vec<TensorView>, Range<usize>)> {
     };
     match index.source_kind {
         SourceKind::Safetensors => {
-            let header = safetensors::parse_header_with(&index.header_block, index.original_len, false)
-                .map_err(|e| Error::corrupt(format!("stored header: {e}")))?;
+            let header =
+                safetensors::parse_header_with(&index.header_block, index.original_len, false)
+                    .map_err(|e| Error::corrupt(format!("stored header: {e}")))?;
             if header.tensors.len() != index.tensors.len() {
                 return Err(Error::corrupt(format!(
                     "header has {} tensors, index has {}",
@@ -808,7 +809,10 @@ mod tests {
         assert_eq!(inflate_header(&z, n).unwrap(), data);
         // A frame that holds more than the index says: refused at once.
         let e = inflate_header(&z, n - 1).unwrap_err().to_string();
-        assert!(e.contains(&format!("holds {n} bytes, the index says {}", n - 1)), "{e}");
+        assert!(
+            e.contains(&format!("holds {n} bytes, the index says {}", n - 1)),
+            "{e}"
+        );
         // One that holds less (or several frames): decoded, then refused.
         let e = inflate_header(&z, 100_000_000).unwrap_err().to_string();
         assert!(e.contains("wrong length"), "{e}");
@@ -816,7 +820,10 @@ mod tests {
         let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
         std::io::Write::write_all(&mut enc, &data).unwrap();
         let streamed = enc.finish().unwrap();
-        assert_eq!(zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(), None);
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
         assert_eq!(inflate_header(&streamed, n).unwrap(), data);
         for len in [n - 1, n + 1, 100_000_000] {
             let e = inflate_header(&streamed, len).unwrap_err().to_string();

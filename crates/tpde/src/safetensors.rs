@@ -113,7 +113,10 @@ impl<'de> Deserialize<'de> for RawTensor<'de> {
                 f.write_str("a tensor entry {\"dtype\", \"shape\", \"data_offsets\"}")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut t = RawTensor::default();
                 while let Some(field) = m.next_key::<Field>()? {
                     let slot = match field {
@@ -130,7 +133,10 @@ impl<'de> Deserialize<'de> for RawTensor<'de> {
                 Ok(t)
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut next = |i: usize| {
                     s.next_element::<&'de RawValue>()?
                         .ok_or_else(|| de::Error::invalid_length(i, &"3 fields"))
@@ -147,7 +153,10 @@ impl<'de> Deserialize<'de> for RawTensor<'de> {
 }
 
 /// A field of a tensor entry, parsed: an error names the field.
-fn field<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, name: &'static str) -> Result<T, String> {
+fn field<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    name: &'static str,
+) -> Result<T, String> {
     let raw = raw.ok_or_else(|| format!("missing field `{name}`"))?;
     serde_json::from_str(raw.get()).map_err(|e| format!("field `{name}`: {e}"))
 }
@@ -189,9 +198,10 @@ pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
     parse_header_with(block, file_len, true)
 }
 
-/// [`parse_header`]; without `keep_metadata`, [`Header::metadata`] is `None`
-/// (the metadata is checked to be JSON, not copied).
-pub(crate) fn parse_header_with(block: &[u8], file_len: u64, keep_metadata: bool) -> Result<Header> {
+/// [`parse_header`]; unless `full`, [`Header::metadata`] is `None` (the
+/// metadata is checked to be JSON, not copied) and [`Header::get`] finds
+/// nothing: for a caller that only walks [`Header::tensors`].
+pub(crate) fn parse_header_with(block: &[u8], file_len: u64, full: bool) -> Result<Header> {
     let n = header_size(block, file_len)?;
     let json = block
         .get(8..)
@@ -205,7 +215,7 @@ pub(crate) fn parse_header_with(block: &[u8], file_len: u64, keep_metadata: bool
     let mut tensors = Vec::with_capacity(map.len());
     for (name, value) in map {
         if name == "__metadata__" {
-            if keep_metadata {
+            if full {
                 metadata = Some(value.to_owned());
             }
             continue;
@@ -281,11 +291,15 @@ pub(crate) fn parse_header_with(block: &[u8], file_len: u64, keep_metadata: bool
             "tensors index {cursor} bytes of data but the data section holds {data_len}"
         )));
     }
-    let by_name = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.clone(), i))
-        .collect();
+    let by_name = if full {
+        tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     Ok(Header {
         header_len: 8 + n,
         tensors,
@@ -420,17 +434,29 @@ mod tests {
             .iter()
             .map(|t| (t.name.as_str(), t.dtype.name(), t.begin, t.end))
             .collect();
-        assert_eq!(got, [("a", "U8", 0, 2), ("b", "I16", 2, 4), ("a2", "U8", 4, 5)]);
+        assert_eq!(
+            got,
+            [("a", "U8", 0, 2), ("b", "I16", 2, 4), ("a2", "U8", 4, 5)]
+        );
         for (header, needle) in [
-            (r#"{"a":{"shape":[1],"data_offsets":[0,1]}}"#, "missing field `dtype`"),
-            (r#"{"a":{"dtype":"U8","shape":[1.0],"data_offsets":[0,1]}}"#, "field `shape`"),
+            (
+                r#"{"a":{"shape":[1],"data_offsets":[0,1]}}"#,
+                "missing field `dtype`",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1.0],"data_offsets":[0,1]}}"#,
+                "field `shape`",
+            ),
             (r#"{"a":["U8",[1]]}"#, "invalid length"),
             (r#"{"a":["U8",[1],[0,1],4]}"#, "tensor \"a\""),
             (r#"{"a":7}"#, "tensor \"a\""),
             (r#"[]"#, "not a JSON object"),
         ] {
             let err = parse(&file(header, &[0])).unwrap_err().to_string();
-            assert!(err.contains(needle), "{header}: {err:?} should mention {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{header}: {err:?} should mention {needle:?}"
+            );
         }
     }
 
