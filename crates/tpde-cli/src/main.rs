@@ -365,7 +365,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => power(1000, 2),
         "GB" => power(1000, 3),
         "TB" => power(1000, 4),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (K, M, G, T, KB, MB, GB, TB)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (K, M, G, T, KB, MB, GB, TB)"
+            ))
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("{s:?} is too large"))
@@ -389,14 +393,9 @@ fn decode(
     }
     let pb = progress_bar(report.original_len, "decoding");
     let t = Instant::now();
-    let s = tpde::files::decode_file_with(
-        input,
-        reference,
-        out,
-        Some(&|d| pb.set_position(d)),
-        opts,
-    )
-    .with_context(|| format!("decoding {}", input.display()))?;
+    let s =
+        tpde::files::decode_file_with(input, reference, out, Some(&|d| pb.set_position(d)), opts)
+            .with_context(|| format!("decoding {}", input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     println!(

@@ -75,8 +75,19 @@ const ROWS: &[Row] = &[
     // 9: a 49 KB file claiming a 64 GiB tensor.
     Row {
         input: Input::File("9-tensor-64gib.tpde"),
-        args: &["decode", "{in}", "--tensor", "w", "-o", "{out}", "--max-output", "1G"],
-        expect: Expect::Error("decodes to 68719476736 bytes, more than the limit of 1073741824 bytes"),
+        args: &[
+            "decode",
+            "{in}",
+            "--tensor",
+            "w",
+            "-o",
+            "{out}",
+            "--max-output",
+            "1G",
+        ],
+        expect: Expect::Error(
+            "decodes to 68719476736 bytes, more than the limit of 1073741824 bytes",
+        ),
         memory_kib: MEMORY_KIB,
         timeout_s: 20,
         needs_free_below: None,
@@ -93,7 +104,9 @@ const ROWS: &[Row] = &[
     Row {
         input: Input::Made("9-claim-1tib.tpde", claim_1tib),
         args: &["decode", "{in}", "-o", "{out}", "--max-output", "10G"],
-        expect: Expect::Error("decodes to 1099511627776 bytes, more than the limit of 10737418240 bytes"),
+        expect: Expect::Error(
+            "decodes to 1099511627776 bytes, more than the limit of 10737418240 bytes",
+        ),
         memory_kib: MEMORY_KIB,
         timeout_s: 20,
         needs_free_below: None,
@@ -110,7 +123,9 @@ const ROWS: &[Row] = &[
     Row {
         input: Input::File("14-bomb-1gib.tpde"),
         args: &["decode", "{in}", "-o", "{out}", "--max-output", "100MB"],
-        expect: Expect::Error("decodes to 1073741824 bytes, more than the limit of 100000000 bytes (--max-output)"),
+        expect: Expect::Error(
+            "decodes to 1073741824 bytes, more than the limit of 100000000 bytes (--max-output)",
+        ),
         memory_kib: MEMORY_KIB,
         timeout_s: 20,
         needs_free_below: None,
@@ -227,7 +242,10 @@ fn bad_inputs_are_refused_or_bounded() {
         match row.expect {
             Expect::Error(text) => {
                 if result.status.code() != Some(2) {
-                    failures.push(format!("{what}: status {:?}, stderr {stderr}", result.status));
+                    failures.push(format!(
+                        "{what}: status {:?}, stderr {stderr}",
+                        result.status
+                    ));
                 } else if !stderr.contains(text) {
                     failures.push(format!("{what}: stderr {stderr:?} lacks {text:?}"));
                 } else if !left.is_empty() {
@@ -236,7 +254,10 @@ fn bad_inputs_are_refused_or_bounded() {
             }
             Expect::Success => {
                 if !result.status.success() {
-                    failures.push(format!("{what}: status {:?}, stderr {stderr}", result.status));
+                    failures.push(format!(
+                        "{what}: status {:?}, stderr {stderr}",
+                        result.status
+                    ));
                 }
             }
         }

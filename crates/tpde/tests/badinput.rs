@@ -13,7 +13,9 @@ fn xxh3_64(b: &[u8]) -> u64 {
 }
 
 fn bad_file(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/bad")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -74,7 +76,10 @@ fn a_file_at_the_limit_decodes() {
     assert_eq!(out, file);
     let e = tpde::decode_with(&packed, None, &mut Vec::new(), None, &limit(n - 1)).unwrap_err();
     assert_limit_error(e, n, n - 1);
-    assert_eq!(tpde::decode_tensor_with(&packed, None, "w", &limit(3)).unwrap(), [1, 2, 3]);
+    assert_eq!(
+        tpde::decode_tensor_with(&packed, None, "w", &limit(3)).unwrap(),
+        [1, 2, 3]
+    );
     let e = tpde::decode_tensor_with(&packed, None, "w", &limit(2)).unwrap_err();
     assert_limit_error(e, 3, 2);
 }
@@ -155,8 +160,8 @@ fn decode_file_checks_free_space_and_the_limit_before_writing() {
     // The same for one tensor.
     let input = dir.path().join("tensor.tpde");
     std::fs::write(&input, bad_file("9-tensor-64gib.tpde")).unwrap();
-    let e = tpde::files::decode_tensor_file_with(&input, None, "w", &out, &limit(1 << 20))
-        .unwrap_err();
+    let e =
+        tpde::files::decode_tensor_file_with(&input, None, "w", &out, &limit(1 << 20)).unwrap_err();
     assert_limit_error(e, 1 << 36, 1 << 20);
     assert!(!out.exists());
 }
@@ -188,7 +193,10 @@ fn regenerate() {
     }
     let files = [
         ("9-tensor-64gib.tpde", badgen::big_tensor(1024, xxh3_64)),
-        ("14-bomb-1gib.tpde", badgen::zero_bomb(16, h.digest128(), xxh3_64)),
+        (
+            "14-bomb-1gib.tpde",
+            badgen::zero_bomb(16, h.digest128(), xxh3_64),
+        ),
         (
             "12-huge-header.tpde",
             badgen::huge_header(10_000_000, xxh3_64, tpde::format::digest, xxh3_64(&[0; 8])),

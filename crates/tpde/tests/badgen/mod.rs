@@ -143,7 +143,7 @@ pub fn huge_header(
         json.extend_from_slice(b",0");
     }
     json.extend_from_slice(tail);
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let block = header_block(&json);
@@ -246,6 +246,8 @@ pub fn pickle_archive(pickle: &[u8]) -> Vec<u8> {
 pub fn flood_pickle(op: u8, n: usize) -> Vec<u8> {
     let mut p = vec![0x80, 2, b'N'];
     p.resize(3 + n, op);
-    p.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000K\x10t.");
+    p.extend_from_slice(
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000K\x10t.",
+    );
     p
 }
