@@ -397,10 +397,11 @@ pub(crate) fn decode_opened(
 /// reference's length is checked, and each chunk's checksum; the whole-file
 /// digests are not (that would read every byte).
 ///
-/// No limit is set on the tensor's size but memory: the bytes are reserved
-/// once (an error, not an abort, when that fails) and decoded a batch at a
-/// time, so a file that claims more than it holds fails at its first bad
-/// chunk. Use [`decode_tensor_with`] for files from elsewhere.
+/// No limit is set on the tensor's size but memory: when what the file
+/// claims cannot be allocated, the answer is an error (an I/O error of kind
+/// `OutOfMemory`), not an abort; the output's pages are touched only as
+/// chunks fill them, so a file that claims more than it holds fails at its
+/// first bad chunk. Use [`decode_tensor_with`] for files from elsewhere.
 pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> Result<Vec<u8>> {
     decode_tensor_with(container, reference, name, &DecodeOptions::default())
 }
@@ -425,15 +426,17 @@ pub fn decode_tensor_with(
     let r = check_reference(&c, reference, false)?;
     let mut jobs = Vec::new();
     tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
-    let mut out = Vec::new();
     let n = usize::try_from(len).map_err(|e| too_big(e.to_string()))?;
-    out.try_reserve_exact(n)
+    // The allocation is probed fallibly first (there is no fallible zeroed
+    // allocation in std), then made zeroed: fresh zero pages, which the
+    // decoder touches only as it fills them, with no pass of zeroing.
+    let mut probe = Vec::<u8>::new();
+    probe
+        .try_reserve_exact(n)
         .map_err(|e| too_big(e.to_string()))?;
-    for batch in batches(&c, &jobs) {
-        let start = out.len();
-        out.resize(start + jobs_len(&c, batch), 0);
-        decode_jobs(&c, batch, &mut out[start..])?;
-    }
+    drop(probe);
+    let mut out = vec![0u8; n];
+    decode_jobs(&c, &jobs, &mut out)?;
     Ok(out)
 }
 
