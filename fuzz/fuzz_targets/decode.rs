@@ -1,6 +1,8 @@
 //! Arbitrary bytes decoded as a `.tpde` file, without a reference and against
 //! a fixed small safetensors reference. Decoding must never panic; when it
 //! succeeds, `inspect` and `decode_tensor` must agree with what it produced.
+//! Both decode within a limit of 16 MiB of output, so that no input can make
+//! the fuzzer run out of memory.
 
 #![no_main]
 
@@ -39,10 +41,26 @@ fn fix_trailer(data: &[u8]) -> Option<Vec<u8>> {
     Some(fixed)
 }
 
+/// What a decode may produce: a file of a few hundred bytes may decode to
+/// gigabytes (chunks sharing a payload), so the limit keeps the fuzzer's
+/// memory bounded, as it would a service's.
+const LIMIT: tpde::DecodeOptions = tpde::DecodeOptions {
+    max_output: Some(16 << 20),
+};
+
 fn check(container: &[u8], reference: Option<&[u8]>) {
     let mut out = Vec::new();
-    let decoded = tpde::decode(container, reference, &mut out, None);
+    let decoded = tpde::decode_with(container, reference, &mut out, None, &LIMIT);
     let report = tpde::inspect::inspect(container);
+    if let (Ok(r), Err(e)) = (&report, &decoded) {
+        // Refused by the limit exactly when the file claims more.
+        let over = r.original_len > LIMIT.max_output.unwrap();
+        assert_eq!(
+            over,
+            e.to_string().contains("more than the limit"),
+            "limit check: {e}"
+        );
+    }
 
     // Names to try decode_tensor on: two fixed ones (one in the reference,
     // one that no safetensors container can hold) and those the index lists.
@@ -52,7 +70,7 @@ fn check(container: &[u8], reference: Option<&[u8]>) {
     }
     let tensors: Vec<_> = names
         .iter()
-        .map(|n| (n, tpde::decode_tensor(container, reference, n)))
+        .map(|n| (n, tpde::decode_tensor_with(container, reference, n, &LIMIT)))
         .collect();
 
     let Ok(stats) = decoded else { return };

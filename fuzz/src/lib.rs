@@ -151,3 +151,40 @@ pub fn reference() -> &'static [u8] {
     static REF: OnceLock<Vec<u8>> = OnceLock::new();
     REF.get_or_init(|| safetensors(&reference_tensors(), true, 0))
 }
+
+/// A zip archive of stored entries (name, bytes) as torch.save writes them,
+/// without alignment or data descriptors.
+pub fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for &(name, data) in entries {
+        let at = out.len() as u32;
+        let (len, name_len) = (data.len() as u32, name.len() as u16);
+        out.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x00\x00");
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&name_len.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        central.extend_from_slice(b"PK\x01\x02\x14\x00\x14\x00\x00\x00\x00\x00");
+        central.extend_from_slice(&[0; 8]);
+        central.extend_from_slice(&len.to_le_bytes());
+        central.extend_from_slice(&len.to_le_bytes());
+        central.extend_from_slice(&name_len.to_le_bytes());
+        central.extend_from_slice(&[0; 12]);
+        central.extend_from_slice(&at.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let start = out.len() as u32;
+    let count = entries.len() as u16;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00");
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}

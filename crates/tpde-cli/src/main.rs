@@ -181,6 +181,12 @@ enum Command {
         /// file is not decoded).
         #[arg(long)]
         tensor: Option<String>,
+        /// Refuse a file (or with --tensor, a tensor) that decodes to more
+        /// than this, before writing anything: bytes, or with a suffix K, M,
+        /// G, T (powers of 1024) or KB, MB, GB, TB (of 1000). Without it,
+        /// the limit is the free space of the output's filesystem.
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        max_output: Option<u64>,
     },
     /// Show what a .tpde file holds, tensor by tensor.
     #[command(after_help = CODINGS_HELP)]
@@ -332,12 +338,21 @@ fn run(cli: Cli) -> Result<()> {
             output,
             force,
             tensor: Some(name),
+            max_output,
         } => {
             let mut inputs = vec![input.as_path()];
             inputs.extend(reference.as_deref());
             check_output(&output, &inputs, force.force)?;
-            let n = tpde::files::decode_tensor_file(&input, reference.as_deref(), &name, &output)
-                .with_context(|| format!("decoding tensor {name:?} of {}", input.display()))?;
+            let opts = tpde::DecodeOptions { max_output };
+            let n = tpde::files::decode_tensor_file_with(
+                &input,
+                reference.as_deref(),
+                &name,
+                &output,
+                &opts,
+                replace(force.force),
+            )
+            .with_context(|| format!("decoding tensor {name:?} of {}", input.display()))?;
             println!(
                 "{} [{name}] -> {} ({}), verified",
                 input.display(),
@@ -352,7 +367,14 @@ fn run(cli: Cli) -> Result<()> {
             output,
             force,
             tensor: None,
-        } => decode(&input, reference.as_deref(), &output, force.force),
+            max_output,
+        } => decode(
+            &input,
+            reference.as_deref(),
+            &output,
+            force.force,
+            &tpde::DecodeOptions { max_output },
+        ),
         Command::Inspect {
             input,
             reference,
@@ -422,6 +444,16 @@ pub fn human(bytes: u64) -> String {
 /// Refuses an output path that tpde must not write: an input, a folder,
 /// something that is not a plain file (a device, a pipe), or an existing
 /// file without `--force` (then it is replaced atomically).
+/// How an output may be written: with `--force` over an existing file,
+/// else never over anything, even something that appears meanwhile.
+pub fn replace(force: bool) -> tpde::atomic::Replace {
+    if force {
+        tpde::atomic::Replace::Yes
+    } else {
+        tpde::atomic::Replace::No
+    }
+}
+
 pub fn check_output(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
     tpde::atomic::check_not_input(out, inputs)?;
     let link = match std::fs::symlink_metadata(out) {
@@ -486,17 +518,18 @@ fn encode(
     }
     let pb = progress_bar(file_len(cur)?, "encoding");
     let t = Instant::now();
-    let encode = |reference| {
-        tpde::files::encode_file(cur, reference, out, opts, Some(&|d| pb.set_position(d)))
+    let encode = |reference, replace| {
+        let progress: Option<&(dyn Fn(u64) + Sync)> = Some(&|d| pb.set_position(d));
+        tpde::files::encode_file_with(cur, reference, out, opts, progress, replace)
             .with_context(|| format!("encoding {}", cur.display()))
     };
-    let mut s = encode(reference)?;
+    let mut s = encode(reference, replace(force))?;
     // A named file (`--as safetensors`, `--as torch`) keeps its reference
     // even when no tensor matched one of it; then it is coded again as the
     // keyframe it is, which decodes without the reference.
     let unmatched = reference.is_some() && s.reference_used && !any_tensor_matched(out)?;
     if unmatched {
-        s = encode(None)?;
+        s = encode(None, tpde::atomic::Replace::Yes)?; // over its own first output
     }
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
@@ -555,7 +588,42 @@ fn any_tensor_matched(path: &Path) -> Result<bool> {
     Ok(r.tensors.iter().any(|t| t.has_reference))
 }
 
-fn decode(input: &Path, reference: Option<&Path>, out: &Path, force: bool) -> Result<()> {
+/// A byte count: digits, then optionally K, M, G, T (1024-based; also KiB
+/// and so on) or KB, MB, GB, TB (1000-based), in any case.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 1000000, 512M, 10G)"))?;
+    let power = |base: u64, k: u32| base.pow(k);
+    let scale = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KIB" => power(1024, 1),
+        "M" | "MIB" => power(1024, 2),
+        "G" | "GIB" => power(1024, 3),
+        "T" | "TIB" => power(1024, 4),
+        "KB" => power(1000, 1),
+        "MB" => power(1000, 2),
+        "GB" => power(1000, 3),
+        "TB" => power(1000, 4),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (K, M, G, T, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn decode(
+    input: &Path,
+    reference: Option<&Path>,
+    out: &Path,
+    force: bool,
+    opts: &tpde::DecodeOptions,
+) -> Result<()> {
     let mut inputs = vec![input];
     inputs.extend(reference);
     check_output(out, &inputs, force)?;
@@ -571,8 +639,15 @@ fn decode(input: &Path, reference: Option<&Path>, out: &Path, force: bool) -> Re
     }
     let pb = progress_bar(report.original_len, "decoding");
     let t = Instant::now();
-    let s = tpde::files::decode_file(input, reference, out, Some(&|d| pb.set_position(d)))
-        .with_context(|| format!("decoding {}", input.display()))?;
+    let s = tpde::files::decode_file_with(
+        input,
+        reference,
+        out,
+        Some(&|d| pb.set_position(d)),
+        opts,
+        replace(force),
+    )
+    .with_context(|| format!("decoding {}", input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     println!(

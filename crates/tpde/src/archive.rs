@@ -11,10 +11,7 @@
 //! everything between the storages.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::rc::Rc;
-
-use zip::{CompressionMethod, ZipArchive};
 
 use crate::Dtype;
 
@@ -93,44 +90,76 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     ))
 }
 
+const LOCAL: u32 = 0x0403_4b50;
+const CENTRAL: u32 = 0x0201_4b50;
+const END64: u32 = 0x0606_4b50;
+const LOCATOR64: u32 = 0x0706_4b50;
+const END: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+/// An end-of-central-directory record without its comment.
+const END_LEN: usize = 22;
+/// The longest zip comment.
+const MAX_COMMENT: usize = 0xffff;
+
+#[cfg(test)]
+thread_local! {
+    /// End records and central directory records looked at (by this thread):
+    /// the work of a scan, which the tests require to be linear.
+    static EXAMINED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one record looked at (in tests).
+fn examined() {
+    #[cfg(test)]
+    EXAMINED.with(|n| n.set(n.get() + 1));
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Pickle bytes walked (by this thread).
+    static WALKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The central directory (`start..end`, absolute offsets) of the archive
+/// that begins at `start` if the end record at `e` closes it: its directory
+/// (through the zip64 end record when there is one), at offsets counted from
+/// `start`, ends right before the end record (or the zip64 records), and the
+/// end record and its comment fit in `b`. O(1).
+fn directory(b: &[u8], start: usize, e: usize) -> Option<(usize, usize)> {
+    examined();
+    let end = e.checked_add(END_LEN)?.checked_add(u16_at(b, e + 20)?)?;
+    if end > b.len() || b.get(e..e + 4)? != END {
+        return None;
+    }
+    if e >= start + 20 && u32_at(b, e - 20)? == LOCATOR64 {
+        let end64 = start.checked_add(usize::try_from(u64_at(b, e - 12)?).ok()?)?;
+        let len64 = usize::try_from(u64_at(b, end64 + 4)?).ok()?;
+        if u32_at(b, end64)? != END64 || end64.checked_add(12)?.checked_add(len64)? != e - 20 {
+            return None;
+        }
+        let size = usize::try_from(u64_at(b, end64 + 40)?).ok()?;
+        let offset = usize::try_from(u64_at(b, end64 + 48)?).ok()?;
+        let cd = start.checked_add(offset)?;
+        return (cd.checked_add(size)? == end64).then_some((cd, end64));
+    }
+    let cd = start.checked_add(u32_at(b, e + 16)? as usize)?;
+    let cd_end = cd.checked_add(u32_at(b, e + 12)? as usize)?;
+    (cd_end == e).then_some((cd, cd_end))
+}
+
 /// Where the zip archive that starts at `start` ends. torch.save writes its
 /// entries' sizes after their data (data descriptors), so the archive's end
 /// is found by searching for its end-of-central-directory record: the first
-/// one whose central directory (through the zip64 end record when there is
-/// one) ends right before it, at offsets counted from `start`. The bytes
-/// searched are let go of as the search moves on (see [`crate::mmap`]).
+/// one that closes the archive (see [`directory`]). Each candidate costs
+/// O(1), so the search is linear in the bytes it passes. The bytes searched
+/// are let go of as the search moves on (see [`crate::mmap`]).
 fn zip_end(b: &[u8], start: usize) -> Option<usize> {
-    const LOCAL: u32 = 0x0403_4b50;
-    const END64: u32 = 0x0606_4b50;
-    const LOCATOR64: u32 = 0x0706_4b50;
-    const END: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
     const WINDOW: usize = 16 << 20;
     if u32_at(b, start)? != LOCAL {
         return None;
     }
-    // Does an end record at `e` close the archive that starts at `start`?
-    let closes = |e: usize| -> Option<usize> {
-        let end = e.checked_add(22)?.checked_add(u16_at(b, e + 20)?)?;
-        if end > b.len() {
-            return None;
-        }
-        let (cd_size, cd_offset) = (u32_at(b, e + 12)?, u32_at(b, e + 16)?);
-        let cd_end = if e >= start + 20 && u32_at(b, e - 20)? == LOCATOR64 {
-            let end64 = start.checked_add(usize::try_from(u64_at(b, e - 12)?).ok()?)?;
-            let len64 = usize::try_from(u64_at(b, end64 + 4)?).ok()?;
-            if u32_at(b, end64)? != END64 || end64.checked_add(12)?.checked_add(len64)? != e - 20 {
-                return None;
-            }
-            let size = usize::try_from(u64_at(b, end64 + 40)?).ok()?;
-            let offset = usize::try_from(u64_at(b, end64 + 48)?).ok()?;
-            (start.checked_add(offset)?.checked_add(size)? == end64).then_some(())?;
-            return Some(end);
-        } else {
-            start
-                .checked_add(cd_offset as usize)?
-                .checked_add(cd_size as usize)?
-        };
-        (cd_end == e).then_some(end)
+    let closes = |e: usize| {
+        directory(b, start, e)?;
+        Some(e + END_LEN + u16_at(b, e + 20)?)
     };
     let mut from = start;
     while from < b.len() {
@@ -147,40 +176,128 @@ fn zip_end(b: &[u8], start: usize) -> Option<usize> {
     None
 }
 
-/// The storages of one torch.save archive that is the whole of `bytes`.
-fn scan_one(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
-    let file_len = u64::try_from(bytes.len()).ok()?;
-    let mut archive = ZipArchive::new(Cursor::new(bytes)).ok()?;
-    // An archive that does not start the file is not one torch.save wrote
-    // (it may be the last of several, whose central directory the zip reader
-    // found from the end).
-    if archive.offset() != 0 {
+/// One entry of a central directory, as far as [`scan_one`] needs it.
+struct Entry<'a> {
+    name: &'a str,
+    /// Stored (method 0) and not encrypted.
+    stored: bool,
+    compressed_size: u64,
+    size: u64,
+    /// Where its local header starts.
+    header: u64,
+}
+
+/// Reads the central directory records in `b[start..end]`; `None` unless
+/// they fill it exactly, each well-formed. Entries with a name that is not
+/// UTF-8 are left out; of two entries with the same name, the later one
+/// counts, at the place of the first (as the zip crate has it). O(end - start).
+fn central_entries(b: &[u8], start: usize, end: usize) -> Option<Vec<Entry<'_>>> {
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    let mut p = start;
+    while p < end {
+        examined();
+        if u32_at(b, p)? != CENTRAL {
+            return None;
+        }
+        let flags = u16_at(b, p + 8)?;
+        let method = u16_at(b, p + 10)?;
+        let mut compressed_size = u64::from(u32_at(b, p + 20)?);
+        let mut size = u64::from(u32_at(b, p + 24)?);
+        let (name_len, extra_len, comment_len) =
+            (u16_at(b, p + 28)?, u16_at(b, p + 30)?, u16_at(b, p + 32)?);
+        let mut header = u64::from(u32_at(b, p + 42)?);
+        let name_at = p + 46;
+        let extra_at = name_at.checked_add(name_len)?;
+        let next = extra_at.checked_add(extra_len)?.checked_add(comment_len)?;
+        if next > end {
+            return None;
+        }
+        // The zip64 extra field holds, in this order, each of the sizes and
+        // the header offset whose 32-bit field is all ones.
+        let mut extra = &b[extra_at..extra_at + extra_len];
+        while extra.len() >= 4 {
+            let (id, len) = (u16_at(extra, 0)?, u16_at(extra, 2)?);
+            let body = extra.get(4..4 + len)?;
+            if id == 1 {
+                let mut fields = body
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+                for v in [&mut size, &mut compressed_size, &mut header] {
+                    if *v == 0xffff_ffff {
+                        *v = fields.next()?;
+                    }
+                }
+            }
+            extra = &extra[4 + len..];
+        }
+        if let Ok(name) = std::str::from_utf8(&b[name_at..extra_at]) {
+            let entry = Entry {
+                name,
+                stored: method == 0 && flags & 1 == 0,
+                compressed_size,
+                size,
+                header,
+            };
+            match by_name.get(name) {
+                Some(&i) => entries[i] = entry,
+                None => {
+                    by_name.insert(name, entries.len());
+                    entries.push(entry);
+                }
+            }
+        }
+        p = next;
+    }
+    Some(entries)
+}
+
+/// Where the data of the entry whose local header starts at `header`
+/// begins; `None` when no local header is there.
+fn data_start(b: &[u8], header: u64) -> Option<u64> {
+    let h = usize::try_from(header).ok()?;
+    if u32_at(b, h)? != LOCAL {
         return None;
     }
+    let (name_len, extra_len) = (u16_at(b, h + 26)?, u16_at(b, h + 28)?);
+    header.checked_add(30 + name_len as u64 + extra_len as u64)
+}
+
+/// The storages of one torch.save archive that is the whole of `bytes`:
+/// it begins with a local file header, and its end record, found in the
+/// last 64 KiB (the longest comment), closes it (see [`directory`]). Only
+/// the last end record that does is read; the work is linear in the size of
+/// the archive's central directory and 64 KiB.
+fn scan_one(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
+    let file_len = u64::try_from(bytes.len()).ok()?;
+    if u32_at(bytes, 0)? != LOCAL {
+        return None;
+    }
+    let from = bytes.len().saturating_sub(END_LEN + MAX_COMMENT);
+    let (cd_start, cd_end) = memchr::memmem::rfind_iter(&bytes[from..], &END)
+        .find_map(|i| directory(bytes, 0, from + i))?;
+    let entries = central_entries(bytes, cd_start, cd_end)?;
 
     // (prefix including its trailing '/', key, tensor) of each storage entry,
     // and the byte range of each stored `<prefix>data.pkl`.
     let mut storages: Vec<(String, String, ArchiveTensor)> = Vec::new();
     let mut pickles: HashMap<String, (usize, usize)> = HashMap::new();
-    for index in 0..archive.len() {
-        let Ok(entry) = archive.by_index_raw(index) else {
-            continue;
-        };
-        if entry.compression() != CompressionMethod::Stored || entry.encrypted() {
+    for entry in &entries {
+        if !entry.stored {
             continue;
         }
-        let len = entry.size();
-        if len == 0 || entry.compressed_size() != len {
+        let len = entry.size;
+        if len == 0 || entry.compressed_size != len {
             continue;
         }
-        let Some(offset) = entry.data_start() else {
+        let Some(offset) = data_start(bytes, entry.header) else {
             continue;
         };
         match offset.checked_add(len) {
             Some(end) if end <= file_len => {}
             _ => continue,
         }
-        let name = entry.name();
+        let name = entry.name;
         if let Some(prefix) = name.strip_suffix("data.pkl") {
             if prefix.is_empty() || prefix.ends_with('/') {
                 if let (Ok(start), Ok(end)) =
@@ -219,15 +336,21 @@ fn scan_one(bytes: &[u8]) -> Option<Vec<ArchiveTensor>> {
         return None;
     }
 
+    // Pickles are walked once per prefix; entries of the central directory
+    // may point many prefixes at one pickle, so the bytes walked in all are
+    // bounded by the file's length (beyond it, storages are opaque bytes).
+    let mut budget = bytes.len();
     let mut dtypes: HashMap<String, HashMap<String, Dtype>> = HashMap::new();
     let mut out = Vec::with_capacity(kept.len());
     for (prefix, key, mut tensor) in kept {
         let map = dtypes.entry(prefix).or_insert_with_key(|prefix| {
-            pickles
-                .get(prefix)
-                .and_then(|&(start, end)| bytes.get(start..end))
-                .map(storage_dtypes)
-                .unwrap_or_default()
+            let Some(&(start, end)) = pickles.get(prefix) else {
+                return HashMap::new();
+            };
+            let end = end.min(start.saturating_add(budget));
+            let pickle = bytes.get(start..end).unwrap_or_default();
+            budget -= pickle.len();
+            storage_dtypes(pickle)
         });
         if let Some(dtype) = map.get(&key) {
             let width = dtype.bits().map_or(0, |bits| bits / 8);
@@ -276,8 +399,9 @@ enum Value {
     Mark,
     /// A text string.
     Str(Rc<str>),
-    /// A global: (module, name).
-    Global(Rc<str>, Rc<str>),
+    /// A global: (module, name), behind one pointer so that a value is 24
+    /// bytes.
+    Global(Rc<(Rc<str>, Rc<str>)>),
     /// Anything else.
     Other,
 }
@@ -288,28 +412,108 @@ enum Value {
 /// a memo, without building any object, and records each tuple
 /// `("storage", <global torch.XxxStorage>, <key>, ...)`. Stops at the first
 /// unknown opcode or malformed bytes, keeping what was found before.
+///
+/// Memory and time stay in proportion to the pickle, with a small constant:
+/// each opcode does O(1) work but for those that pop to a mark (which remove
+/// what they scan), and the walk gives up (keeping what it found; the other
+/// storages are opaque bytes, which is always safe) when its stack would
+/// pass [`MAX_STACK`] values or its memo [`MAX_MEMO`] entries, far beyond
+/// what torch writes.
 fn storage_dtypes(pickle: &[u8]) -> HashMap<String, Dtype> {
+    #[cfg(test)]
+    WALKED.with(|n| n.set(n.get() + pickle.len() as u64));
     let mut found = HashMap::new();
-    let mut walker = Walker {
-        input: pickle,
-        pos: 0,
-        stack: Vec::new(),
-        memo: HashMap::new(),
-    };
+    let mut walker = Walker::new(pickle);
     // `None` means STOP, the end of the input or malformed bytes: all end the walk.
     while walker.step(&mut found).is_some() {}
     found
 }
+
+/// The most values the pickle walker keeps on its stack. torch's pickles
+/// stay far below: Python's pickler adds items to lists and dicts 1000 at
+/// a time, and objects nest only as deep as Python's recursion limit.
+const MAX_STACK: usize = 1 << 16;
+
+/// The most memo entries the pickle walker keeps (24 bytes each): a few per
+/// storage in torch's pickles.
+const MAX_MEMO: usize = 1 << 20;
+
+/// The most memo entries at indices past the dense run (Python's pickler
+/// numbers them 0, 1, 2, ...; other writers may not).
+const MAX_SPARSE_MEMO: usize = 1 << 12;
 
 /// The state of [`storage_dtypes`]' walk.
 struct Walker<'a> {
     input: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
-    memo: HashMap<u64, Value>,
+    /// Set when a push was refused: the stack is full, the walk ends.
+    full: bool,
+    memo: Memo,
+}
+
+/// The pickle memo: entries 0, 1, 2, ... in a vector, any others in a small
+/// map. Its length is the number of entries, as Python's.
+#[derive(Default)]
+struct Memo {
+    dense: Vec<Value>,
+    /// Entries at indices above `dense.len()`.
+    sparse: HashMap<u64, Value>,
+}
+
+impl Memo {
+    fn len(&self) -> usize {
+        self.dense.len() + self.sparse.len()
+    }
+
+    fn get(&self, index: u64) -> Option<&Value> {
+        match usize::try_from(index).ok().and_then(|i| self.dense.get(i)) {
+            Some(v) => Some(v),
+            None => self.sparse.get(&index),
+        }
+    }
+
+    /// Sets entry `index`; `None` when that would pass the limits.
+    fn put(&mut self, index: u64, value: Value) -> Option<()> {
+        if let Some(slot) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.dense.get_mut(i))
+        {
+            *slot = value;
+            return Some(());
+        }
+        let is_new = !self.sparse.contains_key(&index);
+        if is_new && self.len() >= MAX_MEMO {
+            return None;
+        }
+        if index == self.dense.len() as u64 {
+            self.sparse.remove(&index);
+            self.dense.push(value);
+            // Entries that were past the dense run may now continue it.
+            while let Some(v) = self.sparse.remove(&(self.dense.len() as u64)) {
+                self.dense.push(v);
+            }
+        } else {
+            if is_new && self.sparse.len() >= MAX_SPARSE_MEMO {
+                return None;
+            }
+            self.sparse.insert(index, value);
+        }
+        Some(())
+    }
 }
 
 impl<'a> Walker<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Walker {
+            input,
+            pos: 0,
+            stack: Vec::new(),
+            full: false,
+            memo: Memo::default(),
+        }
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let out = self.input.get(self.pos..end)?;
@@ -349,8 +553,14 @@ impl<'a> Walker<'a> {
         rest.get(..n)
     }
 
+    /// Pushes `value`, unless the stack is full: then the walk ends at the
+    /// next step.
     fn push(&mut self, value: Value) {
-        self.stack.push(value);
+        if self.stack.len() >= MAX_STACK {
+            self.full = true;
+        } else {
+            self.stack.push(value);
+        }
     }
 
     /// Pops `n` values, none of them a mark.
@@ -377,12 +587,11 @@ impl<'a> Walker<'a> {
 
     fn memo_put(&mut self, index: u64) -> Option<()> {
         let value = self.top()?.clone();
-        self.memo.insert(index, value);
-        Some(())
+        self.memo.put(index, value)
     }
 
     fn memo_get(&mut self, index: u64) -> Option<()> {
-        let value = self.memo.get(&index)?.clone();
+        let value = self.memo.get(index)?.clone();
         self.push(value);
         Some(())
     }
@@ -403,6 +612,9 @@ impl<'a> Walker<'a> {
 
     /// Runs one opcode; `None` ends the walk.
     fn step(&mut self, found: &mut HashMap<String, Dtype>) -> Option<()> {
+        if self.full {
+            return None;
+        }
         let op = self.byte()?;
         match op {
             // MARK, STOP, POP, POP_MARK, DUP
@@ -471,7 +683,7 @@ impl<'a> Walker<'a> {
                 let module = self.line()?;
                 let name = self.line()?;
                 let value = match (std::str::from_utf8(module), std::str::from_utf8(name)) {
-                    (Ok(module), Ok(name)) => Value::Global(module.into(), name.into()),
+                    (Ok(module), Ok(name)) => Value::Global(Rc::new((module.into(), name.into()))),
                     _ => Value::Other,
                 };
                 self.push(value);
@@ -481,7 +693,7 @@ impl<'a> Walker<'a> {
                 let items = self.pop(2)?;
                 let value = match (&items[0], &items[1]) {
                     (Value::Str(module), Value::Str(name)) => {
-                        Value::Global(module.clone(), name.clone())
+                        Value::Global(Rc::new((module.clone(), name.clone())))
                     }
                     _ => Value::Other,
                 };
@@ -509,9 +721,10 @@ impl<'a> Walker<'a> {
             // TUPLE: where the persistent ids of storages are built
             b't' => {
                 let items = self.pop_mark()?;
-                if let [Value::Str(tag), Value::Global(module, class), Value::Str(key), ..] =
+                if let [Value::Str(tag), Value::Global(global), Value::Str(key), ..] =
                     items.as_slice()
                 {
+                    let (module, class) = &**global;
                     if &**tag == "storage" && module.starts_with("torch") {
                         found.insert(key.to_string(), storage_dtype(class));
                     }
@@ -610,6 +823,8 @@ fn decimal(line: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::safetensors;
+    use std::io::Cursor;
+    use zip::ZipArchive;
 
     const OPTIMIZER_1: &[u8] = include_bytes!("../tests/data/torch/step-1/optimizer.pt");
     const OPTIMIZER_2: &[u8] = include_bytes!("../tests/data/torch/step-2/optimizer.pt");
@@ -810,6 +1025,86 @@ mod tests {
         assert_eq!(data(MIXED, &found[6]), [1, 0, 0, 1, 1]);
     }
 
+    /// What `scan(file)` found, and the records it looked at.
+    fn counted_scan(file: &[u8]) -> (Option<Vec<ArchiveTensor>>, u64) {
+        EXAMINED.with(|n| n.set(0));
+        let found = scan(file);
+        (found, EXAMINED.with(|n| n.get()))
+    }
+
+    #[test]
+    fn telling_a_zip_is_linear() {
+        // End records one after another (each plausible: one entry, a
+        // directory at offset 0), after a local header or not: each record
+        // is looked at a bounded number of times, where the zip crate looked
+        // at every one for every one (24 s for 3.5 MB).
+        let record: Vec<u8> = [
+            &b"PK\x05\x06\x00\x00\x00\x00\x01\x00\x01\x00"[..],
+            &46u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+            &[0, 0],
+        ]
+        .concat();
+        let n = 100_000;
+        for head in [&b"PK\x03\x04"[..], b""] {
+            let mut file = head.to_vec();
+            file.resize(file.len() + 26, 0);
+            for _ in 0..n {
+                file.extend_from_slice(&record);
+            }
+            let (found, work) = counted_scan(&file);
+            assert_eq!(found, None);
+            assert!(work <= n as u64 + 4000, "{work} records looked at for {n}");
+        }
+        // Records 4 bytes apart ("PK\x05\x06" repeated).
+        let mut file = b"PK\x03\x04".to_vec();
+        file.extend_from_slice(&b"PK\x05\x06".repeat(n));
+        let (found, work) = counted_scan(&file);
+        assert_eq!(found, None);
+        assert!(
+            work <= n as u64 + 20_000,
+            "{work} records looked at for {n}"
+        );
+        // A run of many small archives, each with a fake end record in its
+        // storage: linear in the number of archives too.
+        let one = build_zip(&[("a/data/0", 0, &record[..])], &[]);
+        let k = 2000;
+        let run = one.repeat(k);
+        let (found, work) = counted_scan(&run);
+        assert_eq!(found.unwrap().len(), k);
+        assert!(
+            work <= 8 * k as u64,
+            "{work} records looked at for {k} archives"
+        );
+    }
+
+    #[test]
+    fn pickles_are_walked_in_proportion_to_the_file() {
+        // One long pickle (DUP, POP pairs: walked to its end), and many
+        // prefixes whose data.pkl is that same entry.
+        let mut pickle = b"\x80\x02N".to_vec();
+        pickle.extend_from_slice(&b"20".repeat(50_000));
+        pickle.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nHalfStorage\n");
+        pickle.extend_from_slice(b"X\x01\x00\x00\x000K\x01t.");
+        let names: Vec<String> = (0..300).map(|i| format!("p{i}/data/0")).collect();
+        let aliases: Vec<String> = (0..300).map(|i| format!("p{i}/data.pkl")).collect();
+        let mut entries = vec![("p/data.pkl", 0, &pickle[..])];
+        entries.extend(names.iter().map(|n| (n.as_str(), 0, &b"\x01\x02"[..])));
+        let aliases: Vec<(&str, usize)> = aliases.iter().map(|a| (a.as_str(), 0)).collect();
+        let zip = build_zip(&entries, &aliases);
+        WALKED.with(|n| n.set(0));
+        let found = scan(&zip).unwrap();
+        let walked = WALKED.with(|n| n.get());
+        assert_eq!(found.len(), 300);
+        assert!(
+            walked <= zip.len() as u64,
+            "{walked} bytes walked for {}",
+            zip.len()
+        );
+        // The first prefixes got their dtype before the budget ran out.
+        assert_eq!(found[0].dtype, Dtype::F16);
+    }
+
     #[test]
     fn not_archives() {
         assert_eq!(scan(b""), None);
@@ -918,6 +1213,65 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(found["0"], Dtype::F16);
         assert_eq!(found["1"], Dtype::F16);
+    }
+
+    /// The pickle of `flood_pickle` in `tests/badgen`: one value, `op` `n`
+    /// times, then a FloatStorage persistent id for key "0".
+    fn flood(op: u8, n: usize) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'N'];
+        p.resize(3 + n, op);
+        p.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n");
+        p.extend_from_slice(b"X\x01\x00\x00\x000K\x10t.");
+        p
+    }
+
+    /// Walks `pickle` to its end; returns what the walker held at most.
+    fn walk(pickle: &[u8]) -> (HashMap<String, Dtype>, usize, usize) {
+        let mut found = HashMap::new();
+        let mut w = Walker::new(pickle);
+        let (mut stack, mut memo) = (0, 0);
+        while w.step(&mut found).is_some() {
+            stack = stack.max(w.stack.len());
+            memo = memo.max(w.memo.len());
+        }
+        (found, stack.max(w.stack.len()), memo.max(w.memo.len()))
+    }
+
+    #[test]
+    fn walker_memory_is_capped() {
+        // A short flood is walked through, and the storage after it found.
+        for op in [0x94, b'(', b'2'] {
+            let (found, _, _) = walk(&flood(op, 1000));
+            assert_eq!(found.len(), 1, "{op:#x}");
+        }
+        // A long one stops at the limits (and the storage is left opaque).
+        let (found, stack, memo) = walk(&flood(0x94, MAX_MEMO + 10));
+        assert!(found.is_empty());
+        assert_eq!(memo, MAX_MEMO);
+        assert!(stack <= 2);
+        for op in [b'(', b'2'] {
+            let (found, stack, memo) = walk(&flood(op, MAX_STACK + 10));
+            assert!(found.is_empty());
+            assert_eq!((stack, memo), (MAX_STACK, 0), "{op:#x}");
+        }
+        // Sparse memo indices (BINPUT 255 down to 0, LONG_BINPUT far out).
+        let mut p = vec![b'N'];
+        for i in (0..=255u8).rev() {
+            p.extend_from_slice(&[b'q', i]);
+        }
+        for i in 0..(MAX_SPARSE_MEMO as u32 + 10) {
+            p.push(b'r');
+            p.extend_from_slice(&(1_000_000 + i).to_le_bytes());
+        }
+        let (_, _, memo) = walk(&p);
+        assert_eq!(memo, 256 + MAX_SPARSE_MEMO);
+        // Once the run catches up with them, sparse entries join it.
+        let mut m = Memo::default();
+        for i in [2u64, 1, 0, 3] {
+            m.put(i, Value::Other).unwrap();
+        }
+        assert_eq!((m.dense.len(), m.sparse.len()), (4, 0));
+        assert!(m.get(3).is_some() && m.get(4).is_none());
     }
 
     #[test]

@@ -576,9 +576,9 @@ impl<'a> Sections<'a> {
                 "{what} section holds {raw_len} bytes, expected {len}"
             )));
         }
-        let body = self
-            .rest
-            .get(SECTION_HEAD..SECTION_HEAD + stored_len)
+        let body = SECTION_HEAD
+            .checked_add(stored_len)
+            .and_then(|end| self.rest.get(SECTION_HEAD..end))
             .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
         let data = match coding {
             SECTION_RAW if stored_len == raw_len => Cow::Borrowed(body),

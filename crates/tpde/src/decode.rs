@@ -10,6 +10,43 @@ use crate::format::{self, Container, RefMode, SourceKind, TensorView};
 use crate::mmap;
 use crate::safetensors::{self, Header};
 
+/// Limits of a decode.
+///
+/// A `.tpde` file may decode to far more than its own size: chunk entries
+/// (48 bytes each) may share one payload, and a constant section of 10
+/// bytes stands for a whole chunk of up to 64 MiB, so no ratio of payload
+/// bytes to output bytes bounds what a valid file produces (911 bytes can
+/// decode to 1 GiB, 786 KB to 1 TiB). What a file claims is exact, though:
+/// [`Container::open`] checks that the chunks add up to every tensor and the
+/// tensors to the file. A caller that decodes files it does not trust sets
+/// `max_output`, which is checked against that claim before anything is
+/// decoded, allocated or written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// The most bytes the decode may produce: the whole file for
+    /// [`decode_with`] and [`crate::files::decode_file_with`], the tensor
+    /// for [`decode_tensor_with`], [`decode_tensor_to`] and
+    /// [`crate::files::decode_tensor_file_with`]. A file that decodes to
+    /// more is refused with [`Error::InvalidArgument`] ("... decodes to N
+    /// bytes, more than the limit of M bytes"). `None` (the default): no
+    /// limit but the caller's memory, or for the functions of
+    /// [`crate::files`], the free space of the output's filesystem.
+    pub max_output: Option<u64>,
+}
+
+impl DecodeOptions {
+    /// Refuses `size` bytes of output for `what` ("the file", a tensor)
+    /// when it is over the limit.
+    pub(crate) fn check(&self, what: &str, size: u64) -> Result<()> {
+        match self.max_output {
+            Some(max) if size > max => Err(Error::InvalidArgument(format!(
+                "{what} decodes to {size} bytes, more than the limit of {max} bytes (--max-output)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Totals of one decode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodeStats {
@@ -96,8 +133,10 @@ fn tensor_reference<'r>(
             Ok(Some(&r.bytes[start..start + rt.len() as usize]))
         }
         RefMode::SameRange => {
-            let start = c.index.header_block.len() as u64 + t.info.begin;
-            Ok(Some(r.bytes.get(start as usize..).unwrap_or(&[])))
+            let start = (c.index.header_block.len() as u64)
+                .checked_add(t.info.begin)
+                .and_then(|s| usize::try_from(s).ok());
+            Ok(Some(start.and_then(|s| r.bytes.get(s..)).unwrap_or(&[])))
         }
         RefMode::Offset => {
             let range = usize::try_from(t.ref_offset)
@@ -124,9 +163,47 @@ struct Job<'a, 'r> {
 
 /// Decoded bytes of the chunks of `jobs`, one after another.
 fn jobs_len(c: &Container<'_>, jobs: &[Job<'_, '_>]) -> usize {
-    jobs.iter()
-        .map(|j| c.tensors[j.tensor].entry.chunks[j.chunk].raw_len as usize)
-        .sum()
+    jobs.iter().map(|j| job_len(c, j)).sum()
+}
+
+/// Decoded bytes of one job's chunk (at most [`format::MAX_CHUNK`]).
+fn job_len(c: &Container<'_>, j: &Job<'_, '_>) -> usize {
+    c.tensors[j.tensor].entry.chunks[j.chunk].raw_len as usize
+}
+
+/// Bytes of output decoded per parallel batch: bounds the memory held at
+/// once, as when encoding (with chunks of the default size).
+fn batch_bytes() -> usize {
+    crate::encode::batch_bytes(crate::EncodeOptions::default().chunk_size)
+}
+
+/// `jobs` in batches of at most [`batch_bytes`] decoded bytes (or one chunk).
+fn batches<'j, 'a, 'r>(c: &Container<'_>, jobs: &'j [Job<'a, 'r>]) -> Vec<&'j [Job<'a, 'r>]> {
+    let limit = batch_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (k, j) in jobs.iter().enumerate() {
+        let len = job_len(c, j);
+        if bytes > 0 && bytes + len > limit {
+            out.push(&jobs[start..k]);
+            (start, bytes) = (k, 0);
+        }
+        bytes += len;
+    }
+    if start < jobs.len() {
+        out.push(&jobs[start..]);
+    }
+    out
+}
+
+/// Lets go of the windows of the container and reference that `jobs` read.
+fn release(jobs: &[Job<'_, '_>]) {
+    for j in jobs {
+        mmap::release(j.payload);
+        if let Some(r) = j.reference {
+            mmap::release(r);
+        }
+    }
 }
 
 /// Decodes the chunks of `jobs` in parallel into `out` (their bytes one
@@ -172,12 +249,15 @@ fn tensor_jobs<'a, 'r>(
     for (k, e) in t.entry.chunks.iter().enumerate() {
         let len = e.raw_len as usize;
         let slice = |r: &'r [u8]| {
-            r.get(start..start + len).ok_or_else(|| {
-                Error::ReferenceMismatch(format!(
-                    "the reference is too short for tensor {:?}",
-                    t.info.name
-                ))
-            })
+            start
+                .checked_add(len)
+                .and_then(|end| r.get(start..end))
+                .ok_or_else(|| {
+                    Error::ReferenceMismatch(format!(
+                        "the reference is too short for tensor {:?}",
+                        t.info.name
+                    ))
+                })
         };
         let reference = match e.coding.codec {
             Codec::Delta => Some(slice(tref.ok_or(Error::MissingReference)?)?),
@@ -191,7 +271,8 @@ fn tensor_jobs<'a, 'r>(
             payload: c.payload(e),
             reference,
         });
-        start += len;
+        // The chunks add up to the tensor's length (checked by Container::open).
+        start = start.saturating_add(len);
     }
     Ok(())
 }
@@ -200,14 +281,46 @@ fn tensor_jobs<'a, 'r>(
 /// original file to `out`. A delta needs the exact reference it was encoded
 /// against. Every chunk checksum, the length and the whole-file digest are
 /// checked; on error, what was written to `out` must be discarded.
+///
+/// No limit is set on the output's size: a file of a few hundred bytes may
+/// decode to gigabytes. Use [`decode_with`] for files from elsewhere.
 pub fn decode(
     container: &[u8],
     reference: Option<&[u8]>,
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<DecodeStats> {
+    decode_with(
+        container,
+        reference,
+        out,
+        progress,
+        &DecodeOptions::default(),
+    )
+}
+
+/// [`decode`] within the limits of `opts`: a file that decodes to more than
+/// `opts.max_output` bytes is refused before anything is decoded or written.
+pub fn decode_with(
+    container: &[u8],
+    reference: Option<&[u8]>,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    opts: &DecodeOptions,
+) -> Result<DecodeStats> {
     let c = Container::open(container)?;
-    let r = check_reference(&c, reference, true)?;
+    opts.check("the file", c.index.original_len)?;
+    decode_opened(&c, reference, out, progress)
+}
+
+/// [`decode`] of an opened container.
+pub(crate) fn decode_opened(
+    c: &Container<'_>,
+    reference: Option<&[u8]>,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<DecodeStats> {
+    let r = check_reference(c, reference, true)?;
     let mut w = HashingWriter {
         inner: out,
         hasher: xxhash_rust::xxh3::Xxh3::new(),
@@ -219,15 +332,13 @@ pub fn decode(
     for (ti, t) in c.tensors.iter().enumerate() {
         items.push(Item::Block(t.gap.clone()));
         let first = jobs.len();
-        tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+        tensor_jobs(c, ti, r.as_ref(), &mut jobs)?;
         items.extend((first..jobs.len()).map(Item::Job));
     }
     items.push(Item::Block(c.tail.clone()));
     // One buffer, reused by every batch of jobs.
     let mut buf: Vec<u8> = Vec::new();
-    // Bytes of output decoded per parallel batch: bounds the memory held at
-    // once, as when encoding (with chunks of the default size).
-    let batch_bytes = crate::encode::batch_bytes(crate::EncodeOptions::default().chunk_size);
+    let batch_bytes = batch_bytes();
     let mut at = 0;
     while at < items.len() {
         // A batch: the items up to `batch_bytes` of decoded chunks.
@@ -237,7 +348,7 @@ pub fn decode(
         let mut jobs_end = 0;
         while end < items.len() {
             if let Item::Job(k) = items[end] {
-                let len = c.tensors[jobs[k].tensor].entry.chunks[jobs[k].chunk].raw_len as usize;
+                let len = job_len(c, &jobs[k]);
                 if bytes > 0 && bytes + len > batch_bytes {
                     break;
                 }
@@ -249,22 +360,18 @@ pub fn decode(
         }
         buf.resize(bytes, 0);
         if let Some(first) = first_job {
-            decode_jobs(&c, &jobs[first..jobs_end], &mut buf)?;
+            decode_jobs(c, &jobs[first..jobs_end], &mut buf)?;
         }
         let mut pos = 0;
         for item in &items[at..end] {
             match item {
                 Item::Block(range) => w.emit(&c.index.header_block[range.clone()])?,
                 Item::Job(k) => {
-                    let len =
-                        c.tensors[jobs[*k].tensor].entry.chunks[jobs[*k].chunk].raw_len as usize;
+                    let len = job_len(c, &jobs[*k]);
                     w.emit(&buf[pos..pos + len])?;
                     pos += len;
                     // Done with this window of the container and reference.
-                    mmap::release(jobs[*k].payload);
-                    if let Some(r) = jobs[*k].reference {
-                        mmap::release(r);
-                    }
+                    release(std::slice::from_ref(&jobs[*k]));
                 }
             }
         }
@@ -289,7 +396,72 @@ pub fn decode(
 /// Decodes one tensor of a safetensors container, without the rest. The
 /// reference's length is checked, and each chunk's checksum; the whole-file
 /// digests are not (that would read every byte).
+///
+/// No limit is set on the tensor's size but memory: when what the file
+/// claims cannot be allocated, the answer is an error (an I/O error of kind
+/// `OutOfMemory`), not an abort; the output's pages are touched only as
+/// chunks fill them, so a file that claims more than it holds fails at its
+/// first bad chunk. Use [`decode_tensor_with`] for files from elsewhere.
 pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> Result<Vec<u8>> {
+    decode_tensor_with(container, reference, name, &DecodeOptions::default())
+}
+
+/// [`decode_tensor`] within the limits of `opts`: a tensor of more than
+/// `opts.max_output` bytes is refused before anything is allocated.
+pub fn decode_tensor_with(
+    container: &[u8],
+    reference: Option<&[u8]>,
+    name: &str,
+    opts: &DecodeOptions,
+) -> Result<Vec<u8>> {
+    let (c, ti) = open_tensor(container, name, opts)?;
+    let len = c.tensors[ti].entry.data_len;
+    let too_big = |e: String| Error::Io {
+        path: None,
+        err: std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("tensor {name:?} decodes to {len} bytes, which do not fit in memory: {e}"),
+        ),
+    };
+    let r = check_reference(&c, reference, false)?;
+    let mut jobs = Vec::new();
+    tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+    let n = usize::try_from(len).map_err(|e| too_big(e.to_string()))?;
+    // The allocation is probed fallibly first (there is no fallible zeroed
+    // allocation in std), then made zeroed: fresh zero pages, which the
+    // decoder touches only as it fills them, with no pass of zeroing.
+    let mut probe = Vec::<u8>::new();
+    probe
+        .try_reserve_exact(n)
+        .map_err(|e| too_big(e.to_string()))?;
+    drop(probe);
+    let mut out = vec![0u8; n];
+    decode_jobs(&c, &jobs, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes one tensor like [`decode_tensor_with`], writing its bytes to
+/// `out` a batch at a time (memory stays bounded whatever the tensor's
+/// size); returns the number of bytes written. On error, what was written
+/// must be discarded.
+pub fn decode_tensor_to(
+    container: &[u8],
+    reference: Option<&[u8]>,
+    name: &str,
+    out: &mut dyn Write,
+    opts: &DecodeOptions,
+) -> Result<u64> {
+    let (c, ti) = open_tensor(container, name, opts)?;
+    decode_tensor_opened(&c, ti, reference, out)
+}
+
+/// Opens a container and finds the tensor `name`, whose size must be within
+/// the limit.
+pub(crate) fn open_tensor<'a>(
+    container: &'a [u8],
+    name: &str,
+    opts: &DecodeOptions,
+) -> Result<(Container<'a>, usize)> {
     let c = Container::open(container)?;
     if c.index.source_kind == SourceKind::Opaque {
         return Err(Error::InvalidArgument(
@@ -301,12 +473,31 @@ pub fn decode_tensor(container: &[u8], reference: Option<&[u8]>, name: &str) -> 
         .iter()
         .position(|t| t.info.name == name)
         .ok_or_else(|| Error::InvalidArgument(format!("no tensor named {name:?}")))?;
-    let r = check_reference(&c, reference, false)?;
+    opts.check(&format!("tensor {name:?}"), c.tensors[ti].entry.data_len)?;
+    Ok((c, ti))
+}
+
+/// Writes tensor `ti` of an opened container to `out`, a batch at a time.
+pub(crate) fn decode_tensor_opened(
+    c: &Container<'_>,
+    ti: usize,
+    reference: Option<&[u8]>,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let r = check_reference(c, reference, false)?;
     let mut jobs = Vec::new();
-    tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
-    let mut out = vec![0u8; jobs_len(&c, &jobs)];
-    decode_jobs(&c, &jobs, &mut out)?;
-    Ok(out)
+    tensor_jobs(c, ti, r.as_ref(), &mut jobs)?;
+    let mut buf = Vec::new();
+    let mut written = 0u64;
+    for batch in batches(c, &jobs) {
+        buf.resize(jobs_len(c, batch), 0);
+        decode_jobs(c, batch, &mut buf)?;
+        out.write_all(&buf)?;
+        written += buf.len() as u64;
+        release(batch);
+    }
+    out.flush()?;
+    Ok(written)
 }
 
 /// A piece of the output: header-block bytes, or a chunk (by job number).

@@ -434,12 +434,7 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
         )));
     }
     let z = r.take(header_stored, "the header block")?;
-    let mut header_block = vec![0u8; header_len];
-    let got = zstd::bulk::decompress_to_buffer(z, &mut header_block)
-        .map_err(|e| Error::corrupt(format!("header block: zstd: {e}")))?;
-    if got != header_len {
-        return Err(Error::corrupt("header block decodes to the wrong length"));
-    }
+    let header_block = inflate_header(z, header_len)?;
     let n_tensors = r.u32("tensor count")? as usize;
     if n_tensors > r.b.len() / TENSOR_ENTRY_HEAD {
         return Err(Error::corrupt(format!(
@@ -543,6 +538,45 @@ fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
     })
 }
 
+/// Decompresses the header block, which must be exactly `len` bytes (at
+/// most the format's limit, checked by the caller). Nothing is allocated
+/// beyond what the frame says it holds and what it actually produces: a
+/// frame that says it holds another length is refused before any
+/// allocation; one that does not say is decoded as a stream, its buffer
+/// growing with the bytes it gives, up to `len`.
+fn inflate_header(z: &[u8], len: usize) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::corrupt(format!("header block: {m}"));
+    let content =
+        zstd::zstd_safe::get_frame_content_size(z).map_err(|_| bad("not a zstd frame".into()))?;
+    match content {
+        Some(n) if n == len as u64 => {
+            let mut out = vec![0u8; len];
+            match zstd::bulk::decompress_to_buffer(z, &mut out) {
+                Ok(got) if got == len => Ok(out),
+                Ok(_) => Err(bad("decodes to the wrong length".into())),
+                Err(e) => Err(bad(format!("zstd: {e}"))),
+            }
+        }
+        Some(n) if n > len as u64 => Err(bad(format!(
+            "its zstd frame holds {n} bytes, the index says {len}"
+        ))),
+        _ => {
+            use std::io::Read;
+            let decoder = zstd::stream::read::Decoder::with_buffer(z)
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            let mut out = Vec::with_capacity(len.min(1 << 20));
+            decoder
+                .take(len as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            if out.len() != len {
+                return Err(bad("decodes to the wrong length".into()));
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// Checks that a chunk's coding fields agree with each other and its length.
 fn check_coding(c: &ChunkEntry) -> Result<()> {
     let k = &c.coding;
@@ -605,8 +639,9 @@ fn tensor_views(index: &Index) -> Result<(Vec<TensorView>, Range<usize>)> {
     };
     match index.source_kind {
         SourceKind::Safetensors => {
-            let header = safetensors::parse_header(&index.header_block, index.original_len)
-                .map_err(|e| Error::corrupt(format!("stored header: {e}")))?;
+            let header =
+                safetensors::parse_header_with(&index.header_block, index.original_len, false)
+                    .map_err(|e| Error::corrupt(format!("stored header: {e}")))?;
             if header.tensors.len() != index.tensors.len() {
                 return Err(Error::corrupt(format!(
                     "header has {} tensors, index has {}",
@@ -760,4 +795,43 @@ fn archive_views(index: &Index) -> Result<(Vec<TensorView>, Range<usize>)> {
         ));
     }
     Ok((views, filler..block.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_block_inflates_within_what_its_frame_says() {
+        let data: Vec<u8> = (0..5000u32).flat_map(|i| (i % 7).to_le_bytes()).collect();
+        let n = data.len();
+        let z = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(inflate_header(&z, n).unwrap(), data);
+        // A frame that holds more than the index says: refused at once.
+        let e = inflate_header(&z, n - 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("holds {n} bytes, the index says {}", n - 1)),
+            "{e}"
+        );
+        // One that holds less (or several frames): decoded, then refused.
+        let e = inflate_header(&z, 100_000_000).unwrap_err().to_string();
+        assert!(e.contains("wrong length"), "{e}");
+        // A frame that does not say its size (a streaming encoder's).
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        let streamed = enc.finish().unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
+        assert_eq!(inflate_header(&streamed, n).unwrap(), data);
+        for len in [n - 1, n + 1, 100_000_000] {
+            let e = inflate_header(&streamed, len).unwrap_err().to_string();
+            assert!(e.contains("wrong length"), "{e}");
+        }
+        // Not zstd, truncated, empty.
+        for bad in [&b"not zstd"[..], &z[..z.len() - 3], b""] {
+            assert!(inflate_header(bad, n).is_err());
+        }
+    }
 }

@@ -45,7 +45,10 @@ pub mod safetensors;
 pub mod store;
 pub mod transform;
 
-pub use decode::{decode, decode_tensor, DecodeStats};
+pub use decode::{
+    decode, decode_tensor, decode_tensor_to, decode_tensor_with, decode_with, DecodeOptions,
+    DecodeStats,
+};
 pub use dtype::Dtype;
 #[doc(hidden)]
 pub use encode::test_hooks;

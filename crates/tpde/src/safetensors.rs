@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
@@ -54,9 +56,11 @@ pub struct Header {
     pub header_len: u64,
     /// Tensors sorted by (begin, end, name): the order of their data.
     pub tensors: Vec<TensorInfo>,
-    /// The `__metadata__` value, if any (the format wants a map of strings;
+    /// The `__metadata__` value, if any, as it is written in the header
+    /// (the JSON text, byte for byte; the format wants a map of strings,
     /// tpde keeps whatever is there, since the header is kept byte for byte).
-    pub metadata: Option<serde_json::Value>,
+    /// Parse it with `serde_json::from_str(m.get())` to read it.
+    pub metadata: Option<Box<RawValue>>,
     /// Position of each tensor in `tensors`, by name.
     by_name: HashMap<String, usize>,
 }
@@ -73,11 +77,88 @@ impl Header {
     }
 }
 
+/// The fields of a tensor entry, as they are written (parsed when needed).
+///
+/// The header is read without building a JSON tree (which takes ~17 times
+/// the text's size): the top-level object as a map of names to raw values,
+/// each tensor entry as the raw values of its three fields. As in a JSON
+/// tree, a key given twice counts once, with its last value; other fields
+/// are skipped; an entry may also be the array `[dtype, shape, data_offsets]`.
+#[derive(Default)]
+struct RawTensor<'a> {
+    dtype: Option<&'a RawValue>,
+    shape: Option<&'a RawValue>,
+    data_offsets: Option<&'a RawValue>,
+}
+
 #[derive(Deserialize)]
-struct RawTensor {
-    dtype: String,
-    shape: Vec<u64>,
-    data_offsets: (u64, u64),
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Dtype,
+    Shape,
+    DataOffsets,
+    #[serde(other)]
+    Other,
+}
+
+const FIELDS: &[&str] = &["dtype", "shape", "data_offsets"];
+
+impl<'de> Deserialize<'de> for RawTensor<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTensor<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a tensor entry {\"dtype\", \"shape\", \"data_offsets\"}")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut t = RawTensor::default();
+                while let Some(field) = m.next_key::<Field>()? {
+                    let slot = match field {
+                        Field::Dtype => &mut t.dtype,
+                        Field::Shape => &mut t.shape,
+                        Field::DataOffsets => &mut t.data_offsets,
+                        Field::Other => {
+                            m.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(m.next_value()?);
+                }
+                Ok(t)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut next = |i: usize| {
+                    s.next_element::<&'de RawValue>()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &"3 fields"))
+                };
+                Ok(RawTensor {
+                    dtype: Some(next(0)?),
+                    shape: Some(next(1)?),
+                    data_offsets: Some(next(2)?),
+                })
+            }
+        }
+        d.deserialize_struct("RawTensor", FIELDS, V)
+    }
+}
+
+/// A field of a tensor entry, parsed: an error names the field.
+fn field<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    name: &'static str,
+) -> Result<T, String> {
+    let raw = raw.ok_or_else(|| format!("missing field `{name}`"))?;
+    serde_json::from_str(raw.get()).map_err(|e| format!("field `{name}`: {e}"))
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -110,42 +191,58 @@ pub fn header_size(prefix: &[u8], file_len: u64) -> Result<u64> {
 }
 
 /// Parses the header block (`8 + N` bytes) of a file of `file_len` bytes and
-/// checks that the tensors index the data section exactly.
+/// checks that the tensors index the data section exactly. Memory stays in
+/// proportion to the header: no JSON tree is built, and the metadata is
+/// kept as its text.
 pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
+    parse_header_with(block, file_len, true)
+}
+
+/// [`parse_header`]; unless `full`, [`Header::metadata`] is `None` (the
+/// metadata is checked to be JSON, not copied) and [`Header::get`] finds
+/// nothing: for a caller that only walks [`Header::tensors`].
+pub(crate) fn parse_header_with(block: &[u8], file_len: u64, full: bool) -> Result<Header> {
     let n = header_size(block, file_len)?;
     let json = block
         .get(8..)
         .filter(|j| j.len() as u64 == n)
         .ok_or_else(|| bad("header block length does not match its size field"))?;
     let text = std::str::from_utf8(json).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
-    let map: BTreeMap<String, serde_json::Value> =
+    let map: BTreeMap<String, &RawValue> =
         serde_json::from_str(text).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
 
     let mut metadata = None;
     let mut tensors = Vec::with_capacity(map.len());
     for (name, value) in map {
         if name == "__metadata__" {
-            metadata = Some(value);
+            if full {
+                metadata = Some(value.to_owned());
+            }
             continue;
         }
-        let raw: RawTensor =
-            serde_json::from_value(value).map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
-        let (begin, end) = raw.data_offsets;
+        let fields = (|| -> Result<_, String> {
+            let raw: RawTensor = serde_json::from_str(value.get()).map_err(|e| e.to_string())?;
+            let dtype: String = field(raw.dtype, "dtype")?;
+            let shape: Vec<u64> = field(raw.shape, "shape")?;
+            let offsets: (u64, u64) = field(raw.data_offsets, "data_offsets")?;
+            Ok((dtype, shape, offsets))
+        })();
+        let (dtype, shape, (begin, end)) =
+            fields.map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
         if begin > end {
             return Err(bad(format!(
                 "tensor {name:?}: data_offsets [{begin}, {end}] are reversed"
             )));
         }
-        let dtype = Dtype::from_name(&raw.dtype);
-        let elements = raw
-            .shape
+        let dtype = Dtype::from_name(&dtype);
+        let elements = shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| bad(format!("tensor {name:?}: shape {:?} overflows", raw.shape)))?;
+            .ok_or_else(|| bad(format!("tensor {name:?}: shape {shape:?} overflows")))?;
         if let Some(bits) = dtype.bits() {
             let total_bits = elements
                 .checked_mul(bits)
-                .ok_or_else(|| bad(format!("tensor {name:?}: shape {:?} overflows", raw.shape)))?;
+                .ok_or_else(|| bad(format!("tensor {name:?}: shape {shape:?} overflows")))?;
             if total_bits % 8 != 0 {
                 return Err(bad(format!(
                     "tensor {name:?}: {elements} elements of {bits} bits do not fill whole bytes"
@@ -155,7 +252,7 @@ pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
                 return Err(bad(format!(
                     "tensor {name:?}: {} {dtype} x {:?} needs {} bytes but data_offsets give {}",
                     elements,
-                    raw.shape,
+                    shape,
                     total_bits / 8,
                     end - begin
                 )));
@@ -164,7 +261,7 @@ pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
         tensors.push(TensorInfo {
             name,
             dtype,
-            shape: raw.shape,
+            shape,
             begin,
             end,
         });
@@ -194,11 +291,15 @@ pub fn parse_header(block: &[u8], file_len: u64) -> Result<Header> {
             "tensors index {cursor} bytes of data but the data section holds {data_len}"
         )));
     }
-    let by_name = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.clone(), i))
-        .collect();
+    let by_name = if full {
+        tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     Ok(Header {
         header_len: 8 + n,
         tensors,
@@ -236,7 +337,7 @@ mod tests {
         assert_eq!(h.tensors.len(), 2);
         assert_eq!(h.tensors[0].name, "a");
         assert_eq!(h.tensors[1].dtype, Dtype::F32);
-        assert_eq!(h.metadata.as_ref().unwrap()["k"], "v");
+        assert_eq!(h.metadata.as_ref().unwrap().get(), r#"{"k":"v"}"#);
         assert_eq!(h.file_len(), f.len() as u64);
     }
 
@@ -296,6 +397,67 @@ mod tests {
         let mut bad_utf8 = 3u64.to_le_bytes().to_vec();
         bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
         assert!(parse(&bad_utf8).unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn metadata_is_kept_as_written_without_a_json_tree() {
+        // Spacing, key order, escapes and numbers beyond f64 stay as they
+        // were (a JSON tree refused 1e400 and re-wrote the rest).
+        let meta = r#"{ "z": "\u00e9", "a" : [1e400, 12345678901234567890123, {"x":[]}] }"#;
+        let header = format!(
+            r#"{{"__metadata__": {meta}, "t":{{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}}}"#
+        );
+        let f = file(&header, &[1, 2]);
+        let h = parse(&f).unwrap();
+        assert_eq!(h.metadata.as_ref().unwrap().get(), meta);
+        assert_eq!(h.tensors[0].name, "t");
+        // Deeply nested metadata is skipped without recursion.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let f = file(&format!(r#"{{"__metadata__":{deep}}}"#), &[]);
+        assert_eq!(parse(&f).unwrap().metadata.unwrap().get().len(), deep.len());
+    }
+
+    #[test]
+    fn tensor_entries_read_as_a_json_tree_would() {
+        // A key given twice counts with its last value (the earlier one is
+        // not even looked at), unknown fields are skipped, escaped keys
+        // are keys, and an entry may be an array of the three fields.
+        let f = file(
+            r#"{"a":{"dtype":5,"dtype":"U8","shape":[2],"x":{"y":[1,{}]},"data_offsets":[0,2]},
+                "b":["I16",[1],[2,4]],"a2":{"dtype":"U8","shape":[0],"data_offsets":[4,4]},
+                "a2":{"dtype":"U8","shape":[1],"data_offsets":[4,5]}}"#,
+            &[0; 5],
+        );
+        let h = parse(&f).unwrap();
+        let got: Vec<_> = h
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.dtype.name(), t.begin, t.end))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", "U8", 0, 2), ("b", "I16", 2, 4), ("a2", "U8", 4, 5)]
+        );
+        for (header, needle) in [
+            (
+                r#"{"a":{"shape":[1],"data_offsets":[0,1]}}"#,
+                "missing field `dtype`",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1.0],"data_offsets":[0,1]}}"#,
+                "field `shape`",
+            ),
+            (r#"{"a":["U8",[1]]}"#, "invalid length"),
+            (r#"{"a":["U8",[1],[0,1],4]}"#, "tensor \"a\""),
+            (r#"{"a":7}"#, "tensor \"a\""),
+            (r#"[]"#, "not a JSON object"),
+        ] {
+            let err = parse(&file(header, &[0])).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{header}: {err:?} should mention {needle:?}"
+            );
+        }
     }
 
     #[test]

@@ -470,7 +470,8 @@ fn metadata_and_header_bytes_are_preserved() {
         let packed = roundtrip(&file, None, &opts);
         let back = common::decode(&packed, None).unwrap();
         let h = tpde::safetensors::parse(&back).unwrap();
-        let m = h.metadata.expect("metadata kept");
+        let m: serde_json::Value =
+            serde_json::from_str(h.metadata.expect("metadata kept").get()).unwrap();
         assert_eq!(m["note"], meta[1].1);
         assert_eq!(m["format"], "pt");
     }

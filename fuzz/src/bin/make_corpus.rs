@@ -66,7 +66,8 @@ fn main() {
     }
     for v in ["v2", "v3"] {
         for name in ["key", "delta"] {
-            let bytes = std::fs::read(data.join(format!("{v}/{name}.tpde"))).expect("read a sample");
+            let bytes =
+                std::fs::read(data.join(format!("{v}/{name}.tpde"))).expect("read a sample");
             write(&root.join("decode"), &format!("{v}-{name}.tpde"), &bytes);
         }
     }
@@ -216,6 +217,72 @@ fn main() {
     ] {
         write(&st, &format!("{name}.safetensors"), bytes);
     }
+    // `header`: a u32 data length, then the JSON of a header (those of the
+    // safetensors seeds, and a few written by hand).
+    let hd = root.join("header");
+    let mut headers = 0;
+    for (name, file) in [
+        ("ref", r),
+        ("sparse", &sparse[..]),
+        ("changed", &changed[..]),
+        ("empty", &empty[..]),
+    ] {
+        let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        let data_len = u32::try_from(file.len() - 8 - n).expect("a small seed");
+        let mut seed = data_len.to_le_bytes().to_vec();
+        seed.extend_from_slice(&file[8..8 + n]);
+        write(&hd, &format!("{name}.json"), &seed);
+        headers += 1;
+    }
+    for (k, (data_len, json)) in [
+        (2u32, r#"{"a":{"dtype":"U8","dtype":"U8","shape":[2],"x":[{}],"data_offsets":[0,2]}}"#),
+        (4, r#"{"b":["I16",[2],[0,4]],"__metadata__":{"k":[1e400,{"n":[]}]}}"#),
+        (3, r#"{"sh\u0061pe":{"dtype":"F8_E4M3","shape":[3],"data_offsets":[0,3]}}"#),
+        (0, r#"{"__metadata__":{"format":"pt"},"e":{"dtype":"F32","shape":[0,4],"data_offsets":[0,0]}}"#),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut seed = data_len.to_le_bytes().to_vec();
+        seed.extend_from_slice(json.as_bytes());
+        write(&hd, &format!("hand-{k}.json"), &seed);
+        headers += 1;
+    }
+
+    // `archive_large`: a byte k, the bytes; the first k once, the rest
+    // repeated to 4 MiB; odd k: as the data.pkl of a zip.
+    let al = root.join("archive_large");
+    let eocd: &[u8] =
+        b"PK\x05\x06\x00\x00\x00\x00\x01\x00\x01\x00\x2e\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let mut local = vec![30u8];
+    local.extend_from_slice(b"PK\x03\x04");
+    local.extend_from_slice(&[0; 26]);
+    let small_zip = tpde_fuzz::stored_zip(&[("a/data/0", &[1; 8])]);
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("eocd", [&[0u8][..], eocd].concat()),
+        ("local-eocd", [&local[..], eocd].concat()),
+        ("pk", b"\x00PK\x05\x06".to_vec()),
+        ("zips", [&[0u8][..], &small_zip].concat()),
+        (
+            "zip-then-eocd",
+            [&[small_zip.len() as u8 & 0xfe][..], &small_zip, eocd].concat(),
+        ),
+        ("pickle-memo", b"\x03\x80\x02N\x94".to_vec()),
+        ("pickle-mark", b"\x01N(".to_vec()),
+        ("pickle-dup", b"\x01N2".to_vec()),
+        ("pickle-binput", b"\x01Nq\x01r\x00\x00\x01\x00".to_vec()),
+        ("pickle-storage", {
+            let mut p = vec![1u8, b'N'];
+            p.extend_from_slice(
+                b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000K\x02t",
+            );
+            p
+        }),
+    ];
+    for (name, bytes) in &seeds {
+        write(&al, name, bytes);
+    }
+
     // `roundtrip` reads its input through `arbitrary`, so any bytes make a
     // valid case; a few longer ones let it start from several sizable tensors
     // at once rather than growing its inputs from a few bytes.
@@ -226,11 +293,15 @@ fn main() {
         write(&rt, &format!("random-{k:02}-{len}"), &bytes);
     }
     println!(
-        "wrote {} .tpde seeds to {}, 6 safetensors seeds to {} and {} round-trip seeds to {}",
+        "wrote {} .tpde seeds to {}, 6 safetensors seeds to {}, {} round-trip seeds to {}, \
+         {headers} header seeds to {} and {} archive_large seeds to {}",
         files.len(),
         dec.display(),
         st.display(),
         sizes.len(),
-        rt.display()
+        rt.display(),
+        hd.display(),
+        seeds.len(),
+        al.display()
     );
 }
