@@ -88,18 +88,22 @@ fn encode<'py>(
 }
 
 /// Decodes a `.tpde` container (with the reference it was encoded against,
-/// for a delta) and returns the original bytes, every checksum verified.
+/// for a delta) and returns the original bytes, every checksum verified. A
+/// container that claims more than `max_output` bytes is refused before
+/// anything is allocated.
 #[pyfunction]
-#[pyo3(signature = (data, reference=None))]
+#[pyo3(signature = (data, reference=None, *, max_output=None))]
 fn decode<'py>(
     py: Python<'py>,
     data: PyBackedBytes,
     reference: Option<PyBackedBytes>,
+    max_output: Option<u64>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let opts = tpde::DecodeOptions { max_output };
     let out = py
         .detach(|| {
             let mut out = Vec::new();
-            tpde::decode(&data, reference.as_deref(), &mut out, None).map(|_| out)
+            tpde::decode_with(&data, reference.as_deref(), &mut out, None, &opts).map(|_| out)
         })
         .map_err(err)?;
     Ok(PyBytes::new(py, &out))
@@ -126,17 +130,30 @@ fn encode_file(
     Ok((s.original_len, s.encoded_len))
 }
 
-/// Decodes the `.tpde` file `path` into `out` (atomically, verified).
+/// Decodes the `.tpde` file `path` into `out` (atomically, verified),
+/// refusing a file that claims more than `max_output` bytes or than the
+/// free space of `out`'s filesystem before anything is written.
 #[pyfunction]
-#[pyo3(signature = (path, out, reference=None))]
+#[pyo3(signature = (path, out, reference=None, *, max_output=None))]
 fn decode_file(
     py: Python<'_>,
     path: PathBuf,
     out: PathBuf,
     reference: Option<PathBuf>,
+    max_output: Option<u64>,
 ) -> PyResult<u64> {
+    let opts = tpde::DecodeOptions { max_output };
     let s = py
-        .detach(|| tpde::files::decode_file(&path, reference.as_deref(), &out, None))
+        .detach(|| {
+            tpde::files::decode_file_with(
+                &path,
+                reference.as_deref(),
+                &out,
+                None,
+                &opts,
+                tpde::atomic::Replace::Yes,
+            )
+        })
         .map_err(err)?;
     Ok(s.original_len)
 }

@@ -98,3 +98,21 @@ def test_integer_arguments_say_their_range(store, tmp_path):
     assert store.load(U64) == {"a": 1} and store.steps() == [U64]
     assert tpde.encode(b"x" * 100, level=-131072, chunk_kib=65536)
     assert not (tmp_path / "k").exists()
+
+
+def test_decode_bombs_are_refused_within_the_callers_limit(tmp_path):
+    # Issue 12, items 9 and 14: a 911-byte container decoded to 1 GiB in
+    # memory (and one claiming 1 TiB aborted the interpreter). With
+    # max_output the claim is checked before anything is allocated.
+    import pathlib
+    bomb = (pathlib.Path(__file__).parents[3] / "crates/tpde/tests/data/bad/14-bomb-1gib.tpde")
+    data = bomb.read_bytes()
+    assert len(data) < 4096
+    with pytest.raises(tpde.TpdeError, match="more than the limit"):
+        tpde.decode(data, max_output=1 << 20)
+    out = tmp_path / "out.bin"
+    with pytest.raises(tpde.TpdeError, match="more than the limit"):
+        tpde.decode_file(bomb, out, max_output=1 << 20)
+    assert not out.exists()
+    with pytest.raises(tpde.TpdeError, match="max_output"):
+        tpde.decode(data, max_output=-1)

@@ -102,11 +102,16 @@ def encode(data: bytes, reference: Optional[bytes] = None, *, kind: str = "auto"
 
 
 @tpde_errors
-def decode(data: bytes, reference: Optional[bytes] = None) -> bytes:
+def decode(data: bytes, reference: Optional[bytes] = None, *,
+           max_output: Optional[int] = None) -> bytes:
     """Decodes a ``.tpde`` container (with the reference it was encoded
-    against, for a delta), every checksum verified."""
+    against, for a delta), every checksum verified. A container that claims
+    to decode to more than ``max_output`` bytes raises TpdeError before
+    anything is allocated: set it when the container comes from elsewhere."""
     ref = None if reference is None else _bytes("reference", reference)
-    return _tpde.decode(_bytes("data", data), ref)
+    if max_output is not None:
+        max_output = _int("max_output", max_output, 0, U64_MAX)
+    return _tpde.decode(_bytes("data", data), ref, max_output=max_output)
 
 
 @tpde_errors
@@ -119,8 +124,14 @@ def encode_file(path: PathLike, out: PathLike, reference: Optional[PathLike] = N
 
 
 @tpde_errors
-def decode_file(path: PathLike, out: PathLike, reference: Optional[PathLike] = None) -> int:
+def decode_file(path: PathLike, out: PathLike, reference: Optional[PathLike] = None, *,
+                max_output: Optional[int] = None) -> int:
     """Decodes the ``.tpde`` file ``path`` into ``out`` (atomically, verified);
-    returns its length."""
+    returns its length. A file that claims more than ``max_output`` bytes, or
+    more than the free space where ``out`` goes, raises TpdeError before
+    anything is written."""
     ref = None if reference is None else _path("reference", reference)
-    return _tpde.decode_file(_path("path", path), _path("out", out), ref)
+    if max_output is not None:
+        max_output = _int("max_output", max_output, 0, U64_MAX)
+    return _tpde.decode_file(_path("path", path), _path("out", out), ref,
+                             max_output=max_output)

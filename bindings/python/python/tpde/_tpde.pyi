@@ -26,7 +26,9 @@ def encode(
     """Encodes a checkpoint file's bytes against ``reference`` (a keyframe
     without); ``kind`` is "auto", "safetensors", "torch" or "bytes"."""
 
-def decode(data: bytes, reference: Optional[bytes] = None) -> bytes:
+def decode(
+    data: bytes, reference: Optional[bytes] = None, *, max_output: Optional[int] = None
+) -> bytes:
     """Decodes a ``.tpde`` container, every checksum verified."""
 
 def encode_file(
@@ -34,7 +36,9 @@ def encode_file(
 ) -> Tuple[int, int]:
     """Encodes the file ``path`` into ``out``; returns (original, stored) bytes."""
 
-def decode_file(path: _Path, out: _Path, reference: Optional[_Path] = None) -> int:
+def decode_file(
+    path: _Path, out: _Path, reference: Optional[_Path] = None, *, max_output: Optional[int] = None
+) -> int:
     """Decodes the ``.tpde`` file ``path`` into ``out``; returns its length."""
 
 def safetensors_index(
