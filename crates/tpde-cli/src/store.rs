@@ -169,13 +169,6 @@ fn check_get_output(out: &Path, force: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// Restores `step` to `out`, replacing the file there (checked by
-/// [`check_get_output`]): the output is complete before it replaces the
-/// file, so a failed restore leaves the file as it was.
-fn get_over(store: &Store, step: u64, out: &Path) -> Result<StepRecord> {
-    Ok(store.get_with(step, out, tpde::atomic::Replace::Yes)?)
-}
-
 pub fn run(cmd: StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Init {
@@ -227,12 +220,11 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                     PathBuf::from(&rec.name)
                 }
             };
-            let r = if check_get_output(&out, force.force)? {
-                get_over(&store, step, &out)
-            } else {
-                store.get(step, &out).map_err(Into::into)
-            }
-            .with_context(|| format!("restoring step {step}"))?;
+            // Replacing only the file that check_get_output accepted.
+            let replace = crate::replace(check_get_output(&out, force.force)?);
+            let r = store
+                .get_with(step, &out, replace)
+                .with_context(|| format!("restoring step {step}"))?;
             let bytes: u64 = r.files.iter().map(|f| f.len).sum();
             println!(
                 "step {step} -> {} ({} files, {}), verified, {:.2} s",

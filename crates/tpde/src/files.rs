@@ -57,11 +57,7 @@ pub fn free_space(dir: &Path) -> Option<u64> {
 
 /// Refuses to write `need` bytes to `out` when its filesystem has less free.
 fn check_room(out: &Path, what: &str, need: u64) -> Result<()> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match free_space(dir) {
+    match free_space(crate::safefs::parent_of(out)) {
         Some(free) if need > free => Err(Error::io(
             out,
             std::io::Error::new(

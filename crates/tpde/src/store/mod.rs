@@ -445,16 +445,10 @@ impl Store {
     /// when there is none: what each process of a distributed run calls at
     /// once, all of them ending up with the same store.
     pub fn open_or_create(dir: &Path, keyframe_every: u32, parents: bool) -> Result<Store> {
-        if let Ok(store) = Store::open(dir) {
-            return Ok(store);
-        }
-        match Store::create(dir, keyframe_every, parents) {
-            Ok(store) => Ok(store),
-            Err(e) => match Store::open(dir) {
-                Ok(store) => Ok(store),
-                Err(_) => Err(e),
-            },
-        }
+        open_or_make(
+            || Store::open(dir),
+            || Store::create(dir, keyframe_every, parents),
+        )
     }
 
     /// A folder a store is being made in holds nothing but what a store
@@ -594,13 +588,10 @@ impl Store {
         keyframe_every: u32,
         parents: bool,
     ) -> Result<Store> {
-        if let Ok(store) = Store::open_location(location) {
-            return Ok(store);
-        }
-        match Store::create_location(location, keyframe_every, parents) {
-            Ok(store) => Ok(store),
-            Err(e) => Store::open_location(location).map_err(|_| e),
-        }
+        open_or_make(
+            || Store::open_location(location),
+            || Store::create_location(location, keyframe_every, parents),
+        )
     }
 
     /// True when `location` holds a store.
@@ -1877,6 +1868,19 @@ fn dir_is_empty(dir: &Path, allowed: impl Fn(&str) -> bool) -> bool {
             e.file_type().is_ok_and(|t| t.is_file()) && allowed(&e.file_name().to_string_lossy())
         })
     })
+}
+
+/// Opens a store, or makes it when there is none; when making it fails
+/// because another process made it meanwhile, opens that one (else the
+/// making's error stands).
+fn open_or_make(
+    open: impl Fn() -> Result<Store>,
+    make: impl FnOnce() -> Result<Store>,
+) -> Result<Store> {
+    if let Ok(store) = open() {
+        return Ok(store);
+    }
+    make().or_else(|e| open().map_err(|_| e))
 }
 
 /// A re-coded step keeps saying that its files are a lossy reconstruction.
