@@ -11,7 +11,7 @@ use tpde::{EncodeOptions, InputKind};
 const REFERENCE: &[u8] = include_bytes!("../../crates/tpde/tests/data/v2/ref.pt");
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(tensors) = tpde::archive::scan(data) {
+    if let Some(tensors) = tpde::source::archive::scan(data) {
         let mut end = 0;
         for t in &tensors {
             assert!(t.offset >= end, "storages overlap or are unsorted");

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         big
     };
-    if let Some(tensors) = tpde::archive::scan(&file) {
+    if let Some(tensors) = tpde::source::archive::scan(&file) {
         let mut end = 0;
         for t in &tensors {
             assert!(t.offset >= end, "storages overlap or are unsorted");

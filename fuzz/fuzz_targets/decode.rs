@@ -51,7 +51,7 @@ const LIMIT: tpde::DecodeOptions = tpde::DecodeOptions {
 fn check(container: &[u8], reference: Option<&[u8]>) {
     let mut out = Vec::new();
     let decoded = tpde::decode_with(container, reference, &mut out, None, &LIMIT);
-    let report = tpde::inspect::inspect(container);
+    let report = tpde::container::inspect::inspect(container);
     if let (Ok(r), Err(e)) = (&report, &decoded) {
         // Refused by the limit exactly when the file claims more.
         let over = r.original_len > LIMIT.max_output.unwrap();
@@ -90,10 +90,10 @@ fn check(container: &[u8], reference: Option<&[u8]>) {
         container.len() as u64,
         "decode stats encoded length"
     );
-    if report.source_kind != tpde::format::SourceKind::Safetensors {
+    if report.source_kind != tpde::container::format::SourceKind::Safetensors {
         return;
     }
-    let header = match tpde::safetensors::parse(&out) {
+    let header = match tpde::source::safetensors::parse(&out) {
         Ok(h) => h,
         Err(e) => panic!("decoded a safetensors container into an invalid file: {e}"),
     };

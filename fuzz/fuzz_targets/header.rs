@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let mut block = (json.len() as u64).to_le_bytes().to_vec();
     block.extend_from_slice(json);
     let file_len = block.len() as u64 + data_len;
-    let got = tpde::safetensors::parse_header(&block, file_len);
+    let got = tpde::source::safetensors::parse_header(&block, file_len);
     if let Ok(h) = &got {
         assert_eq!(h.header_len, block.len() as u64);
         assert_eq!(h.file_len(), file_len);

@@ -257,7 +257,7 @@ fn float_at(dtype: &str, b: &[u8], i: usize) -> Option<f64> {
 /// elements within `e` (NaN and infinities bit for bit).
 fn check_within(cur: &[u8], got: &[u8], e: f64) {
     assert_eq!(cur.len(), got.len(), "lossy output of another length");
-    let h = tpde::safetensors::parse(cur).expect("built a valid file");
+    let h = tpde::source::safetensors::parse(cur).expect("built a valid file");
     let hl = h.header_len as usize;
     assert!(cur[..hl] == got[..hl], "lossy output changed the header");
     for t in &h.tensors {
@@ -336,7 +336,7 @@ fuzz_target!(|input: Input| {
         } else {
             tpde::InputKind::Safetensors
         },
-        lossy: bound.map(tpde::lossy::Bound::MaxAbsError),
+        lossy: bound.map(tpde::codec::lossy::Bound::MaxAbsError),
     };
     let mut packed = Vec::new();
     if let Err(e) = tpde::encode(&cur, reference, &opts, &mut packed, None) {
@@ -350,13 +350,13 @@ fuzz_target!(|input: Input| {
         Some(e) if !input.opaque => check_within(&cur, &restored, e),
         _ => assert!(restored == cur, "round trip changed the file"),
     }
-    if let Err(e) = tpde::inspect::inspect(&packed) {
+    if let Err(e) = tpde::container::inspect::inspect(&packed) {
         panic!("inspect of a fresh encode failed: {e}");
     }
     if input.opaque {
         return;
     }
-    let header = tpde::safetensors::parse(&cur).expect("built a valid file");
+    let header = tpde::source::safetensors::parse(&cur).expect("built a valid file");
     let hl = header.header_len as usize;
     for t in &header.tensors {
         match tpde::decode_tensor(&packed, reference, &t.name) {

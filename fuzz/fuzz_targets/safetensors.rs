@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(h) = tpde::safetensors::parse(data) else {
+    let Ok(h) = tpde::source::safetensors::parse(data) else {
         return;
     };
     assert!(h.header_len <= data.len() as u64);

@@ -28,8 +28,8 @@ fn err(e: tpde::Error) -> PyErr {
 fn bound(
     max_abs_error: Option<f64>,
     max_rel_error: Option<f64>,
-) -> PyResult<Option<tpde::lossy::Bound>> {
-    use tpde::lossy::Bound;
+) -> PyResult<Option<tpde::codec::lossy::Bound>> {
+    use tpde::codec::lossy::Bound;
     let b = match (max_abs_error, max_rel_error) {
         (Some(_), Some(_)) => {
             return Err(TpdeError::new_err(
@@ -125,7 +125,9 @@ fn encode_file(
         ..Default::default()
     };
     let s = py
-        .detach(|| tpde::files::encode_file(&path, reference.as_deref(), &out, &opts, None))
+        .detach(|| {
+            tpde::container::files::encode_file(&path, reference.as_deref(), &out, &opts, None)
+        })
         .map_err(err)?;
     Ok((s.original_len, s.encoded_len))
 }
@@ -145,13 +147,13 @@ fn decode_file(
     let opts = tpde::DecodeOptions { max_output };
     let s = py
         .detach(|| {
-            tpde::files::decode_file_with(
+            tpde::container::files::decode_file_with(
                 &path,
                 reference.as_deref(),
                 &out,
                 None,
                 &opts,
-                tpde::atomic::Replace::Yes,
+                tpde::common::atomic::Replace::Yes,
             )
         })
         .map_err(err)?;
@@ -169,7 +171,7 @@ fn safetensors_index(buf: PyReadonlyArray1<'_, u8>) -> PyResult<(Vec<TensorSpan>
     let bytes = buf
         .as_slice()
         .map_err(|e| TpdeError::new_err(e.to_string()))?;
-    let h = tpde::safetensors::parse(bytes).map_err(err)?;
+    let h = tpde::source::safetensors::parse(bytes).map_err(err)?;
     let spans = h
         .tensors
         .iter()
@@ -305,11 +307,11 @@ impl Store {
             .map(|(n, d, s, _)| (n.as_str(), d.as_str(), s.as_slice()))
             .collect();
         py.detach(|| {
-            let list: Vec<tpde::safetensors::TensorData> = specs
+            let list: Vec<tpde::source::safetensors::TensorData> = specs
                 .iter()
                 .zip(&data)
                 .map(
-                    |(&(name, dtype, shape), data)| tpde::safetensors::TensorData {
+                    |(&(name, dtype, shape), data)| tpde::source::safetensors::TensorData {
                         name,
                         dtype,
                         shape,
@@ -317,7 +319,7 @@ impl Store {
                     },
                 )
                 .collect();
-            let file = tpde::safetensors::write(&list, None)?;
+            let file = tpde::source::safetensors::write(&list, None)?;
             let mut files = vec![("tensors.safetensors".to_string(), file)];
             files.extend(extra.iter().map(|(p, b)| (p.clone(), b.to_vec())));
             let ck = tpde::store::Checkpoint::from_files(&name, files)?;

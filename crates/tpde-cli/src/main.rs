@@ -84,10 +84,10 @@ pub struct LossyArgs {
 }
 
 impl LossyArgs {
-    pub fn bound(&self) -> Option<tpde::lossy::Bound> {
+    pub fn bound(&self) -> Option<tpde::codec::lossy::Bound> {
         match (self.max_abs_error, self.max_rel_error) {
-            (Some(e), _) => Some(tpde::lossy::Bound::MaxAbsError(e)),
-            (_, Some(r)) => Some(tpde::lossy::Bound::MaxRelError(r)),
+            (Some(e), _) => Some(tpde::codec::lossy::Bound::MaxAbsError(e)),
+            (_, Some(r)) => Some(tpde::codec::lossy::Bound::MaxRelError(r)),
             _ => None,
         }
     }
@@ -344,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
             inputs.extend(reference.as_deref());
             check_output(&output, &inputs, force.force)?;
             let opts = tpde::DecodeOptions { max_output };
-            let n = tpde::files::decode_tensor_file_with(
+            let n = tpde::container::files::decode_tensor_file_with(
                 &input,
                 reference.as_deref(),
                 &name,
@@ -446,16 +446,16 @@ pub fn human(bytes: u64) -> String {
 /// file without `--force` (then it is replaced atomically).
 /// How an output may be written: with `--force` over an existing file,
 /// else never over anything, even something that appears meanwhile.
-pub fn replace(force: bool) -> tpde::atomic::Replace {
+pub fn replace(force: bool) -> tpde::common::atomic::Replace {
     if force {
-        tpde::atomic::Replace::Yes
+        tpde::common::atomic::Replace::Yes
     } else {
-        tpde::atomic::Replace::No
+        tpde::common::atomic::Replace::No
     }
 }
 
 pub fn check_output(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
-    tpde::atomic::check_not_input(out, inputs)?;
+    tpde::common::atomic::check_not_input(out, inputs)?;
     let link = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -488,7 +488,7 @@ pub fn check_output(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
 fn check_safetensors(path: &Path, what: &str, hint: &str) -> Result<()> {
     let bytes =
         tpde::FileBytes::open(path).with_context(|| format!("reading {}", path.display()))?;
-    match tpde::safetensors::parse(&bytes) {
+    match tpde::source::safetensors::parse(&bytes) {
         Err(tpde::Error::Safetensors(detail)) => {
             bail!(
                 "{what}{} is not a safetensors file ({detail}){hint}",
@@ -520,7 +520,7 @@ fn encode(
     let t = Instant::now();
     let encode = |reference, replace| {
         let progress: Option<&(dyn Fn(u64) + Sync)> = Some(&|d| pb.set_position(d));
-        tpde::files::encode_file_with(cur, reference, out, opts, progress, replace)
+        tpde::container::files::encode_file_with(cur, reference, out, opts, progress, replace)
             .with_context(|| format!("encoding {}", cur.display()))
     };
     let mut s = encode(reference, replace(force))?;
@@ -529,7 +529,7 @@ fn encode(
     // keyframe it is, which decodes without the reference.
     let unmatched = reference.is_some() && s.reference_used && !any_tensor_matched(out)?;
     if unmatched {
-        s = encode(None, tpde::atomic::Replace::Yes)?; // over its own first output
+        s = encode(None, tpde::common::atomic::Replace::Yes)?; // over its own first output
     }
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
@@ -550,13 +550,13 @@ fn encode(
     if let (Some(r), false) = (reference, s.reference_used) {
         // No tensor matched (or, read as bytes, the reference did not fit).
         let matched = match s.source_kind {
-            tpde::format::SourceKind::Safetensors => "tensor",
-            tpde::format::SourceKind::Archive => "storage",
+            tpde::container::format::SourceKind::Safetensors => "tensor",
+            tpde::container::format::SourceKind::Archive => "storage",
             _ => "part",
         };
         let by = match s.source_kind {
-            tpde::format::SourceKind::Archive => " (by name, dtype and length)",
-            tpde::format::SourceKind::Safetensors => " (by name, dtype and shape)",
+            tpde::container::format::SourceKind::Archive => " (by name, dtype and length)",
+            tpde::container::format::SourceKind::Safetensors => " (by name, dtype and shape)",
             _ => "",
         };
         eprintln!(
@@ -583,8 +583,8 @@ fn encode(
 fn any_tensor_matched(path: &Path) -> Result<bool> {
     let bytes =
         tpde::FileBytes::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let r =
-        tpde::inspect::inspect(&bytes).with_context(|| format!("reading {}", path.display()))?;
+    let r = tpde::container::inspect::inspect(&bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(r.tensors.iter().any(|t| t.has_reference))
 }
 
@@ -629,8 +629,8 @@ fn decode(
     check_output(out, &inputs, force)?;
     let bytes =
         tpde::FileBytes::open(input).with_context(|| format!("reading {}", input.display()))?;
-    let report =
-        tpde::inspect::inspect(&bytes).with_context(|| format!("reading {}", input.display()))?;
+    let report = tpde::container::inspect::inspect(&bytes)
+        .with_context(|| format!("reading {}", input.display()))?;
     if reference.is_some() && report.reference.is_none() {
         eprintln!(
             "tpde: note: {} is a keyframe; --ref is not needed and was ignored",
@@ -639,7 +639,7 @@ fn decode(
     }
     let pb = progress_bar(report.original_len, "decoding");
     let t = Instant::now();
-    let s = tpde::files::decode_file_with(
+    let s = tpde::container::files::decode_file_with(
         input,
         reference,
         out,
@@ -675,10 +675,10 @@ fn shape(dims: &[u64]) -> String {
 /// The file records the count only for delta-coded chunks.
 fn count_changed(
     bytes: &[u8],
-    r: &tpde::inspect::Report,
+    r: &tpde::container::inspect::Report,
     reference: &Path,
 ) -> Result<Vec<Option<u64>>> {
-    use tpde::format::SourceKind;
+    use tpde::container::format::SourceKind;
     let ref_bytes = tpde::FileBytes::open(reference)
         .with_context(|| format!("reading {}", reference.display()))?;
     let Some(id) = r.reference else {
@@ -690,16 +690,16 @@ fn count_changed(
              xxh3-128 {})",
             reference.display(),
             id.len,
-            tpde::format::digest_hex(id.digest)
+            tpde::container::format::digest_hex(id.digest)
         );
     }
     // The reference's bytes of a tensor, found as the encoder matched them.
     let st = match r.source_kind {
-        SourceKind::Safetensors => tpde::safetensors::parse(&ref_bytes).ok(),
+        SourceKind::Safetensors => tpde::source::safetensors::parse(&ref_bytes).ok(),
         _ => None,
     };
     let storages = match r.source_kind {
-        SourceKind::Archive => tpde::archive::scan(&ref_bytes),
+        SourceKind::Archive => tpde::source::archive::scan(&ref_bytes),
         _ => None,
     };
     // torch.save names the archive's top folder after the file.
@@ -750,8 +750,8 @@ fn count_changed(
 fn inspect(input: &Path, reference: Option<&Path>, wide: bool) -> Result<()> {
     let bytes =
         tpde::FileBytes::open(input).with_context(|| format!("reading {}", input.display()))?;
-    let r =
-        tpde::inspect::inspect(&bytes).with_context(|| format!("reading {}", input.display()))?;
+    let r = tpde::container::inspect::inspect(&bytes)
+        .with_context(|| format!("reading {}", input.display()))?;
     let counted = match reference {
         Some(p) => count_changed(&bytes, &r, p)?,
         None => vec![None; r.tensors.len()],
@@ -777,7 +777,7 @@ fn inspect(input: &Path, reference: Option<&Path>, wide: bool) -> Result<()> {
             "reference: {} ({} bytes), xxh3-128 {}",
             human(id.len),
             id.len,
-            tpde::format::digest_hex(id.digest)
+            tpde::container::format::digest_hex(id.digest)
         ),
         None => println!("reference: none (keyframe)"),
     }

@@ -9,7 +9,7 @@ use tpde::store::{watch, Checkpoint, EntryKind, StepRecord, Store};
 
 use crate::table::Table;
 use crate::{human, progress_bar, ForceArg, LossyArgs, WIDTH};
-use tpde::lossy::Bound;
+use tpde::codec::lossy::Bound;
 
 /// Where a store is: a directory, or `s3://BUCKET/PREFIX` on S3-compatible
 /// object storage (endpoint, region and credentials from the AWS_*

@@ -9,8 +9,24 @@
 //!
 //! Beyond single files: [`store`] keeps a training run's checkpoints (files
 //! or whole checkpoint folders, `torch.save` archives included, see
-//! [`archive`]) as keyframes and deltas with crash-safe writes, and
-//! [`lossy`] is the opt-in error-bounded mode.
+//! [`source::archive`]) as keyframes and deltas with crash-safe writes, and
+//! [`codec::lossy`] is the opt-in error-bounded mode.
+//!
+//! The library follows the data, one folder per stage, each calling only the
+//! stages below it (`docs/ARCHITECTURE.md`):
+//!
+//! ```text
+//! common <- source <- codec <- container <- store <- (CLI, Python)
+//! ```
+//!
+//! - [`common`]: errors, memory maps, symlink-safe file operations, atomic
+//!   output.
+//! - [`source`]: the formats a checkpoint comes in (safetensors, `torch.save`
+//!   archives, dtypes).
+//! - [`codec`]: one chunk against its reference: transforms, positions,
+//!   byte planes, entropy coders, the lossy quantizer.
+//! - [`container`]: the `.tpde` file: format, encode, decode, inspect.
+//! - [`store`]: a run's checkpoints as keyframes and deltas.
 //!
 //! ```
 //! # fn main() -> tpde::Result<()> {
@@ -26,32 +42,21 @@
 //! # Ok(()) }
 //! ```
 
-pub mod ans;
-pub mod archive;
-pub mod atomic;
-pub mod bits;
 pub mod codec;
-mod decode;
-pub mod dtype;
-mod encode;
-mod error;
-pub mod files;
-pub mod format;
-pub mod inspect;
-pub mod lossy;
-mod mmap;
-mod safefs;
-pub mod safetensors;
+pub mod common;
+pub mod container;
+pub mod source;
 pub mod store;
-pub mod transform;
 
-pub use decode::{
+pub use codec::lossy::Bound;
+pub use common::atomic::Replace;
+pub use common::error::{Error, Result};
+pub use common::mmap::FileBytes;
+pub use container::decode::{
     decode, decode_tensor, decode_tensor_to, decode_tensor_with, decode_with, DecodeOptions,
     DecodeStats,
 };
-pub use dtype::Dtype;
 #[doc(hidden)]
-pub use encode::test_hooks;
-pub use encode::{encode, EncodeOptions, EncodeStats, InputKind};
-pub use error::{Error, Result};
-pub use mmap::FileBytes;
+pub use container::encode::test_hooks;
+pub use container::encode::{encode, EncodeOptions, EncodeStats, InputKind};
+pub use source::dtype::Dtype;

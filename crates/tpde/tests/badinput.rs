@@ -103,7 +103,7 @@ fn decode_tensor_without_a_limit_does_not_allocate_what_the_file_claims() {
     // the tensor is decoded a batch at a time and the first bad chunk ends
     // it, instead of 64 GiB being allocated up front.
     let mut file = badgen::big_tensor(1024, xxh3_64);
-    let index = tpde::format::Container::open(&file).unwrap();
+    let index = tpde::container::format::Container::open(&file).unwrap();
     assert_eq!(index.tensors[0].entry.data_len, 1 << 36);
     drop(index);
     flip_checksums(&mut file);
@@ -140,23 +140,23 @@ fn decode_file_checks_free_space_and_the_limit_before_writing() {
     let input = dir.path().join("claim.tpde");
     std::fs::write(&input, badgen::zero_bomb(16384, 0, xxh3_64)).unwrap();
     let out = dir.path().join("out.bin");
-    let e = tpde::files::decode_file_with(
+    let e = tpde::container::files::decode_file_with(
         &input,
         None,
         &out,
         None,
         &limit(1 << 30),
-        tpde::atomic::Replace::No,
+        tpde::common::atomic::Replace::No,
     )
     .unwrap_err();
     assert_limit_error(e, 1 << 40, 1 << 30);
     assert!(!out.exists());
     // No limit of the caller's: the free space of the output's filesystem.
-    let free = tpde::files::free_space(dir.path());
+    let free = tpde::container::files::free_space(dir.path());
     if free.is_some_and(|f| f >= 1 << 40) {
         eprintln!("skipped: {free:?} bytes free, more than the claim");
     } else {
-        let e = tpde::files::decode_file(&input, None, &out, None).unwrap_err();
+        let e = tpde::container::files::decode_file(&input, None, &out, None).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("decodes to 1099511627776 bytes, more than the") && msg.contains("free"),
@@ -168,13 +168,13 @@ fn decode_file_checks_free_space_and_the_limit_before_writing() {
     // The same for one tensor.
     let input = dir.path().join("tensor.tpde");
     std::fs::write(&input, bad_file("9-tensor-64gib.tpde")).unwrap();
-    let e = tpde::files::decode_tensor_file_with(
+    let e = tpde::container::files::decode_tensor_file_with(
         &input,
         None,
         "w",
         &out,
         &limit(1 << 20),
-        tpde::atomic::Replace::No,
+        tpde::common::atomic::Replace::No,
     )
     .unwrap_err();
     assert_limit_error(e, 1 << 36, 1 << 20);
@@ -188,7 +188,7 @@ fn a_huge_header_is_read_in_proportion() {
     // 100 MB); it is parsed without a tree.
     let file = bad_file("12-huge-header.tpde");
     assert!(file.len() < 2_000, "{}", file.len());
-    let r = tpde::inspect::inspect(&file).unwrap();
+    let r = tpde::container::inspect::inspect(&file).unwrap();
     assert!(r.header_len > 9_900_000);
     assert_eq!(r.tensors.len(), 1);
     let out = tpde::decode_tensor(&file, None, "w").unwrap();
@@ -214,7 +214,12 @@ fn regenerate() {
         ),
         (
             "12-huge-header.tpde",
-            badgen::huge_header(10_000_000, xxh3_64, tpde::format::digest, xxh3_64(&[0; 8])),
+            badgen::huge_header(
+                10_000_000,
+                xxh3_64,
+                tpde::container::format::digest,
+                xxh3_64(&[0; 8]),
+            ),
         ),
     ];
     for (name, bytes) in files {

@@ -64,7 +64,7 @@ fn pair() -> (Vec<u8>, Vec<u8>, usize) {
         common::perturb_fraction(&mut rng, &mut t.data, 4, 0.3);
     }
     let cur = common::safetensors(&cur, None);
-    let hl = tpde::safetensors::parse(&cur).unwrap().header_len as usize;
+    let hl = tpde::source::safetensors::parse(&cur).unwrap().header_len as usize;
     (cur, common::safetensors(&reference, None), hl)
 }
 
@@ -111,7 +111,7 @@ fn truncating_child(dir: &Path) -> ! {
         }
     });
     let out = dir.join("out.tpde");
-    match tpde::files::encode_file(&cur_path, Some(&ref_path), &out, &opts(), None) {
+    match tpde::container::files::encode_file(&cur_path, Some(&ref_path), &out, &opts(), None) {
         Ok(_) => {
             eprintln!("encoded without an error");
             std::process::exit(0)

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{perturb_fraction, safetensors, sha256, small_chunks, Rng, Tensor};
-use tpde::format::{digest, digest_hex, MAGIC};
+use tpde::container::format::{digest, digest_hex, MAGIC};
 use tpde::{EncodeOptions, Error};
 
 /// A small delta: a few tensors, several chunks each (chunk size 64), with
@@ -28,7 +28,7 @@ fn small_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let pf = safetensors(&prev, None);
     let cf = safetensors(&cur, Some(&[("k", "v")]));
     let packed = common::encode(&cf, Some(&pf), &small_chunks(64));
-    let r = tpde::inspect::inspect(&packed).unwrap();
+    let r = tpde::container::inspect::inspect(&packed).unwrap();
     let chunks_of = |name: &str| {
         let t = r.tensors.iter().find(|t| t.name == name).unwrap();
         t.raw_bytes.div_ceil(64)
@@ -39,7 +39,7 @@ fn small_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 fn tensor_names(file: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let h = tpde::safetensors::parse(file).unwrap();
+    let h = tpde::source::safetensors::parse(file).unwrap();
     let hl = h.header_len as usize;
     h.tensors
         .iter()
@@ -97,7 +97,7 @@ fn check_damaged(
         }
     }
     if !tally.skip_inspect {
-        let _ = tpde::inspect::inspect(damaged);
+        let _ = tpde::container::inspect::inspect(damaged);
     }
 }
 
@@ -112,7 +112,10 @@ fn every_truncation_is_an_error() {
             matches!(err, Error::Truncated(_) | Error::Corrupt(_)),
             "truncated to {len} bytes: unexpected error {err:?}"
         );
-        assert!(tpde::inspect::inspect(cut).is_err(), "inspect at {len}");
+        assert!(
+            tpde::container::inspect::inspect(cut).is_err(),
+            "inspect at {len}"
+        );
         for (name, _) in &tensors {
             assert!(tpde::decode_tensor(cut, Some(&pf), name).is_err());
         }
@@ -614,7 +617,7 @@ fn wrong_reference() {
         }
     }
     // The changed byte is in tensor "s", the last of the reference's data.
-    let r = tpde::inspect::inspect(&packed).unwrap();
+    let r = tpde::container::inspect::inspect(&packed).unwrap();
     let s = r.tensors.iter().find(|t| t.name == "s").unwrap();
     if s.coding.contains("delta") {
         assert!(matches!(
@@ -747,7 +750,7 @@ fn wrong_magic_and_unsupported_version() {
                 "magic byte {i} bit {bit}"
             );
             assert!(matches!(
-                tpde::inspect::inspect(&bad),
+                tpde::container::inspect::inspect(&bad),
                 Err(Error::WrongMagic)
             ));
         }
@@ -792,7 +795,7 @@ fn random_garbage() {
         } else {
             assert!(r.is_err());
         }
-        let _ = tpde::inspect::inspect(&junk);
+        let _ = tpde::container::inspect::inspect(&junk);
         let _ = tpde::decode_tensor(&junk, None, "w");
     }
 }
@@ -828,7 +831,7 @@ fn random_index_behind_valid_framing() {
         f.extend_from_slice(b"TPDEEND\0");
         let r = common::decode(&f, Some(&pf));
         assert!(r.is_err(), "garbage index {i} decoded");
-        let _ = tpde::inspect::inspect(&f);
+        let _ = tpde::container::inspect::inspect(&f);
         let _ = tpde::decode_tensor(&f, Some(&pf), "w");
     }
 }
@@ -847,7 +850,7 @@ fn small_safetensors() -> Vec<u8> {
     )
 }
 
-fn check_parsed(file: &[u8], h: &tpde::safetensors::Header) {
+fn check_parsed(file: &[u8], h: &tpde::source::safetensors::Header) {
     assert_eq!(h.file_len(), file.len() as u64);
     let mut cursor = 0;
     for t in &h.tensors {
@@ -860,11 +863,11 @@ fn check_parsed(file: &[u8], h: &tpde::safetensors::Header) {
 #[test]
 fn safetensors_parser_survives_truncation_and_bit_flips() {
     let file = small_safetensors();
-    let h = tpde::safetensors::parse(&file).unwrap();
+    let h = tpde::source::safetensors::parse(&file).unwrap();
     check_parsed(&file, &h);
     for len in 0..file.len() {
         assert!(
-            tpde::safetensors::parse(&file[..len]).is_err(),
+            tpde::source::safetensors::parse(&file[..len]).is_err(),
             "truncated to {len}"
         );
     }
@@ -873,7 +876,7 @@ fn safetensors_parser_survives_truncation_and_bit_flips() {
     for byte in 0..file.len() {
         for bit in 0..8 {
             damaged[byte] ^= 1 << bit;
-            if let Ok(h) = tpde::safetensors::parse(&damaged) {
+            if let Ok(h) = tpde::source::safetensors::parse(&damaged) {
                 parsed_ok += 1;
                 check_parsed(&damaged, &h);
                 // Whatever parses must also round trip.
@@ -883,7 +886,10 @@ fn safetensors_parser_survives_truncation_and_bit_flips() {
                 assert_eq!(common::decode(&packed, None).unwrap(), damaged);
             }
             let block_len = h.header_len as usize;
-            let _ = tpde::safetensors::parse_header(&damaged[..block_len], damaged.len() as u64);
+            let _ = tpde::source::safetensors::parse_header(
+                &damaged[..block_len],
+                damaged.len() as u64,
+            );
             damaged[byte] ^= 1 << bit;
         }
     }
@@ -913,7 +919,7 @@ fn safetensors_parser_on_hostile_headers() {
     for h in headers {
         let mut f = Vec::new();
         common::raw_safetensors(h, &[&[9u8]], &mut f);
-        if let Ok(parsed) = tpde::safetensors::parse(&f) {
+        if let Ok(parsed) = tpde::source::safetensors::parse(&f) {
             check_parsed(&f, &parsed);
             let packed = common::encode(&f, None, &EncodeOptions::default());
             assert_eq!(common::decode(&packed, None).unwrap(), f, "{h}");
@@ -921,14 +927,14 @@ fn safetensors_parser_on_hostile_headers() {
     }
     // A header size over the limit and one that overflows when 8 is added.
     for n in [
-        tpde::safetensors::MAX_HEADER_SIZE + 1,
+        tpde::source::safetensors::MAX_HEADER_SIZE + 1,
         u64::MAX - 7,
         u64::MAX,
     ] {
         let mut f = n.to_le_bytes().to_vec();
         f.extend_from_slice(b"{}");
         assert!(matches!(
-            tpde::safetensors::parse(&f),
+            tpde::source::safetensors::parse(&f),
             Err(Error::Safetensors(_))
         ));
     }
@@ -936,7 +942,7 @@ fn safetensors_parser_on_hostile_headers() {
 
 /// `inspect` must return an error for `bad`: neither panic nor accept it.
 fn inspect_refuses(bad: &[u8], what: &str) {
-    let r = std::panic::catch_unwind(|| tpde::inspect::inspect(bad).is_err());
+    let r = std::panic::catch_unwind(|| tpde::container::inspect::inspect(bad).is_err());
     let got = match r {
         Ok(true) => return,
         Ok(false) => "returned Ok",

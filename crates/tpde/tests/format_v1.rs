@@ -42,7 +42,7 @@ fn v1_delta_decodes_byte_for_byte() {
     assert!(read("delta.tpde").len() < read("key.tpde").len());
     let emb = tpde::decode_tensor(&read("delta.tpde"), Some(&reference), "emb").unwrap();
     let cur = read("cur.safetensors");
-    let header = tpde::safetensors::parse(&cur).unwrap();
+    let header = tpde::source::safetensors::parse(&cur).unwrap();
     let t = header.get("emb").unwrap();
     let start = (header.header_len + t.begin) as usize;
     assert_eq!(emb, &cur[start..start + t.len() as usize]);
@@ -71,7 +71,7 @@ fn v1_sample_b_decodes_byte_for_byte() {
         "bf29a250e4e542d986f398c6b6bd03ad37ec48c6c627c7b0d436cb15d9480fd6"
     );
     assert_eq!(out, read("cur-b.safetensors"));
-    let report = tpde::inspect::inspect(&read("delta-b.tpde")).unwrap();
+    let report = tpde::container::inspect::inspect(&read("delta-b.tpde")).unwrap();
     assert_eq!(report.tensors[1].coding, "delta xor/classes");
 }
 

@@ -33,9 +33,12 @@ fn v2_keyframe_decodes_byte_for_byte() {
         sha256(&decode(&read("key.tpde"), None).unwrap()),
         CUR_SHA256
     );
-    let report = tpde::inspect::inspect(&read("key.tpde")).unwrap();
+    let report = tpde::container::inspect::inspect(&read("key.tpde")).unwrap();
     assert_eq!(report.version, 2);
-    assert_eq!(report.source_kind, tpde::format::SourceKind::Archive);
+    assert_eq!(
+        report.source_kind,
+        tpde::container::format::SourceKind::Archive
+    );
     let dtypes: Vec<&str> = report.tensors.iter().map(|t| t.dtype.as_str()).collect();
     assert!(dtypes.contains(&"BF16") && dtypes.contains(&"I64") && dtypes.contains(&"BOOL"));
 }
@@ -48,7 +51,7 @@ fn v2_delta_decodes_byte_for_byte() {
     assert!(read("delta.tpde").len() * 3 < read("key.tpde").len());
     // One storage alone.
     let cur = read("cur.pt");
-    let t = tpde::archive::scan(&cur).unwrap().remove(2);
+    let t = tpde::source::archive::scan(&cur).unwrap().remove(2);
     let alone = tpde::decode_tensor(&read("delta.tpde"), Some(&reference), &t.name).unwrap();
     assert_eq!(alone, &cur[t.offset as usize..(t.offset + t.len) as usize]);
 }
@@ -109,6 +112,9 @@ fn an_archive_smaller_than_its_layout_round_trips() {
     };
     let mut packed = Vec::new();
     let stats = tpde::encode(&cur, None, &opts, &mut packed, None).unwrap();
-    assert_eq!(stats.source_kind, tpde::format::SourceKind::Archive);
+    assert_eq!(
+        stats.source_kind,
+        tpde::container::format::SourceKind::Archive
+    );
     assert_eq!(decode(&packed, None).unwrap(), cur);
 }

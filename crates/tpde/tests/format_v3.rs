@@ -28,8 +28,8 @@ fn decode(container: &[u8], reference: Option<&[u8]>) -> Vec<u8> {
 /// infinities exact); everything else byte for byte.
 fn check_within(got: &[u8], cur: &[u8]) {
     let (hg, hc) = (
-        tpde::safetensors::parse(got).unwrap(),
-        tpde::safetensors::parse(cur).unwrap(),
+        tpde::source::safetensors::parse(got).unwrap(),
+        tpde::source::safetensors::parse(cur).unwrap(),
     );
     assert_eq!(got[..hg.header_len as usize], cur[..hc.header_len as usize]);
     for t in &hc.tensors {
@@ -89,7 +89,7 @@ fn v3_keyframe_decodes_to_the_frozen_reconstruction() {
     let out = decode(&read("key.tpde"), None);
     assert_eq!(sha256(&out), KEY_OUT);
     check_within(&out, &read("cur.safetensors"));
-    let r = tpde::inspect::inspect(&read("key.tpde")).unwrap();
+    let r = tpde::container::inspect::inspect(&read("key.tpde")).unwrap();
     assert!(r.lossy && r.version == 3);
 }
 
@@ -104,7 +104,7 @@ fn v3_delta_decodes_to_the_frozen_reconstruction() {
 fn re_encoding_gives_the_same_bytes() {
     let opts = tpde::EncodeOptions {
         chunk_size: 1024,
-        lossy: Some(tpde::lossy::Bound::MaxAbsError(BOUND)),
+        lossy: Some(tpde::codec::lossy::Bound::MaxAbsError(BOUND)),
         ..Default::default()
     };
     let mut key = Vec::new();

@@ -6,7 +6,7 @@ mod common;
 
 use common::{safetensors, Rng, Tensor};
 use proptest::prelude::*;
-use tpde::lossy::Bound;
+use tpde::codec::lossy::Bound;
 use tpde::{EncodeOptions, InputKind};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -121,7 +121,7 @@ fn chain(kind: Kind, bound: Bound, steps: usize, n: usize, seed: u64, chunk: usi
         tpde::decode(&packed, recon.as_deref(), &mut out, None).unwrap();
         assert_eq!(format_digest(&out), stats.output_digest);
         assert_eq!(out.len(), file.len());
-        let h = tpde::safetensors::parse(&out).unwrap();
+        let h = tpde::source::safetensors::parse(&out).unwrap();
         // The header and the integer tensor are exact.
         assert_eq!(out[..h.header_len as usize], file[..h.header_len as usize]);
         let at = |name: &str| {
@@ -157,14 +157,14 @@ fn chain(kind: Kind, bound: Bound, steps: usize, n: usize, seed: u64, chunk: usi
         }
         let reported = stats.max_abs_error.unwrap();
         assert!(reported <= e * (1.0 + 1e-12) && (reported - max).abs() <= e * 1e-9 + f64::EPSILON);
-        let report = tpde::inspect::inspect(&packed).unwrap();
+        let report = tpde::container::inspect::inspect(&packed).unwrap();
         assert!(report.lossy);
         recon = Some(out);
     }
 }
 
 fn format_digest(b: &[u8]) -> u128 {
-    tpde::format::digest(b)
+    tpde::container::format::digest(b)
 }
 
 #[test]
@@ -207,10 +207,10 @@ fn lossy_is_smaller_and_says_so() {
         lossy.len(),
         exact.len()
     );
-    let r = tpde::inspect::inspect(&lossy).unwrap();
+    let r = tpde::container::inspect::inspect(&lossy).unwrap();
     assert!(r.lossy && r.version == 3);
     assert_eq!(r.tensors[0].max_abs_error, Some(1e-3));
-    let exact_report = tpde::inspect::inspect(&exact).unwrap();
+    let exact_report = tpde::container::inspect::inspect(&exact).unwrap();
     assert!(!exact_report.lossy && exact_report.tensors[0].max_abs_error.is_none());
     // A bad bound is refused.
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -290,7 +290,7 @@ fn equal_bytes_coded_differently_are_not_shared() {
         let mut packed = Vec::new();
         let stats = tpde::encode(&cur, None, &opts, &mut packed, None).unwrap();
         let out = common::decode(&packed, None).unwrap();
-        assert_eq!(tpde::format::digest(&out), stats.output_digest);
+        assert_eq!(tpde::container::format::digest(&out), stats.output_digest);
         let hl = cur.len() - 3 * w.len();
         let part = |k: usize| &out[hl + k * w.len()..hl + (k + 1) * w.len()];
         assert_eq!(part(1), &w[..], "{bound:?}: the I32 tensor is exact");

@@ -29,11 +29,14 @@ fn opts_list() -> Vec<EncodeOptions> {
     ]
 }
 
-fn report(packed: &[u8]) -> tpde::inspect::Report {
-    tpde::inspect::inspect(packed).expect("inspect")
+fn report(packed: &[u8]) -> tpde::container::inspect::Report {
+    tpde::container::inspect::inspect(packed).expect("inspect")
 }
 
-fn tensor_report<'r>(r: &'r tpde::inspect::Report, name: &str) -> &'r tpde::inspect::TensorReport {
+fn tensor_report<'r>(
+    r: &'r tpde::container::inspect::Report,
+    name: &str,
+) -> &'r tpde::container::inspect::TensorReport {
     r.tensors
         .iter()
         .find(|t| t.name == name)
@@ -469,7 +472,7 @@ fn metadata_and_header_bytes_are_preserved() {
     for opts in opts_list() {
         let packed = roundtrip(&file, None, &opts);
         let back = common::decode(&packed, None).unwrap();
-        let h = tpde::safetensors::parse(&back).unwrap();
+        let h = tpde::source::safetensors::parse(&back).unwrap();
         let m: serde_json::Value =
             serde_json::from_str(h.metadata.expect("metadata kept").get()).unwrap();
         assert_eq!(m["note"], meta[1].1);
@@ -854,11 +857,14 @@ fn dcp_shard_round_trips() {
     };
     let mut packed = Vec::new();
     let stats = tpde::encode(&cur, Some(&prev), &opts, &mut packed, None).unwrap();
-    assert_eq!(stats.source_kind, tpde::format::SourceKind::Archive);
+    assert_eq!(
+        stats.source_kind,
+        tpde::container::format::SourceKind::Archive
+    );
     assert!(stats.reference_used);
     let restored = common::decode(&packed, Some(&prev)).unwrap();
     assert_eq!(common::sha256(&restored), common::sha256(&cur));
-    let report = tpde::inspect::inspect(&packed).unwrap();
+    let report = tpde::container::inspect::inspect(&packed).unwrap();
     // 4 model tensors and Adam's step, exp_avg, exp_avg_sq per parameter.
     assert_eq!(report.tensors.len(), 16);
 }

@@ -420,7 +420,7 @@ fn keeping_the_latest_in_memory_codes_the_same_bytes() {
 
 #[test]
 fn lossy_steps_stay_within_the_bound_and_say_so() {
-    use tpde::lossy::Bound;
+    use tpde::codec::lossy::Bound;
     let run = Run::new(8, 9);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(&dir.path().join("store"), 4).unwrap();
@@ -441,14 +441,14 @@ fn lossy_steps_stay_within_the_bound_and_say_so() {
                     continue;
                 }
                 let (a, b) = (
-                    tpde::safetensors::parse(bytes).unwrap(),
-                    tpde::safetensors::parse(&orig).unwrap(),
+                    tpde::source::safetensors::parse(bytes).unwrap(),
+                    tpde::source::safetensors::parse(&orig).unwrap(),
                 );
                 assert_eq!(
                     bytes[..a.header_len as usize],
                     orig[..b.header_len as usize]
                 );
-                let data = |f: &[u8], h: &tpde::safetensors::Header| {
+                let data = |f: &[u8], h: &tpde::source::safetensors::Header| {
                     f[h.header_len as usize..]
                         .chunks_exact(4)
                         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))

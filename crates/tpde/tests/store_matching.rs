@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::sha256;
-use tpde::lossy::Bound;
+use tpde::codec::lossy::Bound;
 use tpde::store::{Checkpoint, Store};
 
 fn tiny(part: &str) -> Vec<PathBuf> {
@@ -209,7 +209,7 @@ fn lossy_single_file_chains_keep_the_bound() {
     for (step, f) in files.iter().enumerate() {
         let orig = std::fs::read(f).unwrap();
         let got = &store.restore(step as u64).unwrap().files[0].1;
-        let h = tpde::safetensors::parse(&orig).unwrap();
+        let h = tpde::source::safetensors::parse(&orig).unwrap();
         assert_eq!(got[..h.header_len as usize], orig[..h.header_len as usize]);
         let floats = |b: &[u8]| -> Vec<f32> {
             b[h.header_len as usize..]

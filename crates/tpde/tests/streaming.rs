@@ -6,7 +6,7 @@
 mod common;
 
 use common::{safetensors, sha256, Rng, Tensor};
-use tpde::lossy::Bound;
+use tpde::codec::lossy::Bound;
 use tpde::EncodeOptions;
 
 /// 40 MB of F32 in four tensors, the third a copy of the first (a duplicate
@@ -45,7 +45,7 @@ fn several_batches_with_duplicates_round_trip() {
     let (cur, reference, _) = pair();
     let packed = common::roundtrip(&cur, Some(&reference), &opts(None));
     // The copy's chunks share the first copy's payloads.
-    let c = tpde::format::Container::open(&packed).unwrap();
+    let c = tpde::container::format::Container::open(&packed).unwrap();
     let offsets = |name: &str| -> Vec<u64> {
         let t = c.tensors.iter().find(|t| t.info.name == name).unwrap();
         t.entry.chunks.iter().map(|e| e.payload_offset).collect()
@@ -67,7 +67,7 @@ fn several_batches_lossy_with_duplicates() {
     )
     .unwrap();
     let out = common::decode(&packed, Some(&reference)).unwrap();
-    assert_eq!(tpde::format::digest(&out), stats.output_digest);
+    assert_eq!(tpde::container::format::digest(&out), stats.output_digest);
     assert_ne!(out, cur, "the lossy output is not the original");
     // Both copies decode to the same reconstruction, within the bound.
     let hl = cur.len() - tensors.iter().map(|t| t.data.len()).sum::<usize>();
@@ -99,9 +99,9 @@ fn mapped_files_round_trip() {
     );
     std::fs::write(&c, &cur).unwrap();
     std::fs::write(&r, &reference).unwrap();
-    let stats = tpde::files::encode_file(&c, Some(&r), &p, &opts(None), None).unwrap();
+    let stats = tpde::container::files::encode_file(&c, Some(&r), &p, &opts(None), None).unwrap();
     assert!(stats.reference_used);
-    tpde::files::decode_file(&p, Some(&r), &o, None).unwrap();
+    tpde::container::files::decode_file(&p, Some(&r), &o, None).unwrap();
     assert_eq!(sha256(&std::fs::read(&o).unwrap()), sha256(&cur));
     // The inputs are untouched by letting go of their pages.
     assert_eq!(sha256(&std::fs::read(&c).unwrap()), sha256(&cur));

@@ -80,7 +80,7 @@ pub struct FileRecord {
     /// The lossy mode's bound when the file was stored lossy: restoring gives
     /// a reconstruction within it (and `digest` is the reconstruction's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lossy: Option<crate::lossy::Bound>,
+    pub lossy: Option<crate::codec::lossy::Bound>,
 }
 
 impl FileRecord {

@@ -39,13 +39,13 @@ use std::sync::Mutex;
 pub use io::Faults;
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 
-use crate::atomic::Replace;
-use crate::error::{Error, Result};
-use crate::format;
-use crate::lossy::Bound;
-use crate::mmap::FileBytes;
-use crate::safefs;
-use crate::{EncodeOptions, InputKind};
+use crate::codec::lossy::Bound;
+use crate::common::atomic::Replace;
+use crate::common::error::{Error, Result};
+use crate::common::mmap::FileBytes;
+use crate::common::safefs;
+use crate::container::encode::{EncodeOptions, InputKind};
+use crate::container::format;
 use io::StoreIo;
 use manifest::safe_relative;
 
@@ -839,7 +839,7 @@ impl Store {
             });
         }
         self.open_object(name)
-            .map(|b| format::digest_hex(crate::mmap::digest_released(&b)))
+            .map(|b| format::digest_hex(crate::common::mmap::digest_released(&b)))
             .map_err(|e| match e {
                 Error::Io { err: source, .. } => source.to_string(),
                 e => e.to_string(),
@@ -851,8 +851,8 @@ impl Store {
     fn write_object(
         &self,
         txn: &Txn,
-        f: impl FnOnce(&mut dyn Write) -> Result<crate::EncodeStats>,
-    ) -> Result<(String, crate::EncodeStats)> {
+        f: impl FnOnce(&mut dyn Write) -> Result<crate::container::encode::EncodeStats>,
+    ) -> Result<(String, crate::container::encode::EncodeStats)> {
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.s3 {
             return self.write_object_s3(s3, txn, f);
@@ -885,7 +885,7 @@ impl Store {
         // that no longer hashes to its name (a damaged disk) is replaced.
         let intact = self
             .open_object(&name)
-            .is_ok_and(|b| format::digest_hex(crate::mmap::digest_released(&b)) == name);
+            .is_ok_and(|b| format::digest_hex(crate::common::mmap::digest_released(&b)) == name);
         if intact {
             self.io.remove_file(&tmp).map_err(io_err)?;
         } else {
@@ -905,8 +905,8 @@ impl Store {
         &self,
         s3: &s3::S3Backend,
         txn: &Txn,
-        f: impl FnOnce(&mut dyn Write) -> Result<crate::EncodeStats>,
-    ) -> Result<(String, crate::EncodeStats)> {
+        f: impl FnOnce(&mut dyn Write) -> Result<crate::container::encode::EncodeStats>,
+    ) -> Result<(String, crate::container::encode::EncodeStats)> {
         let file = s3.tmp_file()?;
         let path = io::local_temp_dir();
         let mut buf = std::io::BufWriter::with_capacity(1 << 20, &file);
@@ -946,7 +946,9 @@ impl Store {
             .and_then(|(a, p)| a.files.get(p))
             .map(|b| &**b);
         let (object, stats) = self
-            .write_object(txn, |w| crate::encode(bytes, ref_bytes, opts, w, None))
+            .write_object(txn, |w| {
+                crate::container::encode::encode(bytes, ref_bytes, opts, w, None)
+            })
             .map_err(|e| match e {
                 // Typed, and naming the file already.
                 e @ Error::InputChanged { .. } => e,
@@ -1267,10 +1269,14 @@ impl Store {
             e => what(&e),
         })?;
         // `decode` checks the whole output against the container's digest.
-        let stats = crate::decode(&bytes, reference, out, None).map_err(|e| match e {
-            Error::Io { err: source, .. } => what(&format!("writing the decoded file: {source}")),
-            e => what(&e),
-        })?;
+        let stats = crate::container::decode::decode(&bytes, reference, out, None).map_err(
+            |e| match e {
+                Error::Io { err: source, .. } => {
+                    what(&format!("writing the decoded file: {source}"))
+                }
+                e => what(&e),
+            },
+        )?;
         if format::digest_hex(stats.output_digest) != f.digest || stats.original_len != f.len {
             return Err(what(&"decodes to a file other than the one stored"));
         }
@@ -1551,7 +1557,7 @@ impl Store {
                 f.path == *p
                     && f.len == b.len() as u64
                     && (f.lossy.is_some()
-                        || format::digest_hex(crate::mmap::digest_released(b)) == f.digest)
+                        || format::digest_hex(crate::common::mmap::digest_released(b)) == f.digest)
             })
             && rec.dirs == ck.dirs;
         if !same {

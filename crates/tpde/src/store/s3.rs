@@ -28,8 +28,8 @@ use object_store::{
 
 use super::io::StoreIo;
 use super::{Manifest, MANIFEST, OBJECTS};
-use crate::error::{Error, Result};
-use crate::format;
+use crate::common::error::{Error, Result};
+use crate::container::format;
 
 /// Content files up to this size are uploaded in one request; bigger ones in
 /// parts of this size (S3 wants parts of at least 5 MiB).
@@ -99,7 +99,7 @@ pub(crate) struct Uploaded {
 
 /// A content file downloaded to a local temporary file, mapped.
 pub(crate) struct Fetched {
-    bytes: crate::FileBytes,
+    bytes: crate::common::mmap::FileBytes,
 }
 
 impl std::ops::Deref for Fetched {
@@ -369,7 +369,7 @@ impl S3Backend {
             file.flush().map_err(|e| Error::io(&path, e))
         })?;
         Ok(Fetched {
-            bytes: crate::FileBytes::from_file(&file, &path)?,
+            bytes: crate::common::mmap::FileBytes::from_file(&file, &path)?,
         })
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// The step number in a checkpoint's name: the last run of digits
 /// (`checkpoint-500` is 500, `epoch-03.safetensors` is 3).

@@ -7,9 +7,11 @@
 //! committed files again.
 #![allow(dead_code)]
 
-use tpde::codec::{ChunkCoding, Codec, Positions};
-use tpde::format::{ChunkEntry, Index, RefMode, SourceKind, TensorEntry, END_MAGIC, MAGIC};
-use tpde::transform::Transform;
+use tpde::codec::chunk::{ChunkCoding, Codec, Positions};
+use tpde::codec::transform::Transform;
+use tpde::container::format::{
+    ChunkEntry, Index, RefMode, SourceKind, TensorEntry, END_MAGIC, MAGIC,
+};
 
 /// The largest chunk the format allows (64 MiB).
 pub const MAX_CHUNK: u32 = 64 << 20;

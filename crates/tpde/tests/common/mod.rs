@@ -331,7 +331,7 @@ pub fn roundtrip(cur: &[u8], reference: Option<&[u8]>, opts: &tpde::EncodeOption
         cur.len()
     );
     check_tensors(&packed, reference, cur);
-    let report = tpde::inspect::inspect(&packed).expect("inspect");
+    let report = tpde::container::inspect::inspect(&packed).expect("inspect");
     assert_eq!(report.original_len, cur.len() as u64);
     assert_eq!(report.encoded_len, packed.len() as u64);
     assert_eq!(report.reference.is_some(), reference.is_some());
@@ -340,7 +340,7 @@ pub fn roundtrip(cur: &[u8], reference: Option<&[u8]>, opts: &tpde::EncodeOption
 
 /// Checks that `decode_tensor` gives back every tensor of `original`.
 pub fn check_tensors(packed: &[u8], reference: Option<&[u8]>, original: &[u8]) {
-    let header = tpde::safetensors::parse(original).expect("original parses");
+    let header = tpde::source::safetensors::parse(original).expect("original parses");
     let hl = header.header_len as usize;
     for t in &header.tensors {
         let want = &original[hl + t.begin as usize..hl + t.end as usize];

@@ -3,7 +3,7 @@
 //! Every transform is a bijection that maps "same bits as the reference" to
 //! zero, so the changed positions are the non-zero transformed elements.
 
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// A transform of an element against its reference element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

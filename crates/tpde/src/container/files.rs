@@ -8,12 +8,13 @@
 
 use std::path::Path;
 
-use crate::atomic::{check_not_input, write_atomic, Replace};
-use crate::decode::{decode_opened, decode_tensor_opened, open_tensor};
-use crate::error::{Error, Result};
-use crate::format::Container;
-use crate::mmap::FileBytes;
-use crate::{DecodeOptions, DecodeStats, EncodeOptions, EncodeStats};
+use crate::common::atomic::{check_not_input, write_atomic, Replace};
+use crate::common::error::{Error, Result};
+use crate::common::mmap::FileBytes;
+use crate::container::decode::{decode_opened, decode_tensor_opened, open_tensor};
+use crate::container::decode::{DecodeOptions, DecodeStats};
+use crate::container::encode::{EncodeOptions, EncodeStats};
+use crate::container::format::Container;
 
 /// Maps an input and its optional reference, after checking that `out`
 /// names neither (an input is never replaced).
@@ -57,7 +58,7 @@ pub fn free_space(dir: &Path) -> Option<u64> {
 
 /// Refuses to write `need` bytes to `out` when its filesystem has less free.
 fn check_room(out: &Path, what: &str, need: u64) -> Result<()> {
-    match free_space(crate::safefs::parent_of(out)) {
+    match free_space(crate::common::safefs::parent_of(out)) {
         Some(free) if need > free => Err(Error::io(
             out,
             std::io::Error::new(
@@ -98,7 +99,7 @@ pub fn encode_file_with(
 ) -> Result<EncodeStats> {
     let (cur, reference) = open_inputs(cur, reference, out)?;
     write_atomic(out, replace, |w| {
-        let stats = crate::encode(&cur, reference.as_deref(), opts, w, progress);
+        let stats = crate::container::encode::encode(&cur, reference.as_deref(), opts, w, progress);
         // Before the output appears: an input that changed says so first.
         cur.check_unchanged()?;
         reference

@@ -6,14 +6,16 @@ use rayon::prelude::*;
 
 use std::collections::HashMap;
 
-use crate::codec::{encode_chunk, encode_quantized_chunk, ChunkParams, Codec};
-use crate::dtype::Family;
-use crate::error::{Error, Result};
-use crate::format::{
+use crate::codec::chunk::{encode_chunk, encode_quantized_chunk, ChunkParams, Codec};
+use crate::codec::lossy::{Bound, FloatKind};
+use crate::common::error::{Error, Result};
+use crate::common::mmap;
+use crate::container::format::{
     self, ChunkEntry, Index, LayoutEntry, RefId, RefMode, SourceKind, TensorEntry,
 };
-use crate::lossy::{Bound, FloatKind};
-use crate::{archive, mmap, safetensors, Dtype};
+use crate::source::dtype::Dtype;
+use crate::source::dtype::Family;
+use crate::source::{archive, safetensors};
 
 /// What kind of file is being encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -182,8 +184,8 @@ fn split_lens(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut
 /// file changes while it is read. The reference is read in place: coded
 /// against bytes that changed meanwhile, a chunk fails its checksum when
 /// decoded, never decodes silently to something else. When `cur` or
-/// `reference` lies in a [`FileBytes`](crate::FileBytes) whose file changed
-/// meanwhile (see [`FileBytes::check_unchanged`](crate::FileBytes::check_unchanged)),
+/// `reference` lies in a [`FileBytes`](crate::common::mmap::FileBytes) whose file changed
+/// meanwhile (see [`FileBytes::check_unchanged`](crate::common::mmap::FileBytes::check_unchanged)),
 /// the encode ends in [`Error::InputChanged`], after writing the container:
 /// throw it away.
 pub fn encode(
@@ -413,7 +415,7 @@ fn encode_bytes(
                     if let (Codec::Quantized, Some((kind, bound))) = (e.coding.codec, j.lossy) {
                         // Quantizing is deterministic: the same bytes against
                         // the same reference give the same reconstruction.
-                        let q = crate::lossy::quantize(kind, bound, c, r);
+                        let q = crate::codec::lossy::quantize(kind, bound, c, r);
                         digest.feed(at, &q.recon);
                     } else {
                         digest.feed(at, c);

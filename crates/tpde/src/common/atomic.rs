@@ -5,8 +5,8 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::error::{Error, Result};
-use crate::safefs::{self, Unnamed};
+use crate::common::error::{Error, Result};
+use crate::common::safefs::{self, Unnamed};
 
 /// Whether an output may replace a file already at its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::Dtype;
+use crate::source::dtype::Dtype;
 
 /// One tensor storage of a torch.save archive: its raw bytes lie at
 /// `offset..offset + len` of the archive file.
@@ -151,7 +151,7 @@ fn directory(b: &[u8], start: usize, e: usize) -> Option<(usize, usize)> {
 /// is found by searching for its end-of-central-directory record: the first
 /// one that closes the archive (see [`directory`]). Each candidate costs
 /// O(1), so the search is linear in the bytes it passes. The bytes searched
-/// are let go of as the search moves on (see [`crate::mmap`]).
+/// are let go of as the search moves on (see [`crate::common::mmap`]).
 fn zip_end(b: &[u8], start: usize) -> Option<usize> {
     const WINDOW: usize = 16 << 20;
     if u32_at(b, start)? != LOCAL {
@@ -167,7 +167,7 @@ fn zip_end(b: &[u8], start: usize) -> Option<usize> {
         // The window overlaps the next by 3 bytes, for a record across them.
         let hay = &b[from..(to + 3).min(b.len())];
         let found = memchr::memmem::find_iter(hay, &END).find_map(|i| closes(from + i));
-        crate::mmap::release(&b[from..to]);
+        crate::common::mmap::release(&b[from..to]);
         if found.is_some() {
             return found;
         }
@@ -822,19 +822,19 @@ fn decimal(line: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safetensors;
+    use crate::source::safetensors;
     use std::io::Cursor;
     use zip::ZipArchive;
 
-    const OPTIMIZER_1: &[u8] = include_bytes!("../tests/data/torch/step-1/optimizer.pt");
-    const OPTIMIZER_2: &[u8] = include_bytes!("../tests/data/torch/step-2/optimizer.pt");
-    const RNG_1: &[u8] = include_bytes!("../tests/data/torch/step-1/rng_state.pth");
-    const RNG_2: &[u8] = include_bytes!("../tests/data/torch/step-2/rng_state.pth");
-    const SCHEDULER_1: &[u8] = include_bytes!("../tests/data/torch/step-1/scheduler.pt");
-    const MODEL_1: &[u8] = include_bytes!("../tests/data/torch/step-1/model.safetensors");
-    const MIXED: &[u8] = include_bytes!("../tests/data/torch/mixed.pt");
-    const DEFLATED: &[u8] = include_bytes!("../tests/data/torch/deflated.zip");
-    const EXPECTED: &[u8] = include_bytes!("../tests/data/torch/expected.safetensors");
+    const OPTIMIZER_1: &[u8] = include_bytes!("../../tests/data/torch/step-1/optimizer.pt");
+    const OPTIMIZER_2: &[u8] = include_bytes!("../../tests/data/torch/step-2/optimizer.pt");
+    const RNG_1: &[u8] = include_bytes!("../../tests/data/torch/step-1/rng_state.pth");
+    const RNG_2: &[u8] = include_bytes!("../../tests/data/torch/step-2/rng_state.pth");
+    const SCHEDULER_1: &[u8] = include_bytes!("../../tests/data/torch/step-1/scheduler.pt");
+    const MODEL_1: &[u8] = include_bytes!("../../tests/data/torch/step-1/model.safetensors");
+    const MIXED: &[u8] = include_bytes!("../../tests/data/torch/mixed.pt");
+    const DEFLATED: &[u8] = include_bytes!("../../tests/data/torch/deflated.zip");
+    const EXPECTED: &[u8] = include_bytes!("../../tests/data/torch/expected.safetensors");
 
     /// The bytes of a found storage.
     fn data<'a>(file: &'a [u8], t: &ArchiveTensor) -> &'a [u8] {
@@ -877,9 +877,9 @@ mod tests {
         found.len()
     }
 
-    const DCP_1: &[u8] = include_bytes!("../tests/data/dcp/step-1/__0_0.distcp");
-    const DCP_2: &[u8] = include_bytes!("../tests/data/dcp/step-2/__0_0.distcp");
-    const DCP_EXPECTED: &[u8] = include_bytes!("../tests/data/dcp/expected.safetensors");
+    const DCP_1: &[u8] = include_bytes!("../../tests/data/dcp/step-1/__0_0.distcp");
+    const DCP_2: &[u8] = include_bytes!("../../tests/data/dcp/step-2/__0_0.distcp");
+    const DCP_EXPECTED: &[u8] = include_bytes!("../../tests/data/dcp/expected.safetensors");
 
     #[test]
     fn dcp_shards_are_archives_one_after_another() {

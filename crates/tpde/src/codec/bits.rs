@@ -5,7 +5,7 @@
 //! window that it refills eight bytes at a time and decodes with leading-zero
 //! counts, never bit by bit.
 
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// Packs bits, most significant first, into bytes.
 #[derive(Debug, Default)]

@@ -12,11 +12,11 @@
 //! +-----------------------+ len
 //! ```
 
-use crate::codec::{ChunkCoding, Codec, Positions};
-use crate::error::{Error, Result};
-use crate::safetensors::{self, TensorInfo, MAX_HEADER_SIZE};
-use crate::transform::Transform;
-use crate::Dtype;
+use crate::codec::chunk::{ChunkCoding, Codec, Positions};
+use crate::codec::transform::Transform;
+use crate::common::error::{Error, Result};
+use crate::source::dtype::Dtype;
+use crate::source::safetensors::{self, TensorInfo, MAX_HEADER_SIZE};
 use std::ops::Range;
 
 /// First eight bytes of every `.tpde` file.

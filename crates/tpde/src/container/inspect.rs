@@ -1,8 +1,8 @@
 //! What a container holds, tensor by tensor, for `tpde inspect`.
 
-use crate::codec::Codec;
-use crate::error::Result;
-use crate::format::{Container, RefId, SourceKind};
+use crate::codec::chunk::Codec;
+use crate::common::error::Result;
+use crate::container::format::{Container, RefId, SourceKind};
 
 /// One tensor of a container.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
                 delta_elements,
                 changed,
                 coding,
-                has_reference: t.entry.ref_mode != crate::format::RefMode::None,
+                has_reference: t.entry.ref_mode != crate::container::format::RefMode::None,
                 max_abs_error: bound,
             }
         })

@@ -21,7 +21,7 @@
 //! 16-bit word. After the last symbol every state is back at `L` and every
 //! word has been read; the decoder checks both.
 
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 const SCALE_BITS: u32 = 12;
 const TOTAL: u32 = 1 << SCALE_BITS;

@@ -4,12 +4,12 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use crate::ans;
-use crate::bits::{elias_delta_len, BitReader, BitWriter};
-use crate::dtype::Family;
-use crate::error::{Error, Result};
-use crate::lossy::{self, FloatKind, Quantized};
-use crate::transform::{self, Transform};
+use crate::codec::ans;
+use crate::codec::bits::{elias_delta_len, BitReader, BitWriter};
+use crate::codec::lossy::{self, FloatKind, Quantized};
+use crate::codec::transform::{self, Transform};
+use crate::common::error::{Error, Result};
+use crate::source::dtype::Family;
 
 /// How a chunk's payload is coded (the format's `codec` byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Codec {
     /// Byte planes of the elements transformed against the reference.
     Delta = 3,
     /// The lossy mode: floats as quantization bins against the reference
-    /// (or zero), plus exact escapes (see [`crate::lossy`]).
+    /// (or zero), plus exact escapes (see [`crate::codec::lossy`]).
     Quantized = 4,
 }
 

@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dtype::Dtype;
+use crate::source::dtype::Dtype;
 
 /// The guarantee asked of the lossy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

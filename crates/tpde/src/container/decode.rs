@@ -4,11 +4,11 @@ use std::io::Write;
 
 use rayon::prelude::*;
 
-use crate::codec::{decode_chunk, Codec};
-use crate::error::{Error, Result};
-use crate::format::{self, Container, RefMode, SourceKind, TensorView};
-use crate::mmap;
-use crate::safetensors::{self, Header};
+use crate::codec::chunk::{decode_chunk, Codec};
+use crate::common::error::{Error, Result};
+use crate::common::mmap;
+use crate::container::format::{self, Container, RefMode, SourceKind, TensorView};
+use crate::source::safetensors::{self, Header};
 
 /// Limits of a decode.
 ///
@@ -24,13 +24,13 @@ use crate::safetensors::{self, Header};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DecodeOptions {
     /// The most bytes the decode may produce: the whole file for
-    /// [`decode_with`] and [`crate::files::decode_file_with`], the tensor
+    /// [`decode_with`] and [`crate::container::files::decode_file_with`], the tensor
     /// for [`decode_tensor_with`], [`decode_tensor_to`] and
-    /// [`crate::files::decode_tensor_file_with`]. A file that decodes to
+    /// [`crate::container::files::decode_tensor_file_with`]. A file that decodes to
     /// more is refused with [`Error::InvalidArgument`] ("... decodes to N
     /// bytes, more than the limit of M bytes"). `None` (the default): no
     /// limit but the caller's memory, or for the functions of
-    /// [`crate::files`], the free space of the output's filesystem.
+    /// [`crate::container::files`], the free space of the output's filesystem.
     pub max_output: Option<u64>,
 }
 
@@ -174,7 +174,9 @@ fn job_len(c: &Container<'_>, j: &Job<'_, '_>) -> usize {
 /// Bytes of output decoded per parallel batch: bounds the memory held at
 /// once, as when encoding (with chunks of the default size).
 fn batch_bytes() -> usize {
-    crate::encode::batch_bytes(crate::EncodeOptions::default().chunk_size)
+    crate::container::encode::batch_bytes(
+        crate::container::encode::EncodeOptions::default().chunk_size,
+    )
 }
 
 /// `jobs` in batches of at most [`batch_bytes`] decoded bytes (or one chunk).

@@ -14,8 +14,8 @@ use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
+use crate::source::dtype::Dtype;
 
 /// The largest header tpde accepts, as the safetensors reference does.
 pub const MAX_HEADER_SIZE: u64 = 100_000_000;
