@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check of tpde: formatting, lints, the Rust tests (unit,
+# Runs every check of tpde: formatting, lints, API docs, the Rust tests (unit,
 # integration, property, CLI, frozen format samples, doctests, the store on
 # object storage), the Python package's tests and short fuzz runs. CI runs
 # exactly this (.ci/run).
@@ -28,6 +28,9 @@ cargo fmt --all --check
 
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+echo "== cargo doc (the library's API docs, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tpde --features s3
 
 if [ "${PYTHON_TESTS:-1}" != "0" ] || [ "${S3_TESTS:-1}" != "0" ]; then
   if [ ! -x "$venv/bin/python" ]; then

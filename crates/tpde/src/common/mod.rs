@@ -1,9 +1,9 @@
 //! Stage 0, below every other: what all stages share and none owns.
 //!
 //! - [`error`]: the one error type of the library.
-//! - [`mmap`]: memory-mapped inputs that let go of their pages and survive
+//! - `mmap`: memory-mapped inputs that let go of their pages and survive
 //!   files truncated under them (the crate's `unsafe` lives in its `guard`).
-//! - [`safefs`]: opens, folders and renames that never follow a symlink.
+//! - `safefs`: opens, folders and renames that never follow a symlink.
 //! - [`atomic`]: output files that appear whole or not at all.
 //!
 //! May call: the standard library and crates only, never another stage.

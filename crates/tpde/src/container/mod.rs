@@ -1,6 +1,6 @@
 //! Stage 3: the `.tpde` file, built from a parsed source and coded chunks.
 //!
-//! - [`format`]: the container byte by byte (`docs/FORMAT.md`): header,
+//! - [`format`](mod@format): the container byte by byte (`docs/FORMAT.md`): header,
 //!   index, tensor and chunk entries, strict parsing.
 //! - [`encode`]: a source file (safetensors, torch archive, opaque) and its
 //!   reference into a container.
