@@ -3,9 +3,17 @@
 //! The stages of a chunk, in the order the encoder runs them:
 //! - [`transform`]: bit-pattern transforms (XOR, ULP difference) and byte
 //!   planes.
-//! - [`chunk`]: positions of the changed elements (Elias-delta gaps, a
-//!   bitmap, or none), the byte planes' sections and the choice between
-//!   them; decoding a chunk back.
+//! - [`chunk`]: the choice of a chunk's coding and decoding it back; its
+//!   types (`Codec`, `Positions`, `ChunkCoding`, `ChunkParams`, from
+//!   `coding`) and the lossy mode's chunk (from `quantized`) are
+//!   re-exported there. It assembles, from modules private to this stage:
+//!   - `sample`: order-0 entropy estimates on a sample of the chunk, which
+//!     choose the transform and the positions coding;
+//!   - `positions`: the changed elements' positions (Elias-delta gaps, gap
+//!     classes, a bitmap, or none);
+//!   - `sections`: the payload's sections (raw, constant, zstd, rANS) and
+//!     reading them back;
+//!   - `groups`: byte planes grouped by the reference's exponents.
 //! - [`bits`]: bit I/O and the Elias-delta code.
 //! - [`ans`]: tpde's rANS entropy coder (zstd is the other one).
 //! - [`lossy`]: the error-bounded quantizer of the lossy mode.
@@ -17,5 +25,11 @@
 pub mod ans;
 pub mod bits;
 pub mod chunk;
+mod coding;
+mod groups;
 pub mod lossy;
+mod positions;
+mod quantized;
+mod sample;
+mod sections;
 pub mod transform;

@@ -1,0 +1,378 @@
+//! Grouping a byte plane by the reference's exponents: the groups of the
+//! coded elements ([`Groups`]), the encoder's choice of them and of whether
+//! grouping pays ([`put_plane`]), and reading a grouped section back.
+
+use std::cell::RefCell;
+
+use crate::codec::ans;
+use crate::codec::coding::ChunkParams;
+use crate::codec::sample::SAMPLE;
+use crate::codec::sections::{put_section, Sections, SECTION_GROUPED, SECTION_HEAD};
+use crate::codec::transform::Transform;
+use crate::common::error::{Error, Result};
+
+/// Groups of a grouped section, at most.
+pub(super) const MAX_GROUPS: usize = 16;
+/// Coded elements a chunk needs before grouping is tried.
+pub(super) const GROUP_MIN: usize = 4096;
+
+/// The reference's exponents sort the coded elements into groups: the size of
+/// a float's change in units in the last place depends on the magnitude of
+/// the float, so each group's bytes have their own, narrower, distribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Groups {
+    pub(super) shift: u8,
+    pub(super) bits: u8,
+    pub(super) base: u16,
+    pub(super) count: u8,
+    /// The group of each coded element.
+    pub(super) of: Vec<u8>,
+    /// Elements in each group.
+    pub(super) counts: Vec<usize>,
+    /// Where each coded element's byte sits when the groups are laid end to
+    /// end (computed once per chunk, shared by its planes).
+    pub(super) index: Vec<u32>,
+}
+
+impl Groups {
+    /// Applies `f` to the exponent of each coded element's reference
+    /// element: every element (`pos` is `None`) or those at `pos`.
+    pub(super) fn map_exponents<T>(
+        reference: &[u8],
+        width: usize,
+        pos: Option<&[u32]>,
+        (shift, bits): (u8, u8),
+        f: impl Fn(u16) -> T,
+    ) -> Vec<T> {
+        pub(super) fn go<const W: usize, T>(
+            reference: &[u8],
+            pos: Option<&[u32]>,
+            shift: u8,
+            mask: u64,
+            f: impl Fn(u16) -> T,
+        ) -> Vec<T> {
+            let exp = |e: &[u8]| {
+                let mut b = [0u8; 8];
+                b[..W].copy_from_slice(e);
+                f(((u64::from_le_bytes(b) >> shift) & mask) as u16)
+            };
+            match pos {
+                None => reference.chunks_exact(W).map(exp).collect(),
+                Some(pos) => pos
+                    .iter()
+                    .map(|&q| exp(&reference[q as usize * W..(q as usize + 1) * W]))
+                    .collect(),
+            }
+        }
+        let mask = (1u64 << bits) - 1;
+        match width {
+            1 => go::<1, T>(reference, pos, shift, mask, f),
+            2 => go::<2, T>(reference, pos, shift, mask, f),
+            4 => go::<4, T>(reference, pos, shift, mask, f),
+            _ => go::<8, T>(reference, pos, shift, mask, f),
+        }
+    }
+
+    /// The groups with the given parameters, read off the reference in one pass.
+    pub(super) fn new(
+        reference: &[u8],
+        width: usize,
+        pos: Option<&[u32]>,
+        shift: u8,
+        bits: u8,
+        base: u16,
+        count: u8,
+    ) -> Groups {
+        let top = u16::from(count) - 1;
+        let of = Self::map_exponents(reference, width, pos, (shift, bits), |e| {
+            e.saturating_sub(base).min(top) as u8
+        });
+        let hist = ans::histogram(&of);
+        let counts: Vec<usize> = hist[..usize::from(count)]
+            .iter()
+            .map(|&c| c as usize)
+            .collect();
+        let mut next = [0u32; MAX_GROUPS];
+        let mut start = 0u32;
+        for (n, &c) in next.iter_mut().zip(&counts) {
+            *n = start;
+            start += c as u32;
+        }
+        let index = of
+            .iter()
+            .map(|&k| {
+                let i = next[k as usize];
+                next[k as usize] += 1;
+                i
+            })
+            .collect();
+        Groups {
+            shift,
+            bits,
+            base,
+            count,
+            of,
+            counts,
+            index,
+        }
+    }
+
+    /// Groups for the encoder: the window of `MAX_GROUPS` consecutive
+    /// exponents that holds the most coded elements.
+    pub(super) fn choose(
+        reference: &[u8],
+        width: usize,
+        pos: Option<&[u32]>,
+        (shift, bits): (u8, u8),
+    ) -> Option<Groups> {
+        if u32::from(shift) + u32::from(bits) > 8 * width as u32 || bits == 0 || bits > 11 {
+            return None;
+        }
+        let mut hist = vec![0usize; 1 << bits];
+        // A sample of the exponents is enough to place the window.
+        let n = pos.map_or(reference.len() / width, <[u32]>::len);
+        let stride = n.div_ceil(SAMPLE).max(1);
+        let sample: Vec<u32> = match pos {
+            None => (0..n).step_by(stride).map(|i| i as u32).collect(),
+            Some(pos) => pos.iter().step_by(stride).copied().collect(),
+        };
+        for e in Self::map_exponents(reference, width, Some(&sample), (shift, bits), usize::from) {
+            hist[e] += 1;
+        }
+        let k = MAX_GROUPS.min(hist.len());
+        let mut best = (0usize, 0usize);
+        let mut sum: usize = hist[..k].iter().sum();
+        for start in 0..=hist.len() - k {
+            if start > 0 {
+                sum = sum + hist[start + k - 1] - hist[start - 1];
+            }
+            if sum > best.1 {
+                best = (start, sum);
+            }
+        }
+        Some(Self::new(
+            reference,
+            width,
+            pos,
+            shift,
+            bits,
+            best.0 as u16,
+            k as u8,
+        ))
+    }
+
+    /// The bytes of `plane` (one per coded element) split by group, in order.
+    pub(super) fn split(&self, plane: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; plane.len()];
+        for (&i, &b) in self.index.iter().zip(plane) {
+            out[i as usize] = b;
+        }
+        out
+    }
+
+    /// Estimated bytes of `plane` coded whole and coded by groups.
+    pub(super) fn estimates(&self, plane: &[u8]) -> (f64, f64) {
+        let mut hist = vec![[0u64; 256]; usize::from(self.count)];
+        for (&g, &b) in self.of.iter().zip(plane) {
+            hist[g as usize][b as usize] += 1;
+        }
+        let mut total = [0u64; 256];
+        let mut grouped = 0.0;
+        for h in &hist {
+            for (t, c) in total.iter_mut().zip(h) {
+                *t += c;
+            }
+            if h.iter().any(|&c| c > 0) {
+                grouped += ans::estimate(h) as f64 + SECTION_HEAD as f64;
+            }
+        }
+        (ans::estimate(&total) as f64, grouped)
+    }
+}
+
+/// Appends a plane: grouped by reference exponent where the estimates say
+/// that pays, else as one section.
+pub(super) fn put_plane(
+    out: &mut Vec<u8>,
+    plane: &[u8],
+    level: Option<i32>,
+    groups: Option<&Groups>,
+) -> Result<()> {
+    if let (Some(g), Some(level)) = (groups, level) {
+        let (whole, grouped) = g.estimates(plane);
+        if grouped < whole * 0.98 {
+            let mut body = vec![g.shift, g.bits];
+            body.extend_from_slice(&g.base.to_le_bytes());
+            body.push(g.count);
+            let parts = g.split(plane);
+            let mut rest = &parts[..];
+            for &c in &g.counts {
+                let (part, tail) = rest.split_at(c);
+                put_section(&mut body, part, Some(level))?;
+                rest = tail;
+            }
+            if body.len() < plane.len() {
+                out.push(SECTION_GROUPED);
+                out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&body);
+                return Ok(());
+            }
+        }
+    }
+    put_section(out, plane, level)
+}
+
+/// What a decoder needs to read grouped sections: the reference and which
+/// elements are coded.
+pub(super) struct GroupContext<'r> {
+    pub(super) reference: &'r [u8],
+    pub(super) width: usize,
+    pub(super) pos: Option<&'r [u32]>,
+    /// The groups of the last grouped section: the planes of a chunk share
+    /// their parameters, so the exponents are read once.
+    pub(super) cache: RefCell<Option<Groups>>,
+}
+
+/// Decodes the body of a grouped section holding `len` bytes.
+pub(super) fn read_grouped(
+    body: &[u8],
+    len: usize,
+    ctx: &GroupContext<'_>,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let bad = |m: &str| Error::corrupt(format!("{what} section, grouped: {m}"));
+    let head = body.get(..5).ok_or_else(|| bad("parameters missing"))?;
+    let (shift, bits, base, count) = (
+        head[0],
+        head[1],
+        u16::from_le_bytes([head[2], head[3]]),
+        head[4],
+    );
+    if bits == 0 || bits > 11 || u32::from(shift) + u32::from(bits) > 8 * ctx.width as u32 {
+        return Err(bad("exponent field outside the element"));
+    }
+    if !(1..=MAX_GROUPS as u8).contains(&count) {
+        return Err(bad("group count out of range"));
+    }
+    let mut cache = ctx.cache.borrow_mut();
+    let fresh =
+        |g: &Groups| g.shift == shift && g.bits == bits && g.base == base && g.count == count;
+    if !cache.as_ref().is_some_and(fresh) {
+        *cache = Some(Groups::new(
+            ctx.reference,
+            ctx.width,
+            ctx.pos,
+            shift,
+            bits,
+            base,
+            count,
+        ));
+    }
+    let g = cache.as_ref().expect("set above");
+    if g.of.len() != len {
+        return Err(bad("length differs from the coded elements"));
+    }
+    let mut inner = Sections { rest: &body[5..] };
+    let mut parts = Vec::with_capacity(len);
+    for &c in &g.counts {
+        parts.extend_from_slice(&inner.next(c, what)?);
+    }
+    if !inner.rest.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    let out = g.index.iter().map(|&i| parts[i as usize]).collect();
+    Ok(out)
+}
+
+/// Groups by reference exponent, for a float delta with enough coded elements.
+pub(super) fn groups_for(
+    p: &ChunkParams,
+    t: Transform,
+    reference: &[u8],
+    pos: Option<&[u32]>,
+) -> Option<Groups> {
+    let coded = pos.map_or(reference.len() / p.width, <[u32]>::len);
+    if t == Transform::None || coded < GROUP_MIN {
+        return None;
+    }
+    Groups::choose(reference, p.width, pos, p.exponent?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::chunk::tests::rng;
+    use crate::codec::chunk::{decode_chunk, encode_chunk};
+    use crate::source::dtype::Family;
+
+    /// Weight-like floats with changes of a similar absolute size: the ULP
+    /// difference's top bytes depend on each weight's exponent, so grouping
+    /// them by the reference's exponent pays, and round-trips.
+    #[test]
+    fn grouping_by_reference_exponent_pays_and_round_trips() {
+        let mut next = rng(11);
+        let mut gauss = move || {
+            // Sum of uniforms: roughly normal, enough for the test.
+            (0..6)
+                .map(|_| (next() >> 11) as f64 / (1u64 << 53) as f64)
+                .sum::<f64>()
+                - 3.0
+        };
+        let n = 100_000;
+        let w: Vec<f32> = (0..n).map(|_| (gauss() * 0.05) as f32).collect();
+        let w2: Vec<f32> = w.iter().map(|&x| x + (gauss() * 1e-4) as f32).collect();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (r, c) = (bytes(&w), bytes(&w2));
+        let code = |exponent| {
+            let p = ChunkParams {
+                width: 4,
+                family: Family::Float,
+                level: 3,
+                exponent,
+            };
+            let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+            let mut out = vec![0u8; c.len()];
+            decode_chunk(&coding, &payload, Some(&r), &mut out).unwrap();
+            assert!(out == c);
+            payload
+        };
+        let plain = code(None);
+        let grouped = code(Some((23, 8)));
+        // The top-level section codings of a dense payload.
+        let mut codings = Vec::new();
+        let mut rest = &grouped[..];
+        while !rest.is_empty() {
+            codings.push(rest[0]);
+            let stored = u32::from_le_bytes(rest[5..9].try_into().unwrap()) as usize;
+            rest = &rest[SECTION_HEAD + stored..];
+        }
+        assert_eq!(codings.len(), 4, "{codings:?}");
+        assert!(
+            codings.contains(&SECTION_GROUPED),
+            "no grouped section: {codings:?}"
+        );
+        assert!(
+            (grouped.len() as f64) < plain.len() as f64 * 0.99,
+            "grouped {} vs plain {}",
+            grouped.len(),
+            plain.len()
+        );
+        // Without the reference's context a grouped section is an error.
+        let p = ChunkParams {
+            width: 4,
+            family: Family::Float,
+            level: 3,
+            exponent: Some((23, 8)),
+        };
+        let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+        let mut other = r.clone();
+        other[0] ^= 0x80; // a different exponent for element 0 shifts the groups
+        let mut out = vec![0u8; c.len()];
+        let res = decode_chunk(&coding, &payload, Some(&other), &mut out);
+        assert!(
+            res.is_err() || out != c,
+            "a different reference must not decode to the original"
+        );
+    }
+}

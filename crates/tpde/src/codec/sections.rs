@@ -1,0 +1,205 @@
+//! Sections, the unit of a chunk's payload: a 9-byte head (coding, decoded
+//! length, stored length) and a body stored raw, as one repeated byte, as a
+//! zstd frame, as rANS, or grouped by the reference's exponents (see
+//! `groups`). Writing one ([`put_section`]) chooses the coding; [`Sections`]
+//! reads them back. Also this thread's zstd contexts.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use crate::codec::ans;
+use crate::codec::groups::{read_grouped, GroupContext};
+use crate::common::error::{Error, Result};
+
+pub(super) const SECTION_RAW: u8 = 0;
+pub(super) const SECTION_ZSTD: u8 = 1;
+pub(super) const SECTION_CONST: u8 = 2;
+pub(super) const SECTION_RANS: u8 = 3;
+pub(super) const SECTION_GROUPED: u8 = 4;
+/// Sections shorter than this are not worth a rANS frequency table.
+pub(super) const RANS_MIN: usize = 256;
+/// Bytes of a long section that zstd is tried on to predict its full size.
+pub(super) const PROBE: usize = 64 << 10;
+/// Bytes of a section head.
+pub(super) const SECTION_HEAD: usize = 9;
+
+thread_local! {
+    /// One zstd compression context per thread and level, reused across chunks.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` with this thread's zstd context at `level`.
+pub(super) fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, z) = c.as_mut().expect("set above");
+        Ok(z.compress(data)?)
+    })
+}
+
+/// Decompresses one zstd frame into exactly `out.len()` bytes.
+pub(super) fn zstd_decompress_exact(src: &[u8], out: &mut [u8], what: &str) -> Result<()> {
+    let got = DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(src, out)
+    });
+    match got {
+        Ok(n) if n == out.len() => Ok(()),
+        Ok(n) => Err(Error::corrupt(format!(
+            "{what}: zstd gave {n} bytes, expected {}",
+            out.len()
+        ))),
+        Err(e) => Err(Error::corrupt(format!("{what}: zstd: {e}"))),
+    }
+}
+
+/// Appends a section holding `data`: constant, zstd (when `level` is given
+/// and it is smaller) or raw.
+pub(super) fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) -> Result<()> {
+    let raw_len = u32::try_from(data.len())
+        .map_err(|_| Error::InvalidArgument("section over 4 GiB".into()))?;
+    let mut head = |coding: u8, stored: usize| {
+        out.push(coding);
+        out.extend_from_slice(&raw_len.to_le_bytes());
+        out.extend_from_slice(&(stored as u32).to_le_bytes());
+    };
+    if let Some(&first) = data.first() {
+        if data.iter().all(|&b| b == first) {
+            head(SECTION_CONST, 1);
+            out.push(first);
+            return Ok(());
+        }
+    }
+    if let Some(level) = level.filter(|_| data.len() > 32) {
+        // rANS codes a plane at its order-0 entropy; zstd wins only where the
+        // plane repeats itself. A long plane is probed with zstd on its first
+        // PROBE bytes, and coded in full only by the one the probe favours.
+        let hist = (data.len() >= RANS_MIN).then(|| ans::histogram(data));
+        let rans_est = hist.as_ref().map(ans::estimate);
+        let probe_says_rans = match rans_est {
+            Some(est) if data.len() >= 4 * PROBE => {
+                let z = zstd_compress(&data[..PROBE], level)?;
+                (est as f64) < 0.97 * z.len() as f64 * (data.len() / PROBE) as f64
+            }
+            _ => false,
+        };
+        let z = if probe_says_rans {
+            None
+        } else {
+            Some(zstd_compress(data, level)?)
+        };
+        let zlen = z.as_ref().map_or(usize::MAX, Vec::len);
+        if let Some(hist) =
+            hist.filter(|h| probe_says_rans || (ans::estimate(h) as f64) < zlen as f64 * 0.97)
+        {
+            let a = ans::encode_with(data, &hist);
+            if a.len() < zlen && a.len() < data.len() {
+                head(SECTION_RANS, a.len());
+                out.extend_from_slice(&a);
+                return Ok(());
+            }
+        }
+        let z = match z {
+            Some(z) => z,
+            None => zstd_compress(data, level)?,
+        };
+        if z.len() < data.len() {
+            head(SECTION_ZSTD, z.len());
+            out.extend_from_slice(&z);
+            return Ok(());
+        }
+    }
+    head(SECTION_RAW, data.len());
+    out.extend_from_slice(data);
+    Ok(())
+}
+
+/// Reads sections off a payload.
+pub(super) struct Sections<'a> {
+    pub(super) rest: &'a [u8],
+}
+
+impl<'a> Sections<'a> {
+    /// The next section, of `len` decoded bytes: borrowed when stored raw,
+    /// decoded into a new buffer otherwise.
+    pub(super) fn next(&mut self, len: usize, what: &str) -> Result<Cow<'a, [u8]>> {
+        self.next_in(len, what, None)
+    }
+
+    /// [`Sections::next`], where a grouped section may appear (byte planes of
+    /// a delta chunk).
+    pub(super) fn next_in(
+        &mut self,
+        len: usize,
+        what: &str,
+        ctx: Option<&GroupContext<'_>>,
+    ) -> Result<Cow<'a, [u8]>> {
+        let head = self
+            .rest
+            .get(..SECTION_HEAD)
+            .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
+        let coding = head[0];
+        let raw_len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        let stored_len = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
+        if raw_len != len {
+            return Err(Error::corrupt(format!(
+                "{what} section holds {raw_len} bytes, expected {len}"
+            )));
+        }
+        let body = SECTION_HEAD
+            .checked_add(stored_len)
+            .and_then(|end| self.rest.get(SECTION_HEAD..end))
+            .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
+        let data = match coding {
+            SECTION_RAW if stored_len == raw_len => Cow::Borrowed(body),
+            _ if raw_len == 0 => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: an empty section must be raw"
+                )))
+            }
+            SECTION_CONST if stored_len == 1 => Cow::Owned(vec![body[0]; len]),
+            SECTION_ZSTD => {
+                let mut out = vec![0u8; len];
+                zstd_decompress_exact(body, &mut out, what)?;
+                Cow::Owned(out)
+            }
+            SECTION_RANS => {
+                let mut out = vec![0u8; len];
+                ans::decode(body, &mut out)
+                    .map_err(|e| Error::corrupt(format!("{what} section: {e}")))?;
+                Cow::Owned(out)
+            }
+            SECTION_GROUPED => {
+                let ctx = ctx.ok_or_else(|| {
+                    Error::corrupt(format!("{what} section: grouped where no reference is"))
+                })?;
+                Cow::Owned(read_grouped(body, len, ctx, what)?)
+            }
+            _ => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: bad coding {coding} or length"
+                )))
+            }
+        };
+        self.rest = &self.rest[SECTION_HEAD + stored_len..];
+        Ok(data)
+    }
+
+    /// The decoded length of the next section, read from its head.
+    pub(super) fn peek_len(&self, what: &str) -> Result<usize> {
+        let head = self
+            .rest
+            .get(1..5)
+            .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
+        Ok(u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize)
+    }
+}
