@@ -42,6 +42,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod codec;
 pub mod common;
 pub mod container;

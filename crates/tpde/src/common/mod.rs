@@ -2,7 +2,8 @@
 //!
 //! - [`error`]: the one error type of the library.
 //! - `mmap`: memory-mapped inputs that let go of their pages and survive
-//!   files truncated under them (the crate's `unsafe` lives in its `guard`).
+//!   files truncated under them (the crate's only `unsafe`, most of it in
+//!   `mmap::guard`, the SIGBUS handler).
 //! - `safefs`: opens, folders and renames that never follow a symlink.
 //! - [`atomic`]: output files that appear whole or not at all.
 //!

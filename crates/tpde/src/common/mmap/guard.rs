@@ -170,8 +170,10 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // is the faulting address. errno is the calling thread's, saved and
     // restored around the system calls made here.
     let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: `info` is checked non-null first; the kernel's siginfo_t.
     let fault = !info.is_null() && unsafe { (*info).si_code } > 0;
     if fault {
+        // SAFETY: non-null (above), and si_code > 0: si_addr is meaningful.
         let addr = unsafe { (*info).si_addr() } as usize;
         if let Some((i, start, len)) = find(addr) {
             let page = PAGE.load(Ordering::Relaxed);
