@@ -106,6 +106,7 @@ pub fn histogram(data: &[u8]) -> [u64; 256] {
 }
 
 /// Codes `data` (not empty).
+#[cfg(test)]
 pub fn encode(data: &[u8]) -> Vec<u8> {
     encode_with(data, &histogram(data))
 }

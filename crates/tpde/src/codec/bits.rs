@@ -19,6 +19,7 @@ pub struct BitWriter {
 
 impl BitWriter {
     /// An empty writer.
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
@@ -68,6 +69,7 @@ impl BitWriter {
     }
 
     /// Number of bits written so far.
+    #[cfg(test)]
     pub fn bit_len(&self) -> u64 {
         self.out.len() as u64 * 8 + u64::from(self.used)
     }

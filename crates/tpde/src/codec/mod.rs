@@ -14,16 +14,16 @@
 //!   - `sections`: the payload's sections (raw, constant, zstd, rANS) and
 //!     reading them back;
 //!   - `groups`: byte planes grouped by the reference's exponents.
-//! - [`bits`]: bit I/O and the Elias-delta code.
-//! - [`ans`]: tpde's rANS entropy coder (zstd is the other one).
+//! - `bits`: bit I/O and the Elias-delta code.
+//! - `ans`: tpde's rANS entropy coder (zstd is the other one).
 //! - [`lossy`]: the error-bounded quantizer of the lossy mode.
 //!
 //! A chunk's coder knows nothing of files, tensors' names or the container:
 //! it sees bytes, a dtype family and parameters. May call:
 //! [`common`](crate::common) and [`source`](crate::source) (for dtypes).
 
-pub mod ans;
-pub mod bits;
+pub(crate) mod ans;
+pub(crate) mod bits;
 pub mod chunk;
 mod coding;
 mod groups;
