@@ -59,9 +59,6 @@ impl Store {
         FileBytes::from_file(&file, &dir).map(Bytes::Mapped)
     }
 
-    /// Where decoded files too large for memory go: the store's own `tmp/`
-    /// (on the store's disk) when it can be written, else `TPDE_TMPDIR` or
-
     /// Decodes the content file of `f` into `out`, checking that what comes
     /// out is the file the manifest lists.
     fn decode_file_to(

@@ -10,23 +10,23 @@
 //!
 //! This module and its siblings are the policy (chains, keyframes, which
 //! reference, prune, verify, spill, garbage collection), written once over
-//! the [`backend::Backend`] trait; where the bytes live is the backend's
+//! the backend trait (`backend/mod.rs`); where the bytes live is the backend's
 //! business: a local folder (flock, fsync, rename), or with the `s3` feature
 //! `s3://bucket/prefix` on S3-compatible object storage (conditional puts;
 //! see docs/STORE.md, "Object storage").
 //!
 //! - `mod.rs`: the public types, opening and creating, the manifest.
-//! - [`checkpoint`]: a checkpoint as it is added.
+//! - `checkpoint`: a checkpoint as it is added.
 //! - `add`: coding a step; `get`: restoring one; `output`: the atomic
 //!   output of `get`; `maintain`: verify, rm, prune, commit, garbage.
-//! - [`manifest`], `matching`, [`watch`]: the commit record, which file is
+//! - `manifest`, `matching`, [`watch`]: the commit record, which file is
 //!   coded against which, finding a run's checkpoints.
 //!
 //! May call: `container`, `codec::lossy`, `common`; nothing above.
 
 mod add;
 mod backend;
-pub mod checkpoint;
+mod checkpoint;
 mod get;
 mod maintain;
 mod manifest;
