@@ -242,6 +242,7 @@ impl Store {
 
     /// The same store with its backend wrapped for faults and hooks.
     fn inject(mut self, f: impl FnOnce(Faulty) -> Faulty) -> Store {
+        // A stand-in while the real backend is being wrapped (never used).
         let inner = std::mem::replace(
             &mut self.backend,
             Box::new(backend::local::Local::new(&self.root)),
