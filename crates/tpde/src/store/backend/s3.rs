@@ -12,12 +12,17 @@
 //! put (`If-None-Match: *` for the first, `If-Match: <ETag>` after): of two
 //! writers that began from the same manifest, exactly one commits. See the
 //! "Object storage" section of docs/STORE.md for the garbage collection rule.
+//!
+//! The only module behind the `s3` feature. May call: `common`,
+//! `container::format` and the shared names of [`super`].
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::common::mmap::FileBytes;
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
@@ -26,8 +31,10 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
-use super::io::StoreIo;
-use super::{Manifest, MANIFEST, OBJECTS};
+use super::{
+    local_temp_dir, not_a_store, object_rel, store_error, Backend, Garbage, Lease, ObjectWriter,
+    Version, MANIFEST, OBJECTS,
+};
 use crate::common::error::{Error, Result};
 use crate::container::format;
 
@@ -67,7 +74,13 @@ impl S3Location {
         {
             return bad("bad bucket name");
         }
-        if !prefix.is_empty() && !super::manifest::safe_relative(prefix) {
+        // Relative, staying under the bucket (as the manifest's paths).
+        let safe = |p: &str| {
+            !p.contains('\\')
+                && !p.contains('\0')
+                && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        };
+        if !prefix.is_empty() && !safe(prefix) {
             return bad("bad prefix");
         }
         Some(Ok(S3Location {
@@ -85,32 +98,10 @@ impl S3Location {
     }
 }
 
-/// The version of the manifest a write began from: its ETag, or `None`
-/// when there was no manifest yet.
-pub(crate) type Version = Option<String>;
-
-/// A content file this write uploaded, kept on local disk until the write
-/// ends so that it can be uploaded again if it vanished (see `repair`).
-pub(crate) struct Uploaded {
-    pub name: String,
-    /// Its bytes, in an unnamed local temporary file.
-    pub file: std::fs::File,
-}
-
-/// A content file downloaded to a local temporary file, mapped.
-pub(crate) struct Fetched {
-    bytes: crate::common::mmap::FileBytes,
-}
-
-impl std::ops::Deref for Fetched {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
 pub(crate) struct S3Backend {
     loc: S3Location,
+    /// `s3://bucket/prefix`, as a path (what the store shows).
+    url: PathBuf,
     store: AmazonS3,
     rt: tokio::runtime::Runtime,
     tmp_dir: PathBuf,
@@ -126,6 +117,16 @@ impl std::fmt::Debug for S3Backend {
 }
 
 impl S3Backend {
+    /// The backend of `location` (`s3://bucket[/prefix]`).
+    pub fn open(location: &str) -> Result<S3Backend> {
+        match S3Location::parse(location) {
+            Some(loc) => S3Backend::new(loc?),
+            None => Err(Error::InvalidArgument(format!(
+                "{location:?} is not an s3:// URL"
+            ))),
+        }
+    }
+
     /// A client for `loc`, configured from the `AWS_*` environment variables
     /// (endpoint, region, credentials, `AWS_ALLOW_HTTP`).
     pub fn new(loc: S3Location) -> Result<S3Backend> {
@@ -143,8 +144,9 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| Error::io(loc.url(), e))?;
-        let tmp_dir = super::io::local_temp_dir();
+        let tmp_dir = local_temp_dir();
         Ok(S3Backend {
+            url: PathBuf::from(loc.url()),
             loc,
             store,
             rt,
@@ -155,12 +157,6 @@ impl S3Backend {
 
     pub fn url(&self) -> String {
         self.loc.url()
-    }
-
-    pub fn set_grace(&self, grace: Duration) {
-        if let Ok(mut g) = self.grace.lock() {
-            *g = grace;
-        }
     }
 
     fn grace(&self) -> Duration {
@@ -175,17 +171,9 @@ impl S3Backend {
         }
     }
 
-    fn object_rel(name: &str) -> String {
-        format!("{OBJECTS}/{}/{name}.tpde", &name[..2.min(name.len())])
-    }
-
     /// The URL of a content file, for messages.
     pub fn object_url(&self, name: &str) -> String {
-        format!(
-            "s3://{}/{}",
-            self.loc.bucket,
-            self.key(&Self::object_rel(name))
-        )
+        format!("s3://{}/{}", self.loc.bucket, self.key(&object_rel(name)))
     }
 
     fn err(&self, key: &Path, e: object_store::Error) -> Error {
@@ -206,7 +194,7 @@ impl S3Backend {
     }
 
     /// The manifest's bytes and ETag; `None` when there is none.
-    pub fn read_manifest(&self) -> Result<Option<(Vec<u8>, Version)>> {
+    fn manifest_now(&self) -> Result<Option<(Vec<u8>, Version)>> {
         let key = self.key(MANIFEST);
         self.rt.block_on(async {
             let got = match self.store.get(&key).await {
@@ -221,7 +209,7 @@ impl S3Backend {
     }
 
     /// True when the manifest exists.
-    pub fn has_manifest(&self) -> Result<bool> {
+    fn has_manifest(&self) -> Result<bool> {
         let key = self.key(MANIFEST);
         match self.rt.block_on(self.store.head(&key)) {
             Ok(_) => Ok(true),
@@ -233,10 +221,8 @@ impl S3Backend {
     /// Publishes `bytes` as the manifest if it is still at `version` (absent
     /// for `None`). Another writer's commit in between gives
     /// [`Error::Conflict`].
-    pub fn publish_manifest(&self, io: &StoreIo, bytes: Vec<u8>, version: &Version) -> Result<()> {
+    fn put_manifest(&self, bytes: Vec<u8>, version: &Version) -> Result<()> {
         let key = self.key(MANIFEST);
-        io.tick("put", &self.url_of(&key))
-            .map_err(|e| Error::io(self.url_of(&key), e))?;
         let mode = match version {
             None => PutMode::Create,
             Some(e_tag) => PutMode::Update(UpdateVersion {
@@ -257,7 +243,7 @@ impl S3Backend {
             ) => {
                 // A retried request whose first attempt went through fails its
                 // own precondition: then the manifest is ours.
-                match self.read_manifest()? {
+                match self.manifest_now()? {
                     Some((now, _)) if now == bytes => Ok(()),
                     _ => Err(Error::Conflict(PathBuf::from(self.url()))),
                 }
@@ -272,7 +258,7 @@ impl S3Backend {
 
     /// Size of content file `name`, `None` when it does not exist.
     fn object_size(&self, name: &str) -> Result<Option<u64>> {
-        let key = self.key(&Self::object_rel(name));
+        let key = self.key(&object_rel(name));
         match self.rt.block_on(self.store.head(&key)) {
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -286,26 +272,16 @@ impl S3Backend {
     /// collection deletes a listed file only after a commit that makes this
     /// write's commit fail. An unlisted file is always uploaded, which also
     /// renews its age for garbage collection. Returns whether it uploaded.
-    pub fn put_object(
-        &self,
-        io: &StoreIo,
-        name: &str,
-        file: &std::fs::File,
-        len: u64,
-        listed: bool,
-    ) -> Result<bool> {
+    fn put_file(&self, name: &str, file: &std::fs::File, len: u64, listed: bool) -> Result<bool> {
         if listed && self.object_size(name)? == Some(len) {
             return Ok(false);
         }
-        self.upload(io, name, file, len)?;
+        self.upload(name, file, len)?;
         Ok(true)
     }
 
-    fn upload(&self, io: &StoreIo, name: &str, file: &std::fs::File, len: u64) -> Result<()> {
-        let key = self.key(&Self::object_rel(name));
-        let url = self.url_of(&key);
-        let ioe = |e: io::Error| Error::io(&url, e);
-        io.tick("upload", &url).map_err(ioe)?;
+    fn upload(&self, name: &str, file: &std::fs::File, len: u64) -> Result<()> {
+        let key = self.key(&object_rel(name));
         let mut f = file.try_clone().map_err(|e| Error::io(&self.tmp_dir, e))?;
         io::Seek::seek(&mut f, io::SeekFrom::Start(0)).map_err(|e| Error::io(&self.tmp_dir, e))?;
         if len <= PART as u64 {
@@ -331,7 +307,6 @@ impl S3Backend {
                     if n == 0 {
                         return Ok(());
                     }
-                    io.tick("upload part", &url).map_err(ioe)?;
                     w.wait_for_capacity(PARTS_IN_FLIGHT)
                         .await
                         .map_err(|e| self.err(&key, e))?;
@@ -341,7 +316,6 @@ impl S3Backend {
             .await;
             match sent {
                 Ok(()) => {
-                    io.tick("complete upload", &url).map_err(ioe)?;
                     w.finish().await.map_err(|e| self.err(&key, e))?;
                     Ok(())
                 }
@@ -355,8 +329,8 @@ impl S3Backend {
 
     /// Downloads content file `name` to a local temporary file, streamed,
     /// and maps it.
-    pub fn fetch(&self, name: &str) -> Result<Fetched> {
-        let key = self.key(&Self::object_rel(name));
+    fn fetch(&self, name: &str) -> Result<FileBytes> {
+        let key = self.key(&object_rel(name));
         let mut file = self.tmp_file()?;
         let path = self.tmp_dir.clone();
         self.rt.block_on(async {
@@ -368,14 +342,12 @@ impl S3Backend {
             }
             file.flush().map_err(|e| Error::io(&path, e))
         })?;
-        Ok(Fetched {
-            bytes: crate::common::mmap::FileBytes::from_file(&file, &path)?,
-        })
+        FileBytes::from_file(&file, &path)
     }
 
     /// The XXH3-128 of content file `name`, hashed as it streams in.
-    pub fn object_digest(&self, name: &str) -> Result<String> {
-        let key = self.key(&Self::object_rel(name));
+    fn digest_of(&self, name: &str) -> Result<String> {
+        let key = self.key(&object_rel(name));
         self.rt.block_on(async {
             let got = self.store.get(&key).await.map_err(|e| self.err(&key, e))?;
             let mut stream = got.into_stream();
@@ -416,104 +388,240 @@ impl S3Backend {
         })
     }
 
-    /// Content files that `m` does not list (URLs).
-    pub fn garbage(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
-        let listed = listed(m);
-        Ok(self
-            .list_objects()?
-            .into_iter()
-            .filter(|(n, _, _)| !listed.contains(n.as_str()))
-            .map(|(_, url, _)| PathBuf::from(url))
-            .collect())
+    /// The server's time of the last modification of the manifest.
+    fn manifest_modified(&self) -> Result<server_time::Time> {
+        let manifest = self.key(MANIFEST);
+        match self.rt.block_on(self.store.head(&manifest)) {
+            Ok(m) => Ok(server_time::Time::of(m.last_modified.timestamp_millis())),
+            Err(e) => Err(self.err(&manifest, e)),
+        }
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> &std::path::Path {
+        &self.url
     }
 
-    /// After this write's commit: uploads again any content file of this
-    /// write that is gone (deleted by a concurrent garbage collection that
-    /// judged it by an old listing), then collects garbage.
-    pub fn after_commit(
+    fn exists(&self) -> Result<bool> {
+        self.has_manifest()
+    }
+
+    fn create(&self, manifest: &[u8], _parents: bool) -> Result<()> {
+        let already = || store_error(&self.url, "already holds a store");
+        if self.has_manifest()? {
+            return Err(already());
+        }
+        match self.put_manifest(manifest.to_vec(), &None) {
+            Err(Error::Conflict(_)) => Err(already()),
+            r => r,
+        }
+    }
+
+    /// Readers take no lock: they read the manifest, then content objects
+    /// that never change.
+    fn read_lock(&self) -> Result<Option<std::fs::File>> {
+        Ok(None)
+    }
+
+    fn read_manifest(&self) -> Result<Option<(Vec<u8>, Version)>> {
+        self.manifest_now()
+    }
+
+    /// No lock: the manifest and its ETag, for the conditional put.
+    fn begin_write(&self) -> Result<(Lease, Vec<u8>)> {
+        let (text, version) = self.manifest_now()?.ok_or_else(|| not_a_store(&self.url))?;
+        let lease = Lease {
+            version,
+            ..Lease::default()
+        };
+        Ok((lease, text))
+    }
+
+    /// Coded into a local unnamed temporary file, hashed, then uploaded by
+    /// `finish` (kept until the write ends, see `publish_manifest`).
+    fn put_object<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
+        let file = self.tmp_file()?;
+        let dup = file.try_clone().map_err(|e| Error::io(&self.tmp_dir, e))?;
+        Ok(Box::new(S3Writer {
+            s3: self,
+            lease,
+            buf: io::BufWriter::with_capacity(1 << 20, dup),
+            file,
+        }))
+    }
+
+    /// The conditional put; then uploads again any content object of this
+    /// write that `listed` names and that is gone (deleted by a concurrent
+    /// garbage collection that judged it by an old listing).
+    fn publish_manifest(
         &self,
-        io: &StoreIo,
-        uploaded: &[Uploaded],
-        old: &Manifest,
-        new: &Manifest,
+        lease: &Lease,
+        manifest: Vec<u8>,
+        listed: &HashSet<&str>,
     ) -> Result<()> {
-        let now_listed = listed(new);
-        for u in uploaded
-            .iter()
-            .filter(|u| now_listed.contains(u.name.as_str()))
-        {
-            io.tick("head", &self.object_url(&u.name))
-                .map_err(|e| Error::io(self.object_url(&u.name), e))?;
-            if self.object_size(&u.name)?.is_none() {
-                let len = u
-                    .file
+        self.put_manifest(manifest, &lease.version)?;
+        let kept = lease
+            .kept
+            .lock()
+            .map_err(|_| store_error(&self.url, "internal: the list of uploads is poisoned"))?;
+        for (name, file) in kept.iter().filter(|(n, _)| listed.contains(n.as_str())) {
+            if self.object_size(name)?.is_none() {
+                let len = file
                     .metadata()
                     .map_err(|e| Error::io(&self.tmp_dir, e))?
                     .len();
-                self.upload(io, &u.name, &u.file, len)?;
-            }
-        }
-        self.collect_garbage(io, old, new)
-    }
-
-    /// Deletes content files that `new` (just committed by this writer) does
-    /// not list and that no later writer can be about to commit:
-    ///
-    /// - files that `old` (the manifest this write replaced) listed, when
-    ///   they are older than the committed manifest: a writer that commits
-    ///   one of them again must have read a manifest at least as new as ours
-    ///   and then uploaded it, which makes it younger;
-    /// - other files when they are older than that by the grace period (left
-    ///   by a crashed writer; a live one commits within the grace period).
-    ///
-    /// Each file's age is read again just before it is deleted.
-    fn collect_garbage(&self, io: &StoreIo, old: &Manifest, new: &Manifest) -> Result<()> {
-        let manifest = self.key(MANIFEST);
-        let committed: server_time::Time = match self.rt.block_on(self.store.head(&manifest)) {
-            Ok(m) => server_time::Time::of(m.last_modified.timestamp_millis()),
-            Err(e) => return Err(self.err(&manifest, e)),
-        };
-        let keep = listed(new);
-        let was = listed(old);
-        let grace = self.grace();
-        let deletable = |name: &str, modified: server_time::Time| {
-            if keep.contains(name) {
-                return false;
-            }
-            if was.contains(name) {
-                modified.before(committed, Duration::ZERO)
-            } else {
-                modified.before(committed, grace)
-            }
-        };
-        for (name, url, modified) in self.list_objects()? {
-            if !deletable(&name, modified) {
-                continue;
-            }
-            let key = self.key(&Self::object_rel(&name));
-            let now: server_time::Time = match self.rt.block_on(self.store.head(&key)) {
-                Ok(m) => server_time::Time::of(m.last_modified.timestamp_millis()),
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.err(&key, e)),
-            };
-            if !deletable(&name, now) {
-                continue;
-            }
-            io.tick("delete", &url).map_err(|e| Error::io(&url, e))?;
-            match self.rt.block_on(self.store.delete(&key)) {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.err(&key, e)),
+                self.upload(name, file, len)?;
             }
         }
         Ok(())
     }
+
+    fn get_object(&self, name: &str) -> Result<FileBytes> {
+        self.fetch(name)
+    }
+
+    fn object_digest(&self, name: &str) -> Result<String> {
+        self.digest_of(name)
+    }
+
+    fn object_display(&self, name: &str) -> String {
+        self.object_url(name)
+    }
+
+    /// Content objects that `listed` does not name (URLs); keys that are not
+    /// content object names are left out (and never deleted).
+    fn scan(&self, listed: &HashSet<&str>) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let garbage = self
+            .list_objects()?
+            .into_iter()
+            .filter(|(n, _, _)| !listed.contains(n.as_str()))
+            .map(|(_, url, _)| PathBuf::from(url))
+            .collect();
+        Ok((garbage, Vec::new()))
+    }
+
+    /// Nothing before this write's own commit (another writer may have
+    /// uploaded files it has not committed yet). After it, content objects
+    /// that `new` does not list and that no later writer can be about to
+    /// commit:
+    ///
+    /// - objects that `old` (the manifest this write replaced) listed, when
+    ///   they are older than the committed manifest: a writer that commits
+    ///   one of them again must have read a manifest at least as new as ours
+    ///   and then uploaded it, which makes it younger;
+    /// - other objects when they are older than that by the grace period
+    ///   (left by a crashed writer; a live one commits within the grace
+    ///   period).
+    ///
+    /// Each object's age is read again just before it is deleted.
+    fn collectable(
+        &self,
+        _: &Lease,
+        old: &HashSet<&str>,
+        new: &HashSet<&str>,
+        committed: bool,
+    ) -> Result<Vec<Garbage>> {
+        if !committed {
+            return Ok(Vec::new());
+        }
+        let at = self.manifest_modified()?;
+        let grace = self.grace();
+        let mut out = Vec::new();
+        for (name, url, modified) in self.list_objects()? {
+            if new.contains(name.as_str()) {
+                continue;
+            }
+            let by = if old.contains(name.as_str()) {
+                Duration::ZERO
+            } else {
+                grace
+            };
+            let cutoff = at.minus(by);
+            if modified.before(cutoff, Duration::ZERO) {
+                out.push(Garbage {
+                    shown: PathBuf::from(url),
+                    object: Some(name),
+                    modified_before: Some(cutoff.millis()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, g: &Garbage) -> Result<()> {
+        let Some(name) = &g.object else {
+            return Ok(());
+        };
+        let key = self.key(&object_rel(name));
+        let now = match self.rt.block_on(self.store.head(&key)) {
+            Ok(m) => server_time::Time::of(m.last_modified.timestamp_millis()),
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(self.err(&key, e)),
+        };
+        if g.modified_before
+            .is_some_and(|cutoff| !now.before(server_time::Time::of(cutoff), Duration::ZERO))
+        {
+            return Ok(()); // uploaded again meanwhile
+        }
+        match self.rt.block_on(self.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(&key, e)),
+        }
+    }
+
+    fn spill_dir(&self) -> PathBuf {
+        local_temp_dir()
+    }
+
+    fn set_gc_grace(&self, grace: Duration) {
+        if let Ok(mut g) = self.grace.lock() {
+            *g = grace;
+        }
+    }
 }
 
-fn listed(m: &Manifest) -> HashSet<&str> {
-    m.steps
-        .iter()
-        .flat_map(|s| s.files.iter().map(|f| f.object.as_str()))
-        .collect()
+/// A content object being coded into a local temporary file; uploaded by
+/// `finish`.
+struct S3Writer<'a> {
+    s3: &'a S3Backend,
+    lease: &'a Lease,
+    buf: io::BufWriter<std::fs::File>,
+    file: std::fs::File,
+}
+
+impl Write for S3Writer<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.buf.flush()
+    }
+}
+
+impl ObjectWriter for S3Writer<'_> {
+    fn path(&self) -> &std::path::Path {
+        &self.s3.tmp_dir
+    }
+
+    fn finish(self: Box<Self>, name: &str, listed: bool) -> Result<()> {
+        let S3Writer {
+            s3,
+            lease,
+            buf,
+            file,
+        } = *self;
+        let path = &s3.tmp_dir;
+        buf.into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if s3.put_file(name, &file, len, listed)? {
+            if let Ok(mut kept) = lease.kept.lock() {
+                kept.push((name.to_string(), file));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Object storage times (from `last_modified`), in milliseconds since the
@@ -528,6 +636,16 @@ mod server_time {
     impl Time {
         pub fn of(millis: i64) -> Time {
             Time(millis)
+        }
+
+        pub fn millis(self) -> i64 {
+            self.0
+        }
+
+        /// `self` less `by`.
+        pub fn minus(self, by: Duration) -> Time {
+            let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            Time(self.0.saturating_sub(by))
         }
 
         /// True when `self` is earlier than `other` by more than `by`.
