@@ -756,3 +756,204 @@ impl Write for CountingWriter<'_> {
         self.inner.flush()
     }
 }
+
+/// The containers of the shipped test inputs, digested: the refactorings of
+/// the encoder must keep them byte for byte.
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn data(path: &str) -> Vec<u8> {
+        let p = format!("{}/tests/data/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    /// XXH3-128 over every container (and its stats, or the error) of `cur`
+    /// against `reference` as `input`, at several chunk sizes, lossless and
+    /// lossy.
+    fn digest_of(cur: &str, reference: Option<&str>, input: InputKind) -> String {
+        let c = data(cur);
+        let r = reference.map(data);
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for chunk_size in [64, 1024, 4 << 20] {
+            for lossy in [
+                None,
+                Some(Bound::MaxAbsError(1e-3)),
+                Some(Bound::MaxRelError(0.01)),
+            ] {
+                let opts = EncodeOptions {
+                    chunk_size,
+                    level: if chunk_size == 1024 { 1 } else { 3 },
+                    input,
+                    lossy,
+                };
+                let mut out = Vec::new();
+                match encode(&c, r.as_deref(), &opts, &mut out, None) {
+                    Ok(stats) => {
+                        h.update(&out);
+                        h.update(format!("{stats:?}").as_bytes());
+                    }
+                    Err(e) => h.update(format!("error: {e}").as_bytes()),
+                }
+            }
+        }
+        format::digest_hex(h.digest128())
+    }
+
+    #[test]
+    fn the_shipped_inputs_encode_as_they_always_did() {
+        use InputKind::*;
+        let cases: &[(&str, Option<&str>, InputKind, &str)] = &[
+            (
+                "v1/cur.safetensors",
+                Some("v1/ref.safetensors"),
+                Safetensors,
+                "49317941d26a86e6d945aa51e9ee0eb1",
+            ),
+            (
+                "v1/cur.safetensors",
+                None,
+                Safetensors,
+                "2ae108c5a05fa9f4459b368f66920108",
+            ),
+            (
+                "v1/cur-b.safetensors",
+                Some("v1/ref-b.safetensors"),
+                Auto,
+                "427b39413e7631081214d3d5b16a84ed",
+            ),
+            (
+                "v1/cur.safetensors",
+                Some("v1/ref.safetensors"),
+                Opaque,
+                "5ed07e21f203c54b95830324ba152381",
+            ),
+            (
+                "v1/cur.safetensors",
+                Some("v2/ref.pt"),
+                Auto,
+                "2ae108c5a05fa9f4459b368f66920108",
+            ),
+            (
+                "v1/cur.safetensors",
+                Some("v2/ref.pt"),
+                Safetensors,
+                "273b2033cbe23b3a368662078e201cf6",
+            ),
+            (
+                "v3/cur.safetensors",
+                Some("v3/ref.safetensors"),
+                Safetensors,
+                "49317941d26a86e6d945aa51e9ee0eb1",
+            ),
+            (
+                "v2/cur.pt",
+                Some("v2/ref.pt"),
+                Archive,
+                "70e1a43b8bcc5a2d8520e590cb1dee92",
+            ),
+            (
+                "v2/cur.pt",
+                None,
+                Archive,
+                "93e4fb423f8b7d2e1fbd75fc8cb3b334",
+            ),
+            (
+                "v2/cur.pt",
+                Some("v2/ref.pt"),
+                Auto,
+                "70e1a43b8bcc5a2d8520e590cb1dee92",
+            ),
+            (
+                "v2/cur.pt",
+                Some("v1/ref.safetensors"),
+                Auto,
+                "93e4fb423f8b7d2e1fbd75fc8cb3b334",
+            ),
+            (
+                "torch/mixed.pt",
+                None,
+                Auto,
+                "f11bfc7d5894a45b7d85d399afd11f14",
+            ),
+            (
+                "torch/deflated.zip",
+                None,
+                Auto,
+                "2cb13161f83afe7b6f373008b1945697",
+            ),
+            (
+                "torch/deflated.zip",
+                None,
+                Archive,
+                "2cb13161f83afe7b6f373008b1945697",
+            ),
+            (
+                "torch/step-2/model.safetensors",
+                Some("torch/step-1/model.safetensors"),
+                Safetensors,
+                "cc11ed9a29311476aa039637ec3c560f",
+            ),
+            (
+                "torch/step-2/optimizer.pt",
+                Some("torch/step-1/optimizer.pt"),
+                Auto,
+                "2066fcae1f1ce351c5e2772b88d65dc3",
+            ),
+            (
+                "torch/step-2/optimizer.pt",
+                Some("torch/step-1/optimizer.pt"),
+                Opaque,
+                "448bce92b685380db8507a0811a825b3",
+            ),
+            (
+                "torch/step-2/scheduler.pt",
+                Some("torch/step-1/scheduler.pt"),
+                Auto,
+                "4969e15bbec03a0ee847947a826fdee7",
+            ),
+            (
+                "torch/step-2/rng_state.pth",
+                Some("torch/step-1/rng_state.pth"),
+                Auto,
+                "13ffc2cd5f80a590e42a5dc11d4e4e02",
+            ),
+            (
+                "torch/step-2/trainer_state.json",
+                Some("torch/step-1/trainer_state.json"),
+                Auto,
+                "e4a6f6ffbc8b1966affe2d1f1bb1831d",
+            ),
+            (
+                "torch/step-2/config.json",
+                None,
+                Opaque,
+                "2ce8b58d08b091a5f3395d3db3385f22",
+            ),
+            (
+                "dcp/step-2/__0_0.distcp",
+                Some("dcp/step-1/__0_0.distcp"),
+                Auto,
+                "2dfff43d5352f64ed5f1933fda96d8e1",
+            ),
+            (
+                "dcp/step-2/.metadata",
+                Some("dcp/step-1/.metadata"),
+                Auto,
+                "1ba9d256f7acbcb34df55ab900867edb",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for &(cur, reference, input, want) in cases {
+            let got = digest_of(cur, reference, input);
+            if got != want {
+                wrong.push(format!("{cur} against {reference:?} as {input:?}: {got}"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "containers changed:\n{}",
+            wrong.join("\n")
+        );
+    }
+}
