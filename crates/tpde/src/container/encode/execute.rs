@@ -443,3 +443,66 @@ impl Write for CountingWriter<'_> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{plan, test_data, test_safetensors, EncodeOptions, InputKind};
+    use super::*;
+    use crate::codec::lossy::Bound;
+
+    /// However the input is cut into windows (one chunk each, a few, all at
+    /// once), the container is the same: duplicates are found across
+    /// windows too.
+    #[test]
+    fn the_container_does_not_depend_on_the_windows() {
+        // Two identical tensors and a third like the first's half: duplicate
+        // chunks in other windows.
+        let a: Vec<f32> = (0..100).map(|i| i as f32 * 0.5).collect();
+        let mut b = a.clone();
+        b[3] = 7.0;
+        let made = test_safetensors(&[("a", a.clone()), ("b", a.clone()), ("c", a[..64].to_vec())]);
+        let made_ref = test_safetensors(&[("a", b.clone()), ("b", b), ("c", a[..64].to_vec())]);
+        let cases: Vec<(Vec<u8>, Option<Vec<u8>>, InputKind)> = vec![
+            (made.clone(), Some(made_ref), InputKind::Safetensors),
+            (made, None, InputKind::Safetensors),
+            (
+                test_data("v1/cur.safetensors"),
+                Some(test_data("v1/ref.safetensors")),
+                InputKind::Safetensors,
+            ),
+            (
+                test_data("v2/cur.pt"),
+                Some(test_data("v2/ref.pt")),
+                InputKind::Archive,
+            ),
+            (
+                test_data("torch/step-2/optimizer.pt"),
+                Some(test_data("torch/step-1/optimizer.pt")),
+                InputKind::Opaque,
+            ),
+        ];
+        for (cur, reference, input) in &cases {
+            for lossy in [None, Some(Bound::MaxAbsError(1e-3))] {
+                let opts = EncodeOptions {
+                    chunk_size: 64,
+                    input: *input,
+                    lossy,
+                    ..EncodeOptions::default()
+                };
+                let run = |window: usize| {
+                    let p = plan(cur, reference.as_deref(), &opts).unwrap();
+                    let mut out = Vec::new();
+                    let stats = execute_in_windows(p, &mut out, None, window).unwrap();
+                    (out, stats)
+                };
+                let whole = run(usize::MAX);
+                for window in [1, 100, 1000] {
+                    assert!(
+                        run(window) == whole,
+                        "{input:?} {lossy:?}, windows of {window}"
+                    );
+                }
+            }
+        }
+    }
+}

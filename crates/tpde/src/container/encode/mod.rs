@@ -169,6 +169,35 @@ pub mod test_hooks {
     }
 }
 
+/// A file of `tests/data`, for the unit tests of encoding.
+#[cfg(test)]
+fn test_data(path: &str) -> Vec<u8> {
+    let p = format!("{}/tests/data/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// A safetensors file of F32 tensors `(name, values)`, for the unit tests.
+#[cfg(test)]
+fn test_safetensors(tensors: &[(&str, Vec<f32>)]) -> Vec<u8> {
+    let mut header = String::from("{");
+    let mut data = Vec::new();
+    for (i, (name, v)) in tensors.iter().enumerate() {
+        let begin = data.len();
+        data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        let sep = if i == 0 { "" } else { "," };
+        header += &format!(
+            r#"{sep}"{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{begin},{}]}}"#,
+            v.len(),
+            data.len()
+        );
+    }
+    header.push('}');
+    let mut f = (header.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(header.as_bytes());
+    f.extend_from_slice(&data);
+    f
+}
+
 /// The containers of the shipped test inputs, digested: the refactorings of
 /// the encoder must keep them byte for byte.
 #[cfg(test)]
@@ -177,8 +206,7 @@ mod identity_tests {
     use crate::container::format;
 
     fn data(path: &str) -> Vec<u8> {
-        let p = format!("{}/tests/data/{path}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+        test_data(path)
     }
 
     /// XXH3-128 over every container (and its stats, or the error) of `cur`

@@ -485,3 +485,148 @@ fn push_tensor<'a>(
         bound: lossy.map(|(_, b)| b),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{execute, test_data, test_safetensors};
+    use super::*;
+    use crate::codec::lossy::Bound;
+    use crate::container::format::Container;
+
+    /// What the plan says is what the container holds: source kind,
+    /// reference, tensors, their reference modes and chunks.
+    #[test]
+    fn the_plan_is_what_the_container_holds() {
+        let cases = [
+            (
+                "v1/cur.safetensors",
+                Some("v1/ref.safetensors"),
+                InputKind::Safetensors,
+            ),
+            ("v1/cur.safetensors", None, InputKind::Auto),
+            ("v1/cur.safetensors", Some("v2/ref.pt"), InputKind::Auto),
+            ("v2/cur.pt", Some("v2/ref.pt"), InputKind::Auto),
+            ("v2/cur.pt", Some("v1/ref.safetensors"), InputKind::Archive),
+            (
+                "torch/step-2/optimizer.pt",
+                Some("torch/step-1/optimizer.pt"),
+                InputKind::Opaque,
+            ),
+            (
+                "dcp/step-2/__0_0.distcp",
+                Some("dcp/step-1/__0_0.distcp"),
+                InputKind::Auto,
+            ),
+        ];
+        for (cur, reference, input) in cases {
+            for lossy in [None, Some(Bound::MaxRelError(0.01))] {
+                let c = test_data(cur);
+                let r = reference.map(test_data);
+                let opts = EncodeOptions {
+                    chunk_size: 1024,
+                    input,
+                    lossy,
+                    ..EncodeOptions::default()
+                };
+                let p = plan(&c, r.as_deref(), &opts).unwrap();
+                let tensors = p.tensors().to_vec();
+                let s = p.summary();
+                let mut out = Vec::new();
+                let stats = execute(p, &mut out, None).unwrap();
+                let f = Container::open(&out).unwrap();
+                let what = format!("{cur} against {reference:?} as {input:?}, {lossy:?}");
+                assert_eq!(s.source_kind, f.index.source_kind, "{what}");
+                assert_eq!(s.reference_used, f.index.reference.is_some(), "{what}");
+                assert_eq!(s.lossy, f.index.lossy, "{what}");
+                assert_eq!(s.original_len, f.index.original_len, "{what}");
+                assert_eq!(s.elements, stats.elements, "{what}");
+                assert_eq!(s.tensors, f.tensors.len(), "{what}");
+                let chunks: usize = f.tensors.iter().map(|t| t.entry.chunks.len()).sum();
+                assert_eq!(s.chunks, chunks, "{what}");
+                for (t, v) in tensors.iter().zip(&f.tensors) {
+                    assert_eq!(t.name, v.info.name, "{what}");
+                    assert_eq!(t.dtype, v.info.dtype, "{what}");
+                    assert_eq!(t.len, v.entry.data_len, "{what}");
+                    assert_eq!(t.ref_mode, v.entry.ref_mode, "{what}");
+                    assert_eq!(t.chunks, v.entry.chunks.len(), "{what}");
+                }
+                let data: u64 = s.by_dtype.iter().map(|d| d.bytes).sum();
+                assert_eq!(s.header_bytes + data, s.original_len, "{what}");
+                assert!(s.matched_bytes() <= data, "{what}");
+                // Named though nothing matched only when the input kind was
+                // given.
+                if input == InputKind::Auto || s.matched_bytes() > 0 {
+                    assert_eq!(s.matched_bytes() > 0, s.reference_used, "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_bytes_by_dtype_and_reference() {
+        // Opaque bytes: the chunks that the reference covers whole.
+        let cur = vec![7u8; 1000];
+        let reference = vec![7u8; 700];
+        let opts = EncodeOptions {
+            chunk_size: 256,
+            input: InputKind::Opaque,
+            ..EncodeOptions::default()
+        };
+        let s = plan(&cur, Some(&reference), &opts).unwrap().summary();
+        assert_eq!(
+            (s.chunks, s.matched_bytes(), s.opaque_bytes()),
+            (4, 512, 1000)
+        );
+        assert_eq!(s.by_dtype[0].ref_mode, RefMode::SameRange);
+        // Tensors: a new one, one matched, one whose shape changed.
+        let cur = test_safetensors(&[
+            ("a", vec![1.0; 64]),
+            ("b", vec![2.0; 8]),
+            ("n", vec![0.0; 4]),
+        ]);
+        let reference = test_safetensors(&[("a", vec![1.5; 64]), ("b", vec![2.0; 9])]);
+        let opts = EncodeOptions {
+            chunk_size: 64,
+            ..EncodeOptions::default()
+        };
+        let p = plan(&cur, Some(&reference), &opts).unwrap();
+        let s = p.summary();
+        assert_eq!(s.tensors, 3);
+        assert_eq!(s.chunks, 4 + 1 + 1);
+        assert_eq!(s.matched_bytes(), 256);
+        assert_eq!(s.opaque_bytes(), 0);
+        assert_eq!(s.header_bytes, cur.len() as u64 - 304);
+        let f32 = Dtype::from_name("F32");
+        assert_eq!(
+            s.by_dtype,
+            vec![
+                DtypeBytes {
+                    dtype: f32.clone(),
+                    ref_mode: RefMode::SameName,
+                    tensors: 1,
+                    chunks: 4,
+                    bytes: 256,
+                    ref_bytes: 256,
+                },
+                DtypeBytes {
+                    dtype: f32,
+                    ref_mode: RefMode::None,
+                    tensors: 2,
+                    chunks: 2,
+                    bytes: 48,
+                    ref_bytes: 0,
+                },
+            ]
+        );
+        // Read by itself, a file that no tensor of the reference matches is
+        // a keyframe.
+        let opts = EncodeOptions {
+            input: InputKind::Auto,
+            ..opts
+        };
+        let other = test_safetensors(&[("z", vec![1.0; 64])]);
+        let p = plan(&cur, Some(&other), &opts).unwrap();
+        assert!(!p.reference_used());
+        assert_eq!(p.summary().matched_bytes(), 0);
+    }
+}
