@@ -75,7 +75,7 @@ fn check_room(out: &Path, what: &str, need: u64) -> Result<()> {
 
 /// Encodes the file `cur` against `reference` (a keyframe when `None`) into
 /// `out`, atomically: on error, no output file is left behind. An input that
-/// changed while it was read is [`Error::InputChanged`](crate::Error::InputChanged).
+/// changed while it was read is [`Error::InputChanged`].
 pub fn encode_file(
     cur: &Path,
     reference: Option<&Path>,

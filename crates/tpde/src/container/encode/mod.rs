@@ -111,7 +111,7 @@ pub(crate) fn batch_bytes(chunk_size: usize) -> usize {
 /// decoded, never decodes silently to something else. When `cur` or
 /// `reference` lies in a [`FileBytes`](crate::common::mmap::FileBytes) whose file changed
 /// meanwhile (see [`FileBytes::check_unchanged`](crate::common::mmap::FileBytes::check_unchanged)),
-/// the encode ends in [`Error::InputChanged`], after writing the container:
+/// the encode ends in [`Error::InputChanged`](crate::Error::InputChanged), after writing the container:
 /// throw it away.
 pub fn encode(
     cur: &[u8],

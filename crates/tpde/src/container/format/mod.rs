@@ -14,7 +14,7 @@
 //!
 //! This file owns the constants, the file header and trailer, the index's
 //! types and [`Container::open`], which checks the frame around the index.
-//! [`index`] writes and strictly parses the index bytes; [`views`] lays the
+//! `index.rs` writes and strictly parses the index bytes; `views.rs` lays the
 //! index over the original's header block (tensor views, the archive
 //! layout). May call [`common`](crate::common), [`source`](crate::source)
 //! (the safetensors header, dtypes) and [`codec`](crate::codec) (the chunk
