@@ -5,8 +5,8 @@
 //! the check that the inputs did not change meanwhile.
 //!
 //! This file owns the options, the totals and [`encode`]; `plan.rs` the
-//! [`Plan`] and its summary; `execute.rs` the windows, duplicates, payloads,
-//! index and trailer. May call [`common`](crate::common),
+//! [`Plan`]; `summary.rs` its [`PlanSummary`]; `execute.rs` the windows,
+//! duplicates, payloads, index and trailer. May call [`common`](crate::common),
 //! [`source`](crate::source), [`codec`](crate::codec) and
 //! [`format`](crate::container::format).
 
@@ -19,9 +19,11 @@ use crate::container::format::SourceKind;
 
 mod execute;
 mod plan;
+mod summary;
 
 pub use execute::execute;
-pub use plan::{plan, DtypeBytes, Plan, PlanSummary, PlannedTensor};
+pub use plan::{plan, Plan, PlannedTensor};
+pub use summary::{DtypeBytes, PlanSummary};
 
 /// What kind of file is being encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
