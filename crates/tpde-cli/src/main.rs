@@ -191,16 +191,44 @@ enum Command {
     /// Show what a .tpde file holds, tensor by tensor.
     #[command(after_help = CODINGS_HELP)]
     Inspect {
-        /// The .tpde file.
+        /// The .tpde file (with --plan, the checkpoint to encode).
         input: PathBuf,
         /// The reference it was encoded against: with it, the changed
         /// elements of the tensors that were not delta-coded are counted too.
+        /// With --plan, the reference it would be encoded against.
         #[arg(long = "ref")]
         reference: Option<PathBuf>,
         /// Print tensor names whole, however long (the table may then be
         /// wider than 100 columns).
         #[arg(long)]
         wide: bool,
+        /// INPUT is a checkpoint, not a .tpde file: print what `tpde encode
+        /// INPUT [--ref REF]` would code against what (each tensor's
+        /// reference, its chunks, the bytes outside the tensors), without
+        /// coding anything.
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: what the file is, as `tpde encode --as`.
+        #[arg(long = "as", value_enum, requires = "plan")]
+        kind: Option<Kind>,
+        /// With --plan: the chunk size in KiB, as `tpde encode --chunk-kib`.
+        #[arg(
+            long,
+            requires = "plan",
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536)
+        )]
+        chunk_kib: Option<usize>,
+        /// With --plan: the lossy bound, as `tpde encode --max-abs-error`.
+        #[arg(
+            long,
+            value_name = "E",
+            requires = "plan",
+            conflicts_with = "max_rel_error"
+        )]
+        max_abs_error: Option<f64>,
+        /// With --plan: the lossy bound, as `tpde encode --max-rel-error`.
+        #[arg(long, value_name = "R", requires = "plan")]
+        max_rel_error: Option<f64>,
     },
     /// A store of a run's checkpoints: add, get back, list, verify, prune.
     #[command(subcommand)]
@@ -379,6 +407,30 @@ fn run(cli: Cli) -> Result<()> {
             input,
             reference,
             wide,
+            plan: true,
+            kind,
+            chunk_kib,
+            max_abs_error,
+            max_rel_error,
+        } => {
+            let defaults = tpde::EncodeOptions::default();
+            let opts = tpde::EncodeOptions {
+                input: kind.unwrap_or(Kind::Auto).input(&input),
+                lossy: LossyArgs {
+                    max_abs_error,
+                    max_rel_error,
+                }
+                .bound(),
+                chunk_size: chunk_kib.map_or(defaults.chunk_size, |k| k * 1024),
+                ..defaults
+            };
+            plan::inspect(&input, reference.as_deref(), &opts, wide)
+        }
+        Command::Inspect {
+            input,
+            reference,
+            wide,
+            ..
         } => inspect(&input, reference.as_deref(), wide),
         Command::Bench {
             dir,
@@ -391,6 +443,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 mod bench;
+mod plan;
 mod store;
 
 /// A progress bar on a terminal; hidden when stderr is piped.

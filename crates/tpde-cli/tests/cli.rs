@@ -283,6 +283,70 @@ fn inspect_lists_tensors() {
     assert!(out.contains("keyframe"), "{out}");
 }
 
+/// `inspect --plan`: what encode would code against what, before coding.
+#[test]
+fn inspect_plans_an_encode() {
+    let s = Setup::new();
+    let out = ok(
+        s.path(),
+        &[
+            "inspect",
+            "--plan",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+        ],
+    );
+    for needle in [
+        "read as safetensors",
+        "layer.weight",
+        "layer.bias",
+        "same name",
+        "12.3 kB of 12.4 kB coded against it",
+        "(2 tensors)",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in\n{out}");
+    }
+    let out = ok(s.path(), &["inspect", "--plan", "ckpt-2.safetensors"]);
+    assert!(out.contains("reference: none (a keyframe)"), "{out}");
+    assert!(out.contains("nothing"), "{out}");
+    // As bytes, in chunks of 1 KiB, lossy: a bound is shown per tensor.
+    let out = ok(
+        s.path(),
+        &[
+            "inspect",
+            "--plan",
+            "ckpt-2.safetensors",
+            "--ref",
+            "ckpt-1.safetensors",
+            "--as",
+            "bytes",
+            "--chunk-kib",
+            "1",
+        ],
+    );
+    assert!(out.contains("read as opaque bytes"), "{out}");
+    assert!(out.contains("chunks:    13 of up to 1 KiB"), "{out}");
+    let out = ok(
+        s.path(),
+        &[
+            "inspect",
+            "--plan",
+            "ckpt-2.safetensors",
+            "--max-abs-error",
+            "0.001",
+        ],
+    );
+    assert!(out.contains("bound") && out.contains("1.000e-3"), "{out}");
+    // The options of a plan need --plan (a usage error of clap's).
+    let o = run(
+        s.path(),
+        &["inspect", "ckpt-2.safetensors", "--as", "bytes"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--plan"), "{}", text(&o).1);
+}
+
 #[test]
 fn a_closed_output_pipe_is_not_a_crash() {
     // `tpde inspect f | head -1`: the reader is gone before tpde writes.

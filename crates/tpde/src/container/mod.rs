@@ -3,7 +3,8 @@
 //! - [`format`](mod@format): the container byte by byte (`docs/FORMAT.md`): header,
 //!   index, tensor and chunk entries, strict parsing.
 //! - [`encode`]: a source file (safetensors, torch archive, opaque) and its
-//!   reference into a container.
+//!   reference into a container, in two steps: [`encode::plan`] (what each
+//!   chunk is and what it is coded against) and [`encode::execute`].
 //! - [`decode`]: a container and its reference back into the original,
 //!   whole or tensor by tensor, hashing as it writes.
 //! - [`inspect`]: what a container holds, for `tpde inspect`.
