@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{perturb_fraction, safetensors, tree, Rng, Tensor};
+use common::{check_restores, perturb_fraction, safetensors, Rng, Tensor};
 use tpde::store::{Faults, Store};
 use tpde::Error;
 
@@ -149,14 +149,7 @@ impl Run {
 /// its original folder: every file's sha256 the same.
 fn check_steps(store: &Store, run: &Run, steps: &[u64]) {
     assert_eq!(store.steps().unwrap(), steps);
-    let out = tempfile::tempdir().unwrap();
-    for &s in steps {
-        let dest = out.path().join(format!("restored-{s}"));
-        store
-            .get(s, &dest)
-            .unwrap_or_else(|e| panic!("step {s}: {e}"));
-        assert_eq!(tree(&dest), tree(&run.path(s)), "step {s}");
-    }
+    check_restores(store, |s| run.path(s), steps);
 }
 
 fn assert_clean(store: &Store) -> tpde::store::VerifyReport {
