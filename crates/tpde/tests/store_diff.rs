@@ -163,7 +163,7 @@ fn a_step_against_itself_changes_nothing() {
     for t in &d.tensors {
         assert_eq!(t.kind, DiffKind::Compared, "{t:?}");
         assert_eq!(t.changed, 0, "{t:?}");
-        assert_eq!(t.changed_fraction(), Some(0.0));
+        assert_eq!(t.changed_fraction, Some(0.0));
         assert_eq!(t.max_abs, Some(0.0));
         assert_eq!(t.rms, Some(0.0));
         assert!(t.rel == Some(0.0) || !t.is_float(), "{t:?}");

@@ -76,6 +76,8 @@ pub struct TensorDiff {
     /// counts of its chunks coded against A), which is exact there; else it
     /// was counted from the values.
     pub changed_from_store: bool,
+    /// `changed / elements` (0 for an empty tensor; `None` unless compared).
+    pub changed_fraction: Option<f64>,
     /// Largest |b - a| over the elements (`None` without values).
     pub max_abs: Option<f64>,
     /// sqrt(mean((b - a)^2)) over all elements.
@@ -93,18 +95,6 @@ pub struct TensorDiff {
 }
 
 impl TensorDiff {
-    /// Fraction of the elements whose bits changed (0 for an empty tensor;
-    /// `None` unless compared).
-    pub fn changed_fraction(&self) -> Option<f64> {
-        (self.kind == DiffKind::Compared).then(|| {
-            if self.elements == 0 {
-                0.0
-            } else {
-                self.changed as f64 / self.elements as f64
-            }
-        })
-    }
-
     /// Whether the tensor's values are floats, for which `rel` is given.
     pub fn is_float(&self) -> bool {
         Dtype::from_name(&self.dtype).family() == Family::Float
@@ -177,11 +167,11 @@ impl StepDiff {
             DiffSort::Rel => layout_first(x)
                 .cmp(&layout_first(y))
                 .then(desc(x.rel, y.rel))
-                .then(desc(x.changed_fraction(), y.changed_fraction()))
+                .then(desc(x.changed_fraction, y.changed_fraction))
                 .then(name(x).cmp(&name(y))),
             DiffSort::Changed => layout_first(x)
                 .cmp(&layout_first(y))
-                .then(desc(x.changed_fraction(), y.changed_fraction()))
+                .then(desc(x.changed_fraction, y.changed_fraction))
                 .then(desc(x.rel, y.rel))
                 .then(name(x).cmp(&name(y))),
         });
@@ -361,6 +351,7 @@ impl Store {
                     if let Some(&n) = counts.get(tb.name.as_str()) {
                         if n.0 == d.elements {
                             d.changed = n.1;
+                            d.changed_fraction = Some(fraction(n.1, n.0));
                             d.changed_from_store = true;
                         }
                     }
@@ -443,12 +434,21 @@ fn layout_only(
         elements: 0,
         changed: 0,
         changed_from_store: false,
+        changed_fraction: None,
         max_abs: None,
         rms: None,
         rel: None,
         nonfinite: 0,
         sum_sq_diff: 0.0,
         sum_sq_a: 0.0,
+    }
+}
+
+fn fraction(changed: u64, elements: u64) -> f64 {
+    if elements == 0 {
+        0.0
+    } else {
+        changed as f64 / elements as f64
     }
 }
 
@@ -618,6 +618,7 @@ fn compare(file: &str, t: &TensorInfo, a: &[u8], b: &[u8]) -> TensorDiff {
         elements: acc.elements,
         changed: acc.changed,
         changed_from_store: false,
+        changed_fraction: Some(fraction(acc.changed, acc.elements)),
         max_abs: values.then_some(acc.max),
         rms,
         rel,

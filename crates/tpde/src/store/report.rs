@@ -8,12 +8,14 @@
 //! May call: the store's [`super::diff`] and [`super::get`], `common`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::diff::{tensor_group, DiffKind, StepDiff};
 use super::get::Sink;
 use super::{EntryKind, Files, StepRecord, Store};
+use crate::common::atomic::{write_atomic, Replace};
 use crate::common::error::{Error, Result};
 
 /// What [`Store::report`] found.
@@ -159,7 +161,7 @@ fn pair_row(d: &StepDiff) -> PairRow {
         }
     }
     let mut cells: Vec<GroupCell> = groups.iter().map(|(g, s)| s.cell(g)).collect();
-    cells.sort_by(|x, y| natural(&x.group).cmp(&natural(&y.group)));
+    cells.sort_by_key(|c| natural(&c.group));
     PairRow {
         a: d.a,
         b: d.b,
@@ -273,6 +275,31 @@ impl RunReport {
         // Inside <script>: no '<' may end it early; \u003c is the same JSON.
         let json = json.replace('<', "\\u003c");
         Ok(TEMPLATE.replace("/*TPDE_DATA*/", &json))
+    }
+
+    /// Writes the report as HTML, CSV and JSON to those of the paths that
+    /// are given, each atomically ([`write_atomic`]): an existing file is
+    /// replaced only with [`Replace::Yes`].
+    pub fn write(
+        &self,
+        html: Option<&Path>,
+        csv: Option<&Path>,
+        json: Option<&Path>,
+        replace: Replace,
+    ) -> Result<()> {
+        let outs = [
+            (html, self.html()?),
+            (csv, self.csv()),
+            (json, self.json()?),
+        ];
+        for (path, text) in outs {
+            if let Some(path) = path {
+                write_atomic(path, replace, |w| {
+                    w.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The report as CSV: one row per step (group empty: its sizes, and
