@@ -89,7 +89,7 @@ pub struct TensorDiff {
     /// `changed`, left out of `max_abs`, `rms` and `rel`.
     pub nonfinite: u64,
     /// sum((b - a)^2) and sum(a^2) over the finite values (float dtypes):
-    /// what [`super::report`] adds up per group.
+    /// what `Store::report` adds up per group.
     pub sum_sq_diff: f64,
     pub sum_sq_a: f64,
 }
