@@ -3,7 +3,9 @@
 # integration, property, CLI, frozen format samples, doctests, the store on
 # object storage), the Python package's tests and short fuzz runs. CI runs
 # exactly this (.ci/run).
-# FUZZ_SECONDS=0 skips fuzzing; PYTHON_TESTS=0 skips the Python tests;
+# FUZZ_SECONDS=0 skips fuzzing; PYTHON_TESTS=0 skips the Python tests
+# (which install chromium with apt-get when it is missing, for the HTML
+# report's browser test);
 # S3_TESTS=0 skips starting the S3 test server (the object storage tests
 # then skip themselves).
 #
@@ -61,6 +63,17 @@ if [ "${PYTHON_TESTS:-1}" != "0" ]; then
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -r "$req"
     cp "$req" "$stamp"
+  fi
+  # The HTML report's test opens it in headless Chromium (and fails without
+  # one under CI); installed from Debian's packages when missing.
+  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium (apt-get; for the report's browser test)"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { $sudo apt-get update -qq >/dev/null 2>&1 \
+           && $sudo apt-get install -y -qq chromium >/dev/null 2>&1; } \
+      || echo "   (could not install chromium; the browser test skips, or fails under CI)"
   fi
   echo "== building the Python package (maturin develop)"
   VIRTUAL_ENV=$venv maturin develop --quiet -m bindings/python/Cargo.toml

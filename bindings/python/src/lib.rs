@@ -381,6 +381,48 @@ impl Store {
     }
 }
 
+/// Compares steps `a` and `b` of the store at `location` tensor by tensor
+/// (sorted by `sort`: "rel", "changed" or "name"): the diff as JSON.
+#[pyfunction]
+#[pyo3(signature = (location, a, b, sort="rel"))]
+fn store_diff(py: Python<'_>, location: String, a: u64, b: u64, sort: &str) -> PyResult<String> {
+    let by: tpde::store::DiffSort = sort.parse().map_err(TpdeError::new_err)?;
+    let d = py
+        .detach(|| {
+            let mut d = tpde::store::Store::open_location(&location)?.diff(a, b)?;
+            d.sort(by);
+            Ok::<_, tpde::Error>(d)
+        })
+        .map_err(err)?;
+    serde_json::to_string(&d).map_err(|e| TpdeError::new_err(e.to_string()))
+}
+
+/// Writes the report of the store at `location` as HTML, CSV and JSON (to
+/// those paths that are given; an existing file only with `overwrite`);
+/// returns it as JSON.
+#[pyfunction]
+#[pyo3(signature = (location, html=None, csv=None, json=None, overwrite=false))]
+fn store_report(
+    py: Python<'_>,
+    location: String,
+    html: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    json: Option<PathBuf>,
+    overwrite: bool,
+) -> PyResult<String> {
+    py.detach(|| {
+        let r = tpde::store::Store::open_location(&location)?.report()?;
+        let replace = if overwrite {
+            tpde::common::atomic::Replace::Yes
+        } else {
+            tpde::common::atomic::Replace::No
+        };
+        r.write(html.as_deref(), csv.as_deref(), json.as_deref(), replace)?;
+        r.json()
+    })
+    .map_err(err)
+}
+
 #[pymodule]
 fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TpdeError", m.py().get_type::<TpdeError>())?;
@@ -392,5 +434,7 @@ fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_file, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_index, m)?)?;
     m.add_function(wrap_pyfunction!(step_from_name, m)?)?;
+    m.add_function(wrap_pyfunction!(store_diff, m)?)?;
+    m.add_function(wrap_pyfunction!(store_report, m)?)?;
     Ok(())
 }

@@ -445,6 +445,7 @@ mod inspect;
 mod output;
 mod plan;
 mod store;
+mod store_diff;
 
 pub use output::{check_output, file_len, human, progress_bar, ratio, replace, WIDTH};
 

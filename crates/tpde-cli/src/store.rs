@@ -85,6 +85,43 @@ pub enum StoreCommand {
         #[arg(long)]
         keep_every: Option<u64>,
     },
+    /// What changed from step A to step B, tensor by tensor: the fraction
+    /// of elements whose bits changed, the largest and RMS change, the
+    /// relative change ||b-a||/||a||.
+    Diff {
+        #[arg(help = STORE_HELP)]
+        dir: String,
+        a: u64,
+        b: u64,
+        /// Order: by relative change, by changed fraction (largest first), or
+        /// by name.
+        #[arg(long, default_value = "rel", value_parser = ["rel", "changed", "name"])]
+        sort: String,
+        /// Show only the first N tensors of the table.
+        #[arg(long)]
+        top: Option<usize>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One self-contained HTML page on the run: each step's sizes and frame,
+    /// and a heat map of what changed per group of tensors from step to
+    /// step.
+    Report {
+        #[arg(help = STORE_HELP)]
+        dir: String,
+        /// The HTML page to write.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The same data as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// The same data as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        force: ForceArg,
+    },
     /// Add each new checkpoint of a training run as it appears.
     Watch {
         #[arg(help = STORE_HELP)]
@@ -309,6 +346,28 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             println!("removed {} steps, {} left", removed.len(), left.len());
             Ok(())
         }
+        StoreCommand::Diff {
+            dir,
+            a,
+            b,
+            sort,
+            top,
+            json,
+        } => crate::store_diff::diff(
+            &dir,
+            a,
+            b,
+            sort.parse().map_err(anyhow::Error::msg)?,
+            json,
+            top,
+        ),
+        StoreCommand::Report {
+            dir,
+            output,
+            csv,
+            json,
+            force,
+        } => crate::store_diff::report(&dir, output, csv, json, force.force),
         StoreCommand::Watch {
             dir,
             run_dir,

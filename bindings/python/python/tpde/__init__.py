@@ -10,11 +10,13 @@ Every failure raises :class:`tpde.TpdeError` with a message naming the problem.
 """
 
 from ._api import decode, decode_file, encode, encode_file
+from ._report import TensorDiff, report
 from ._store import Store, VerifyReport
 from ._tpde import TpdeError, __version__
 
 __all__ = [
     "Store",
+    "TensorDiff",
     "TpdeError",
     "VerifyReport",
     "__version__",
@@ -22,4 +24,5 @@ __all__ = [
     "decode_file",
     "encode",
     "encode_file",
+    "report",
 ]

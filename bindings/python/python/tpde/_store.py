@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Union
 
 from . import _state
 from ._api import U32_MAX, U64_MAX, USIZE_MAX, _flag, _int, _path, tpde_errors
 from ._tpde import Store as _Store
 from ._tpde import TpdeError, step_from_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._report import TensorDiff
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -176,6 +179,16 @@ class Store:
     def remove(self, step: int) -> List[int]:
         """Removes step ``step``; returns the steps re-coded because of it."""
         return self._inner.remove(_step(step))
+
+    @tpde_errors
+    def diff(self, a: int, b: int, *, sort: str = "rel") -> List["TensorDiff"]:
+        """What changed from step ``a`` to step ``b``, tensor by tensor (every
+        tensor of every safetensors file, ``save``'s tensors included):
+        :class:`tpde.TensorDiff` items, sorted by relative change (``sort=
+        "changed"`` by changed fraction, ``"name"`` by file and name)."""
+        from ._report import diff
+
+        return diff(self, _step(a), _step(b), sort=sort)
 
     @tpde_errors
     def prune(self, keep_last: int = 0, keep_every: Optional[int] = None) -> List[int]:

@@ -21,17 +21,21 @@
 //!   output of `get`; `maintain`: verify, rm, prune, commit, garbage.
 //! - `manifest`, `matching`, [`watch`]: the commit record, which file is
 //!   coded against which, finding a run's checkpoints.
+//! - `diff`, `report`: what changed between two steps, tensor by tensor,
+//!   and over the whole run (the HTML, CSV and JSON report).
 //!
 //! May call: `container`, `codec::lossy`, `common`; nothing above.
 
 mod add;
 mod backend;
 mod checkpoint;
+mod diff;
 mod get;
 mod maintain;
 mod manifest;
 mod matching;
 mod output;
+mod report;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -41,8 +45,10 @@ use std::sync::Mutex;
 
 pub use backend::faulty::Faults;
 pub use checkpoint::{Bytes, Checkpoint};
+pub use diff::{tensor_group, DiffKind, DiffSort, FileDiff, StepDiff, TensorDiff};
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 pub use output::write_restored;
+pub use report::{GroupCell, PairRow, RunReport, StepRow};
 
 use crate::common::error::{Error, Result};
 use backend::faulty::Faulty;
