@@ -32,6 +32,7 @@ mod maintain;
 mod manifest;
 mod matching;
 mod output;
+mod tensor;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +44,7 @@ pub use backend::faulty::Faults;
 pub use checkpoint::{Bytes, Checkpoint};
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 pub use output::write_restored;
+pub use tensor::{ReadStats, StepView, SAVED_TENSORS};
 
 use crate::common::error::{Error, Result};
 use backend::faulty::Faulty;
