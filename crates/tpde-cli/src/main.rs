@@ -445,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
 mod bench;
 mod plan;
 mod store;
+mod store_tensor;
 
 /// A progress bar on a terminal; hidden when stderr is piped.
 fn progress_bar(total: u64, what: &str) -> ProgressBar {
