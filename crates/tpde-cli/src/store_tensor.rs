@@ -156,7 +156,7 @@ mod tests {
         assert!(npy_header(&f)
             .starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
         assert!(npy_header(&f).ends_with('\n'));
-        assert_eq!(f.len(), 64 + 24);
+        assert_eq!(f.len(), 128 + 24);
         assert!(npy_header(&npy("|b1", &[5], &[0; 5])).contains("'shape': (5,)"));
         assert!(npy_header(&npy("<f8", &[], &[0; 8])).contains("'shape': ()"));
         assert_eq!(npy_descr(&Dtype::BF16), None);
