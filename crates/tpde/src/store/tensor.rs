@@ -400,6 +400,12 @@ impl StepView<'_> {
         &self.file
     }
 
+    /// The content file the view reads (the XXH3-128 of its bytes, in
+    /// hex): a view opened again reads the same file when this is the same.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
     /// The names of the file's tensors, in the file's order.
     pub fn names(&self) -> Vec<&str> {
         self.tensors.iter().map(|t| t.name.as_str()).collect()
