@@ -398,6 +398,15 @@ fn read_stats(s: tpde::store::ReadStats) -> ReadStatsPy {
 /// A tensor as (name, safetensors dtype, shape).
 type TensorSpecPy = (String, String, Vec<u64>);
 
+/// An opened step: (file, content file id, tensors, metadata JSON, stats).
+type OpenedStepPy = (
+    String,
+    String,
+    Vec<TensorSpecPy>,
+    Option<String>,
+    ReadStatsPy,
+);
+
 /// Opens a safetensors file of step `step` for reading tensor by tensor
 /// (`file`: its path; by default `Store.save`'s, or the step's only one):
 /// (file, content file id, [(name, dtype, shape)], metadata JSON, stats).
@@ -408,13 +417,7 @@ fn store_open_step(
     store: &Store,
     step: u64,
     file: Option<String>,
-) -> PyResult<(
-    String,
-    String,
-    Vec<TensorSpecPy>,
-    Option<String>,
-    ReadStatsPy,
-)> {
+) -> PyResult<OpenedStepPy> {
     py.detach(|| {
         let v = store.inner.open_step(step, file.as_deref())?;
         let tensors = v

@@ -236,3 +236,31 @@ def test_files_added_from_folders(tmp_path):
     assert big.stats()["bytes"] < stored
     with pytest.raises(tpde.TpdeError, match="torch archive"):
         store.open(300, file="optimizer.pt")
+
+
+def test_the_structure_scan_never_runs_or_crashes():
+    import pickle
+    import random
+
+    from tpde import _state
+    from tpde._open import saved_views
+
+    state = make_state(1, torch.Generator().manual_seed(2))
+    _tensors, structure = _state.flatten(state)
+    views = saved_views(structure)
+    assert views["model/complex128"] == ("torch", "complex128")
+    assert views["np/be"] == ("numpy", ">f8")
+    assert views["model/float32"] == ("torch", "")
+    # A pickle that would run code is only scanned.
+    evil = pickle.dumps(__import__("os").system, protocol=4)
+    assert saved_views(evil) == {}
+    rng = random.Random(0)
+    for _ in range(300):
+        b = bytearray(structure)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        cut = bytes(b[: rng.randrange(len(b) + 1)]) if rng.random() < 0.3 else bytes(b)
+        try:
+            assert isinstance(saved_views(cut), dict)
+        except tpde.TpdeError:
+            pass
