@@ -423,6 +423,108 @@ fn store_report(
     .map_err(err)
 }
 
+/// What reading tensors cost: (content files opened, index bytes, payload
+/// bytes, chunks, tensors decoded).
+type ReadStatsPy = (u64, u64, u64, u64, u64);
+
+fn read_stats(s: tpde::store::ReadStats) -> ReadStatsPy {
+    (
+        s.objects,
+        s.index_bytes,
+        s.payload_bytes,
+        s.chunks,
+        s.tensors,
+    )
+}
+
+/// A tensor as (name, safetensors dtype, shape).
+type TensorSpecPy = (String, String, Vec<u64>);
+
+/// An opened step: (file, content file id, tensors, metadata JSON, stats).
+type OpenedStepPy = (
+    String,
+    String,
+    Vec<TensorSpecPy>,
+    Option<String>,
+    ReadStatsPy,
+);
+
+/// Opens a safetensors file of step `step` for reading tensor by tensor
+/// (`file`: its path; by default `Store.save`'s, or the step's only one):
+/// (file, content file id, [(name, dtype, shape)], metadata JSON, stats).
+#[pyfunction]
+#[pyo3(signature = (store, step, file=None))]
+fn store_open_step(
+    py: Python<'_>,
+    store: &Store,
+    step: u64,
+    file: Option<String>,
+) -> PyResult<OpenedStepPy> {
+    py.detach(|| {
+        let v = store.inner.open_step(step, file.as_deref())?;
+        let tensors = v
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype.name().to_string(), t.shape.clone()))
+            .collect();
+        Ok((
+            v.file().to_string(),
+            v.object().to_string(),
+            tensors,
+            v.metadata().map(str::to_string),
+            read_stats(v.stats()),
+        ))
+    })
+    .map_err(err)
+}
+
+/// Tensor `name` of file `file` of step `step`, decoded along its chain:
+/// (its bytes as a uint8 array, the stats of this read). `object`: the
+/// content file the caller opened; another one is an error.
+#[pyfunction]
+fn store_tensor<'py>(
+    py: Python<'py>,
+    store: &Store,
+    step: u64,
+    file: String,
+    object: String,
+    name: String,
+) -> PyResult<(Bound<'py, PyArray1<u8>>, ReadStatsPy)> {
+    let (bytes, stats) = py
+        .detach(|| {
+            let v = store.inner.open_step(step, Some(&file))?;
+            if v.object() != object {
+                return Err(tpde::Error::InvalidArgument(format!(
+                    "step {step}, file {file} has changed since it was opened: open it again"
+                )));
+            }
+            let before = v.stats();
+            let bytes = v.tensor(&name)?;
+            let after = v.stats();
+            let mut s = after;
+            s.objects -= before.objects;
+            s.index_bytes -= before.index_bytes;
+            Ok((bytes, s))
+        })
+        .map_err(err)?;
+    Ok((PyArray1::from_vec(py, bytes), read_stats(stats)))
+}
+
+/// File `path` of step `step` alone, decoded along its chain: (its bytes,
+/// stats).
+#[pyfunction]
+fn store_read_file<'py>(
+    py: Python<'py>,
+    store: &Store,
+    step: u64,
+    path: String,
+) -> PyResult<(Bound<'py, PyBytes>, ReadStatsPy)> {
+    let (bytes, stats) = py
+        .detach(|| store.inner.read_file(step, &path))
+        .map_err(err)?;
+    Ok((PyBytes::new(py, &bytes), read_stats(stats)))
+}
+
 #[pymodule]
 fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TpdeError", m.py().get_type::<TpdeError>())?;
@@ -436,5 +538,8 @@ fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(step_from_name, m)?)?;
     m.add_function(wrap_pyfunction!(store_diff, m)?)?;
     m.add_function(wrap_pyfunction!(store_report, m)?)?;
+    m.add_function(wrap_pyfunction!(store_open_step, m)?)?;
+    m.add_function(wrap_pyfunction!(store_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(store_read_file, m)?)?;
     Ok(())
 }

@@ -446,6 +446,7 @@ mod output;
 mod plan;
 mod store;
 mod store_diff;
+mod store_tensor;
 
 pub use output::{check_output, file_len, human, progress_bar, ratio, replace, WIDTH};
 

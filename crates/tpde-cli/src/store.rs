@@ -54,6 +54,14 @@ pub enum StoreCommand {
         output: Option<PathBuf>,
         #[command(flatten)]
         force: ForceArg,
+        /// Write one tensor of the step instead (decoding only its chunks
+        /// along its chain): -o NAME.npy or -o NAME.safetensors.
+        #[arg(long, value_name = "NAME")]
+        tensor: Option<String>,
+        /// With --tensor: the step's file to read it from, when the step
+        /// has several safetensors files.
+        #[arg(long, value_name = "PATH", requires = "tensor")]
+        file: Option<String>,
     },
     /// List the stored checkpoints.
     Ls {
@@ -242,8 +250,22 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             step,
             output,
             force,
+            tensor,
+            file,
         } => {
             let store = Store::open_location(&dir)?;
+            if let Some(name) = tensor {
+                let out = output.as_deref();
+                let file = file.as_deref();
+                return crate::store_tensor::get_tensor(
+                    &store,
+                    step,
+                    file,
+                    &name,
+                    out,
+                    force.force,
+                );
+            }
             let t = Instant::now();
             let out = match output {
                 Some(o) => o,

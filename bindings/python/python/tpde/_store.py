@@ -140,6 +140,19 @@ class Store:
                                 numpy=numpy, map_location=map_location, trusted=trusted)
 
     @tpde_errors
+    def open(self, step: int, *, file: Optional[str] = None, framework: str = "pt",
+             device: Any = "cpu") -> Any:
+        """One step's tensors, read one at a time without restoring the step:
+        a :class:`tpde._open.StepReader` shaped like ``safetensors.safe_open``
+        (``keys()``, ``metadata()``, ``get_tensor(name)``,
+        ``get_slice(name)[...]``; a context manager). ``file`` names the
+        step's safetensors file to read (by default ``Store.save``'s
+        tensors, or the step's only safetensors file); ``framework`` is
+        ``"pt"`` (torch tensors) or ``"np"`` (numpy arrays)."""
+        from ._open import StepReader
+        return StepReader(self._inner, _step(step), file, framework, device)
+
+    @tpde_errors
     def add(self, path: PathLike, step: Optional[int] = None, *,
             max_abs_error: Optional[float] = None, max_rel_error: Optional[float] = None) -> None:
         """Adds a checkpoint file or folder (a Hugging Face ``checkpoint-N/``:

@@ -245,8 +245,19 @@ fn tensor_jobs<'a, 'r>(
     r: Option<&Reference<'r>>,
     jobs: &mut Vec<Job<'a, 'r>>,
 ) -> Result<()> {
+    let tref = tensor_reference(c, &c.tensors[ti], r)?;
+    jobs_against(c, ti, tref, jobs)
+}
+
+/// Lists the decode jobs of tensor `ti` against `tref`, the reference bytes
+/// of that tensor.
+fn jobs_against<'a, 'r>(
+    c: &Container<'a>,
+    ti: usize,
+    tref: Option<&'r [u8]>,
+    jobs: &mut Vec<Job<'a, 'r>>,
+) -> Result<()> {
     let t = &c.tensors[ti];
-    let tref = tensor_reference(c, t, r)?;
     let mut start = 0usize;
     for (k, e) in t.entry.chunks.iter().enumerate() {
         let len = e.raw_len as usize;
@@ -418,6 +429,20 @@ pub fn decode_tensor_with(
 ) -> Result<Vec<u8>> {
     let (c, ti) = open_tensor(container, name, opts)?;
     let len = c.tensors[ti].entry.data_len;
+    let r = check_reference(&c, reference, false)?;
+    let mut jobs = Vec::new();
+    tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+    decode_jobs_vec(&c, &jobs, name, len)
+}
+
+/// Decodes `jobs` (the chunks of one tensor, `len` bytes, named `name`) into
+/// a new buffer, allocated fallibly.
+fn decode_jobs_vec(
+    c: &Container<'_>,
+    jobs: &[Job<'_, '_>],
+    name: &str,
+    len: u64,
+) -> Result<Vec<u8>> {
     let too_big = |e: String| Error::Io {
         path: None,
         err: std::io::Error::new(
@@ -425,9 +450,6 @@ pub fn decode_tensor_with(
             format!("tensor {name:?} decodes to {len} bytes, which do not fit in memory: {e}"),
         ),
     };
-    let r = check_reference(&c, reference, false)?;
-    let mut jobs = Vec::new();
-    tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
     let n = usize::try_from(len).map_err(|e| too_big(e.to_string()))?;
     // The allocation is probed fallibly first (there is no fallible zeroed
     // allocation in std), then made zeroed: fresh zero pages, which the
@@ -438,8 +460,63 @@ pub fn decode_tensor_with(
         .map_err(|e| too_big(e.to_string()))?;
     drop(probe);
     let mut out = vec![0u8; n];
-    decode_jobs(&c, &jobs, &mut out)?;
+    decode_jobs(c, jobs, &mut out)?;
     Ok(out)
+}
+
+/// Whether decoding tensor `ti` of an opened container reads reference
+/// data: the tensor has a reference mode and some chunk is a delta, or
+/// quantized against the reference (lossy).
+pub fn tensor_needs_reference(c: &Container<'_>, ti: usize) -> bool {
+    let e = &c.tensors[ti].entry;
+    e.ref_mode != RefMode::None
+        && e.chunks
+            .iter()
+            .any(|k| matches!(k.coding.codec, Codec::Delta | Codec::Quantized))
+}
+
+/// Decodes tensor `ti` of an opened safetensors container against the bytes
+/// of the reference's tensor of the same name (`reference`: that tensor's
+/// data, not the whole reference file), as a chain of tensors is decoded
+/// without decoding whole files. Each chunk's checksum is checked; the
+/// caller checks that `reference` is the right tensor (what
+/// [`Container::open`] of the reference's container and its index say).
+/// A tensor that does not read its reference ([`tensor_needs_reference`])
+/// takes `None`. Tensors whose reference data is a byte range of the
+/// reference file (torch archives, opaque files) are refused.
+pub fn decode_tensor_against(
+    c: &Container<'_>,
+    ti: usize,
+    reference: Option<&[u8]>,
+    opts: &DecodeOptions,
+) -> Result<Vec<u8>> {
+    let t = &c.tensors[ti];
+    opts.check(&format!("tensor {:?}", t.info.name), t.entry.data_len)?;
+    let tref = if tensor_needs_reference(c, ti) {
+        if t.entry.ref_mode != RefMode::SameName {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {:?} is coded against a byte range of its reference file ({} container), \
+                 not against a tensor: decode the whole file",
+                t.info.name,
+                c.index.source_kind.name()
+            )));
+        }
+        let r = reference.ok_or(Error::MissingReference)?;
+        if r.len() as u64 != t.info.len() {
+            return Err(Error::ReferenceMismatch(format!(
+                "the reference tensor {:?} has {} bytes, not {}",
+                t.info.name,
+                r.len(),
+                t.info.len()
+            )));
+        }
+        Some(r)
+    } else {
+        None
+    };
+    let mut jobs = Vec::new();
+    jobs_against(c, ti, tref, &mut jobs)?;
+    decode_jobs_vec(c, &jobs, &t.info.name, t.entry.data_len)
 }
 
 /// Decodes one tensor like [`decode_tensor_with`], writing its bytes to

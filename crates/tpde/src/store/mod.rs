@@ -36,6 +36,7 @@ mod manifest;
 mod matching;
 mod output;
 mod report;
+mod tensor;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,7 @@ pub use diff::{tensor_group, DiffKind, DiffSort, FileDiff, StepDiff, TensorDiff}
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 pub use output::write_restored;
 pub use report::{GroupCell, PairRow, RunReport, StepRow};
+pub use tensor::{ReadStats, StepView, SAVED_TENSORS};
 
 use crate::common::error::{Error, Result};
 use backend::faulty::Faulty;

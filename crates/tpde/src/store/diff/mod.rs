@@ -17,9 +17,9 @@ use serde::Serialize;
 
 mod values;
 
-use super::get::{list_steps, Sink};
+use super::get::Sink;
 use super::matching::match_files;
-use super::{Files, Manifest, StepRecord, Store};
+use super::{Files, StepRecord, Store};
 use crate::codec::chunk::Codec;
 use crate::common::error::Result;
 use crate::container::format::{Container, RefMode};
@@ -207,11 +207,6 @@ impl Store {
         };
         d.sort(DiffSort::Rel);
         Ok(d)
-    }
-
-    pub(crate) fn step_record<'m>(&self, m: &'m Manifest, step: u64) -> Result<&'m StepRecord> {
-        m.get(step)
-            .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(m))))
     }
 
     /// Decodes every file of `rec`, a step coded against the step whose
