@@ -94,6 +94,29 @@ impl Store {
         Ok(())
     }
 
+    /// The bytes `f` (a file of step `rec`) is coded against, among the
+    /// decoded `files` of its reference step; `None` for a file coded alone.
+    pub(crate) fn reference_of<'f>(
+        &self,
+        rec: &StepRecord,
+        f: &FileRecord,
+        files: &'f Files,
+    ) -> Result<Option<&'f [u8]>> {
+        if !f.delta {
+            return Ok(None);
+        }
+        let bytes = files.get(f.ref_path()).ok_or_else(|| {
+            self.err(format!(
+                "step {}, file {}: its reference step {:?} lacks the file {}",
+                rec.step,
+                f.path,
+                rec.reference,
+                f.ref_path()
+            ))
+        })?;
+        Ok(Some(&**bytes))
+    }
+
     /// Decodes the files of `step` (all, or those in `want`) by walking its
     /// chain from the keyframe, keeping only what the next step needs.
     /// `sink` says where the files of `step` itself go.
@@ -134,20 +157,7 @@ impl Store {
                 .iter()
                 .filter(|f| need[i].contains(f.path.as_str()))
             {
-                let reference = if f.delta {
-                    Some(cur.get(f.ref_path()).ok_or_else(|| {
-                        self.err(format!(
-                            "step {}, file {}: its reference step {:?} lacks the file {}",
-                            rec.step,
-                            f.path,
-                            rec.reference,
-                            f.ref_path()
-                        ))
-                    })?)
-                } else {
-                    None
-                };
-                let reference = reference.map(|b| &**b);
+                let reference = self.reference_of(rec, f, &cur)?;
                 match sink {
                     Sink::Dir(dir) if i == last => self.decode_into(dir, rec.step, f, reference)?,
                     Sink::File(file) if i == last => {

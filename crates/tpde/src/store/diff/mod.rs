@@ -214,20 +214,8 @@ impl Store {
     pub(crate) fn decode_step(&self, rec: &StepRecord, reference: &Files) -> Result<Files> {
         let mut files = Files::new();
         for f in &rec.files {
-            let r = if f.delta {
-                Some(reference.get(f.ref_path()).ok_or_else(|| {
-                    self.err(format!(
-                        "step {}, file {}: its reference step {:?} lacks the file {}",
-                        rec.step,
-                        f.path,
-                        rec.reference,
-                        f.ref_path()
-                    ))
-                })?)
-            } else {
-                None
-            };
-            let bytes = self.decode_file(rec.step, f, r.map(|b| &**b))?;
+            let r = self.reference_of(rec, f, reference)?;
+            let bytes = self.decode_file(rec.step, f, r)?;
             files.insert(f.path.clone(), bytes);
         }
         Ok(files)
