@@ -280,7 +280,9 @@ fn a_failed_put_leaves_the_store_as_it_was(place: &Place) {
         .unwrap()
         .with_faults(faults.clone());
     let err = faulty.add(&run.path(30), 30).unwrap_err();
-    assert!(err.to_string().contains("injected fault #0"), "{err}");
+    // Files are coded several at a time: the first fault may hit any of
+    // them, and the error names the first file in path order that failed.
+    assert!(err.to_string().contains("injected fault #"), "{err}");
     assert!(faults.tripped());
     let store = Store::open_location(&loc).unwrap();
     check_steps(&store, &run, &[10, 20]);
