@@ -525,6 +525,91 @@ fn store_read_file<'py>(
     Ok((PyBytes::new(py, &bytes), read_stats(stats)))
 }
 
+/// The plan of shared step `step` (the coordinator of a distributed save,
+/// before the ranks code), as JSON.
+#[pyfunction]
+fn store_plan_shared(py: Python<'_>, store: &Store, step: u64) -> PyResult<String> {
+    py.detach(|| store.inner.plan_shared(step))
+        .map(|p| p.to_json())
+        .map_err(err)
+}
+
+/// Codes `data` as file `path` of the shared step `plan` (JSON) on this
+/// rank, against `kept` (the bytes this rank saved last, when they are the
+/// reference's) or the reference decoded from the store; returns the file's
+/// record (JSON) for the coordinator.
+#[pyfunction]
+#[pyo3(signature = (store, plan, path, data, kept=None, *, max_abs_error=None, max_rel_error=None))]
+#[allow(clippy::too_many_arguments)]
+fn store_code_shared(
+    py: Python<'_>,
+    store: &Store,
+    plan: &str,
+    path: String,
+    data: PyBackedBytes,
+    kept: Option<PyBackedBytes>,
+    max_abs_error: Option<f64>,
+    max_rel_error: Option<f64>,
+) -> PyResult<String> {
+    let plan = tpde::store::SharedPlan::from_json(plan).map_err(err)?;
+    let lossy = bound(max_abs_error, max_rel_error)?;
+    let rec = py
+        .detach(|| {
+            store
+                .inner
+                .code_shared(&plan, &path, &data, kept.as_deref(), lossy)
+        })
+        .map_err(err)?;
+    serde_json::to_string(&rec).map_err(|e| TpdeError::new_err(e.to_string()))
+}
+
+/// Commits the shared step `plan` (JSON) as folder step `name` from every
+/// rank's file records (JSON), waiting up to `wait_s` seconds for another
+/// writer's lock; returns the step's record (JSON).
+#[pyfunction]
+fn store_commit_shared(
+    py: Python<'_>,
+    store: &Store,
+    plan: &str,
+    name: String,
+    records: Vec<String>,
+    wait_s: f64,
+) -> PyResult<String> {
+    let plan = tpde::store::SharedPlan::from_json(plan).map_err(err)?;
+    let files = records
+        .iter()
+        .map(|r| serde_json::from_str::<tpde::store::FileRecord>(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TpdeError::new_err(format!("not a file record of a shared step: {e}")))?;
+    if !(0.0..=1e9).contains(&wait_s) {
+        return Err(TpdeError::new_err(format!(
+            "wait_s must be between 0 and 1e9 seconds, not {wait_s}"
+        )));
+    }
+    let wait = std::time::Duration::from_secs_f64(wait_s);
+    let rec = py
+        .detach(|| store.inner.commit_shared(&plan, &name, files, wait))
+        .map_err(err)?;
+    serde_json::to_string(&rec).map_err(|e| TpdeError::new_err(e.to_string()))
+}
+
+/// The bytes of file `path` of step `step` in each of `ranges` (offset,
+/// length), decoding only what they need along the chain: ([bytes], stats).
+#[pyfunction]
+fn store_read_ranges<'py>(
+    py: Python<'py>,
+    store: &Store,
+    step: u64,
+    path: String,
+    ranges: Vec<(u64, u64)>,
+) -> PyResult<(Vec<Bound<'py, PyBytes>>, ReadStatsPy)> {
+    let (parts, stats) = py
+        .detach(|| store.inner.read_ranges(step, &path, &ranges))
+        .map_err(err)?;
+    let parts = parts.iter().map(|b| PyBytes::new(py, b)).collect();
+    Ok((parts, read_stats(stats)))
+}
+
 #[pymodule]
 fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TpdeError", m.py().get_type::<TpdeError>())?;
@@ -541,5 +626,9 @@ fn _tpde(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_open_step, m)?)?;
     m.add_function(wrap_pyfunction!(store_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(store_read_file, m)?)?;
+    m.add_function(wrap_pyfunction!(store_plan_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(store_code_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(store_commit_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(store_read_ranges, m)?)?;
     Ok(())
 }

@@ -98,6 +98,7 @@ on_both!(
     a_writer_overtaken_by_another_gets_a_retryable_error,
     a_failed_put_leaves_the_store_as_it_was,
     a_crash_anywhere_in_add_keeps_the_earlier_steps,
+    shared_steps_commit_and_read_by_range,
 );
 
 /// Checkpoint folders `checkpoint-STEP/`: a model that changes a little
@@ -332,4 +333,54 @@ fn a_crash_anywhere_in_add_keeps_the_earlier_steps(place: &Place) {
         check_steps(&store, &run, after);
         assert_clean(&store);
     }
+}
+
+/// A step coded by two "ranks" (`code_shared`, no lock held) and committed
+/// by a coordinator, then a delta step; both restore byte-identical, and
+/// byte ranges of the delta are its restored bytes.
+fn shared_steps_commit_and_read_by_range(place: &Place) {
+    let run = Run::new(2, 6);
+    let loc = place.fresh("store");
+    let store = Store::init_location(&loc, 10).unwrap();
+    for &step in &run.steps {
+        let files: Vec<(String, Vec<u8>)> = ["model.safetensors", "trainer_state.json"]
+            .iter()
+            .map(|p| {
+                (
+                    p.to_string(),
+                    std::fs::read(run.path(step).join(p)).unwrap(),
+                )
+            })
+            .collect();
+        let plan = store.plan_shared(step).unwrap();
+        let recs = files
+            .iter()
+            .map(|(p, b)| store.code_shared(&plan, p, b, None, None).unwrap())
+            .collect();
+        let rec = store
+            .commit_shared(
+                &plan,
+                &format!("checkpoint-{step}"),
+                recs,
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(rec.reference.is_some(), step != run.steps[0]);
+        let restored = store.restore(step).unwrap();
+        for ((p, want), (q, got)) in files.iter().zip(&restored.files) {
+            assert_eq!(p, q);
+            assert_eq!(common::sha256(want), common::sha256(got), "{p}");
+        }
+        let model = &files[0].1;
+        let n = model.len() as u64;
+        let ranges = [(0, n), (7, n / 2), (n - 3, 3)];
+        let (got, _) = store
+            .read_ranges(step, "model.safetensors", &ranges)
+            .unwrap();
+        for (&(a, len), g) in ranges.iter().zip(&got) {
+            assert!(g[..] == model[a as usize..(a + len) as usize]);
+        }
+    }
+    let report = assert_clean(&store);
+    assert_eq!(report.steps, 2);
 }

@@ -188,15 +188,20 @@ def _torch_tensor(obj: Any, lossy: bool) -> _Tensor:
     return _Tensor("torch", st, shape, None, view, flags, storage, layout)
 
 
-def _torch_bytes(obj: Any) -> np.ndarray:
+def _torch_bytes(obj: Any, copy: bool = False) -> np.ndarray:
+    """The tensor's bytes, in its own memory where they are contiguous on the
+    CPU already (``copy=True``: always in memory of their own, copied once)."""
     t = obj.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.resolve_conj().resolve_neg().contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
+    moved = t.device.type != "cpu"
+    if moved:
+        t = t.cpu()  # a copy, made synchronously
+    c = t.resolve_conj().resolve_neg().contiguous()
+    if copy and not moved and c.data_ptr() == t.data_ptr():  # still the caller's memory
+        c = c.clone()
+    return c.reshape(-1).view(torch.uint8).numpy() if c.numel() else np.empty(0, np.uint8)
 
 
-def _numpy_array(obj: np.ndarray, lossy: bool) -> _Tensor:
+def _numpy_array(obj: np.ndarray, lossy: bool, copy: bool = False) -> _Tensor:
     cls = type(obj)
     if cls is not np.ndarray and cls is not np.memmap:
         how = ("store its .data and .mask as two arrays" if isinstance(obj, np.ma.MaskedArray)
@@ -217,6 +222,8 @@ def _numpy_array(obj: np.ndarray, lossy: bool) -> _Tensor:
         st = _EXACT_PARTS[st]
     view = "" if le in _NUMPY_TO_ST and dt == le else dt.str
     arr = np.ascontiguousarray(obj, dtype=le)  # 1-d at least: keep obj.shape
+    if copy and np.may_share_memory(arr, obj):
+        arr = arr.copy()
     raw = arr.reshape(-1).view(np.uint8)
     return _Tensor("numpy", st, list(obj.shape) + ([trailing] if trailing else []), raw, view)
 
@@ -307,13 +314,16 @@ def _paths(state: Any, leaves: Dict[int, str]) -> Dict[int, str]:
     return out
 
 
-def flatten(state: Any, *, pickle_tensors: bool = False, lossy: bool = False
-            ) -> Tuple[List[Tuple[str, str, List[int], np.ndarray]], bytes]:
+def flatten(state: Any, *, pickle_tensors: bool = False, lossy: bool = False,
+            copy: bool = False) -> Tuple[List[Tuple[str, str, List[int], np.ndarray]], bytes]:
     """Splits ``state`` into tensors (name, dtype, shape, bytes) and the pickled
     rest. Tensors and arrays tpde cannot store as data are refused, or
     pickled as torch and numpy pickle them with ``pickle_tensors=True``.
     ``lossy``: the step gets an error bound (which must not apply to the
-    parts of complex values)."""
+    parts of complex values). ``copy``: every tensor's bytes are a copy
+    (made once: tensors moved off a GPU or made contiguous are copies
+    already), so that the caller may change its tensors at once; without it
+    the bytes of contiguous CPU tensors and arrays are their own memory."""
     leaves: Dict[int, str] = {}
     names = _paths(state, leaves)
     used = set(names.values())
@@ -353,9 +363,9 @@ def flatten(state: Any, *, pickle_tensors: bool = False, lossy: bool = False
                 if group:
                     shared.append((next(iter(group.values()))[0], name))
                 group[t.layout] = [name, 1]
-            t.raw = _torch_bytes(obj)
+            t.raw = _torch_bytes(obj, copy)
         else:
-            t = _numpy_array(obj, lossy)
+            t = _numpy_array(obj, lossy, copy)
             name = new_name(obj)
         tensors.append((name, t.st, t.shape, t.raw))
         if t.view or t.flags:

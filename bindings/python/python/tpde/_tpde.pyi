@@ -106,3 +106,20 @@ def store_tensor(
     store: Store, step: int, file: str, object: str, name: str
 ) -> Tuple[npt.NDArray[np.uint8], _ReadStats]: ...
 def store_read_file(store: Store, step: int, path: str) -> Tuple[bytes, _ReadStats]: ...
+def store_plan_shared(store: Store, step: int) -> str: ...
+def store_code_shared(
+    store: Store,
+    plan: str,
+    path: str,
+    data: bytes,
+    kept: Optional[bytes] = None,
+    *,
+    max_abs_error: Optional[float] = None,
+    max_rel_error: Optional[float] = None,
+) -> str: ...
+def store_commit_shared(
+    store: Store, plan: str, name: str, records: List[str], wait_s: float
+) -> str: ...
+def store_read_ranges(
+    store: Store, step: int, path: str, ranges: List[Tuple[int, int]]
+) -> Tuple[List[bytes], _ReadStats]: ...

@@ -514,9 +514,20 @@ pub fn decode_tensor_against(
     } else {
         None
     };
+    jobs_for(c, ti, tref, &t.info.name)
+}
+
+/// Decodes tensor `ti` (named `name`) against `tref`, its reference data
+/// from the tensor's start, into a new buffer.
+pub(crate) fn jobs_for(
+    c: &Container<'_>,
+    ti: usize,
+    tref: Option<&[u8]>,
+    name: &str,
+) -> Result<Vec<u8>> {
     let mut jobs = Vec::new();
     jobs_against(c, ti, tref, &mut jobs)?;
-    decode_jobs_vec(c, &jobs, &t.info.name, t.entry.data_len)
+    decode_jobs_vec(c, &jobs, name, c.tensors[ti].entry.data_len)
 }
 
 /// Decodes one tensor like [`decode_tensor_with`], writing its bytes to

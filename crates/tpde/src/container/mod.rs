@@ -7,6 +7,7 @@
 //!   chunk is and what it is coded against) and [`encode::execute`].
 //! - [`decode`]: a container and its reference back into the original,
 //!   whole or tensor by tensor, hashing as it writes.
+//! - [`range`]: a byte range of the original without decoding the rest.
 //! - [`inspect`]: what a container holds, for `tpde inspect`.
 //! - [`files`]: the same on paths: mapped inputs, atomic outputs, the free
 //!   space of the output's filesystem.
@@ -19,3 +20,4 @@ pub mod encode;
 pub mod files;
 pub mod format;
 pub mod inspect;
+pub mod range;

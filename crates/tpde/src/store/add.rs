@@ -346,7 +346,7 @@ impl Store {
 }
 
 /// An I/O error without a path (from a writer) gets the path written to.
-fn with_path(e: Error, path: &Path) -> Error {
+pub(super) fn with_path(e: Error, path: &Path) -> Error {
     match e {
         Error::Io {
             path: None,
@@ -364,9 +364,9 @@ fn original(s: &StepRecord) -> u64 {
     s.files.iter().map(|f| f.len).sum()
 }
 
-struct HashWriter<'a> {
-    inner: &'a mut dyn Write,
-    hasher: xxhash_rust::xxh3::Xxh3,
+pub(super) struct HashWriter<'a> {
+    pub(super) inner: &'a mut dyn Write,
+    pub(super) hasher: xxhash_rust::xxh3::Xxh3,
 }
 
 impl Write for HashWriter<'_> {

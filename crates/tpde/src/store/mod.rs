@@ -21,6 +21,8 @@
 //!   output of `get`; `maintain`: verify, rm, prune, commit, garbage.
 //! - `manifest`, `matching`, [`watch`]: the commit record, which file is
 //!   coded against which, finding a run's checkpoints.
+//! - `shared`: a step coded by the ranks of a distributed save and
+//!   committed by one of them; `ranges`: byte ranges of a stored file.
 //! - `diff`, `report`: what changed between two steps, tensor by tensor,
 //!   and over the whole run (the HTML, CSV and JSON report).
 //!
@@ -35,7 +37,9 @@ mod maintain;
 mod manifest;
 mod matching;
 mod output;
+mod ranges;
 mod report;
+mod shared;
 mod tensor;
 pub mod watch;
 
@@ -50,6 +54,7 @@ pub use diff::{tensor_group, DiffKind, DiffSort, FileDiff, StepDiff, TensorDiff}
 pub use manifest::{EntryKind, FileRecord, Manifest, StepRecord};
 pub use output::write_restored;
 pub use report::{GroupCell, PairRow, RunReport, StepRow};
+pub use shared::SharedPlan;
 pub use tensor::{ReadStats, StepView, SAVED_TENSORS};
 
 use crate::common::error::{Error, Result};

@@ -167,7 +167,7 @@ impl Store {
         Ok(f)
     }
 
-    fn find_file<'m>(&self, rec: &'m StepRecord, path: &str) -> Result<&'m FileRecord> {
+    pub(super) fn find_file<'m>(&self, rec: &'m StepRecord, path: &str) -> Result<&'m FileRecord> {
         rec.files.iter().find(|f| f.path == path).ok_or_else(|| {
             self.err(format!(
                 "step {} has no file {path:?}{}",
@@ -209,7 +209,7 @@ impl Store {
         }
     }
 
-    fn object(&self, step: u64, f: &FileRecord) -> Result<FileBytes> {
+    pub(super) fn object(&self, step: u64, f: &FileRecord) -> Result<FileBytes> {
         self.backend.get_object(&f.object).map_err(|e| {
             let e = match e {
                 Error::Io { err, .. } => err.to_string(),
@@ -225,7 +225,7 @@ impl Store {
 
     /// Opens the content file of `f` and checks that it is the file the
     /// manifest lists; counts its index.
-    fn open_container<'b>(
+    pub(super) fn open_container<'b>(
         &self,
         step: u64,
         f: &FileRecord,

@@ -9,7 +9,8 @@ Each checkpoint dict Lightning saves is stored (:meth:`tpde.Store.save`) as
 step ``checkpoint["global_step"]``, and the ``.ckpt`` file Lightning asked
 for becomes a small JSON pointer, ``{"tpde_store": "/abs/run.tpde", "step":
 N}``, so that ``ModelCheckpoint`` keeps tracking, linking and removing files
-by path as usual.
+by path as usual. With ``blocking=False`` the checkpoint is coded in the
+background while training goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover - exercised only with pytorch_lightning
     from pytorch_lightning.plugins.io import CheckpointIO
 
 from .. import Store, TpdeError
+from .._api import _flag
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +96,22 @@ class TpdeCheckpointIO(CheckpointIO):
       pointer to it remains in the pointer's folder or in any folder this
       plugin has written pointers to. Overwriting a pointer (``last.ckpt``)
       drops the step it named in the same way.
+
+    With ``blocking=False``, ``save_checkpoint`` returns once the checkpoint
+    is snapshotted (its tensors copied to host memory) and writes the
+    pointer at once; the step is coded, and removed steps are removed, in
+    the store's background thread, in call order (see
+    :meth:`tpde.Store.save`). A second save first waits for the previous
+    one (the store's ``max_pending``). ``load_checkpoint`` of a step still
+    being saved waits for it; ``teardown`` (the end of ``fit``) waits for
+    all and raises a background failure, as does the next save.
     """
 
-    def __init__(self, store: StoreLike, keyframe_every: Optional[int] = None) -> None:
+    def __init__(self, store: StoreLike, keyframe_every: Optional[int] = None,
+                 blocking: bool = True) -> None:
         if not isinstance(store, (Store, str, os.PathLike)):
             raise TpdeError(f"store is a tpde.Store or a path, not {store!r}")
+        self.blocking = _flag("blocking", blocking)
         super().__init__()
         self._store_path = os.path.abspath(store.path if isinstance(store, Store) else os.fspath(store))
         self._keyframe_every = keyframe_every
@@ -133,21 +146,40 @@ class TpdeCheckpointIO(CheckpointIO):
             raise TpdeError(f"the checkpoint's global_step is {step!r}, not a step number")
         store = self.store
         keys = frozenset(str(k) for k in checkpoint)
-        stored = step in store
-        if stored and step in self._saved and keys <= self._saved[step]:
+        saved = self._saved.get(step)
+        if saved is not None and keys <= saved and (store._pending(step) or step in store):
             logger.info("tpde: step %d is stored already; %s points to it", step, path)
-        else:
-            if stored:
+        elif self.blocking:
+            if step in store:
                 logger.info("tpde: replacing stored step %d", step)
                 store.remove(step)
             # As torch.save would: tensors tpde does not store as data
             # (sparse, quantized...) are pickled (loading is trusted, below).
             store.save(step, checkpoint, pickle_tensors=True)
             self._saved[step] = keys
+        else:
+            store._submit(f"the save of step {step}", (step,),
+                          lambda: self._replace_job(store, step, checkpoint))
+            self._saved[step] = keys
         old = read_pointer(path)
         self._write_pointer(path, step)
         if old is not None and old[1] != step and _same_path(old[0], self._store_path):
             self._drop_if_unreferenced(old[1], os.path.dirname(os.path.abspath(path)))
+
+    @staticmethod
+    def _replace_job(store: Store, step: int, checkpoint: Dict[str, Any]) -> Any:
+        """Snapshots ``checkpoint``; returns the background job that stores it
+        as step ``step``, replacing a stored one."""
+        commit = store._snapshot(step, checkpoint, max_abs_error=None, max_rel_error=None,
+                                 pickle_tensors=True, copy=True)
+
+        def run() -> None:
+            if step in store:  # on the store's thread: the queue before it is done
+                logger.info("tpde: replacing stored step %d", step)
+                store.remove(step)
+            commit()
+
+        return run
 
     def _write_pointer(self, path: str, step: int) -> None:
         folder = os.path.dirname(os.path.abspath(path))
@@ -210,13 +242,28 @@ class TpdeCheckpointIO(CheckpointIO):
                 p = read_pointer(other)
                 if p is not None and p[1] == step and _same_path(p[0], self._store_path):
                     return
-        if step in self.store:
-            self.store.remove(step)
-            logger.info("tpde: removed step %d (no pointer names it)", step)
+        store = self.store
+
+        def drop() -> None:
+            if step in store:
+                store.remove(step)
+                logger.info("tpde: removed step %d (no pointer names it)", step)
+
+        if self.blocking:
+            drop()
+        else:  # after the pending saves, without waiting for them
+            store._submit(f"the removal of step {step}", (step,), lambda: drop, bounded=False)
         self._saved.pop(step, None)
 
+    def wait(self) -> None:
+        """Waits for the checkpoints still being saved in the background;
+        raises a failure (a :class:`tpde.TpdeError`) not reported yet."""
+        if self._store is not None:
+            self._store.wait()
+
     def teardown(self) -> None:
-        pass
+        """Waits for the background saves (the end of ``fit``, ``validate``...)."""
+        self.wait()
 
 
 def _is_device(obj: Any) -> bool:

@@ -8,7 +8,8 @@
 
 Every ``checkpoint-N/`` folder the ``Trainer`` writes is added, whole (model,
 optimizer, scheduler, RNG and trainer state, tokenizer files...), as step
-``N``; the store gives it back byte for byte.
+``N``; the store gives it back byte for byte. With ``blocking=False`` the
+folder is coded in the background while training goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import Store, TpdeError
+from .._api import _flag
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +96,26 @@ class TpdeCallback(TrainerCallback):
     written is always kept by it, and every earlier folder was added when it
     was written, so the store keeps every step while the output folder keeps
     ``save_total_limit``. Thin the store with :meth:`tpde.Store.prune`.
+
+    With ``blocking=False`` the adding (and checking and deleting) runs in
+    the store's background thread (:meth:`tpde.Store.save` with
+    ``blocking=False``) while training goes on. The folder must stay as the
+    ``Trainer`` wrote it until then, so the callback waits for it before the
+    ``Trainer`` writes or rotates checkpoints again (at the end of a step or
+    epoch that saves, or that evaluates for ``save_strategy="best"``), when
+    training is over (before the ``Trainer`` loads the best checkpoint or
+    deletes folders) and at ``on_train_end``; a background failure is raised
+    there, stopping training.
     """
 
     def __init__(self, store: StoreLike, keyframe_every: Optional[int] = None,
-                 delete_checkpoints: bool = False) -> None:
+                 delete_checkpoints: bool = False, blocking: bool = True) -> None:
         if not isinstance(store, (Store, str, os.PathLike)):
             raise TpdeError(f"store is a tpde.Store or a path, not {store!r}")
         self._store_arg = store
         self._keyframe_every = keyframe_every
         self.delete_checkpoints = bool(delete_checkpoints)
+        self.blocking = _flag("blocking", blocking)
         self._store: Optional[Store] = store if isinstance(store, Store) else None
         self._added: Set[int] = set()  # steps this callback added
         self._kept_best: Set[str] = set()  # verified folders kept as the best
@@ -126,12 +139,53 @@ class TpdeCallback(TrainerCallback):
             logger.warning(msg)
             warnings.warn(msg, stacklevel=2)
             return control
+        best = getattr(state, "best_model_checkpoint", None) if getattr(
+            args, "load_best_model_at_end", False) else None
+        if self.blocking:
+            self._store_folder(folder, step, best)
+        else:
+            self.store._submit(f"the add of {folder!r} as step {step}", (step,),
+                               lambda: lambda: self._store_folder(folder, step, best))
+        return control
+
+    def _store_folder(self, folder: str, step: int, best: Optional[str]) -> None:
         self._add(folder, step)
         if self.delete_checkpoints:
-            best = getattr(state, "best_model_checkpoint", None) if getattr(
-                args, "load_best_model_at_end", False) else None
             self._delete(folder, step, best)
+
+    # The Trainer writes (and rotates) checkpoints right after these events;
+    # in the background mode the folder being stored must be left alone.
+
+    def _wait(self) -> None:
+        if not self.blocking and self._store is not None:
+            self._store.wait()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if _saves_next(args, control):
+            self._wait()
         return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if _saves_next(args, control):
+            self._wait()
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # The last log comes before the Trainer loads the best checkpoint
+        # and deletes folders (save_total_limit=1).
+        if getattr(control, "should_training_stop", False) or (
+                0 < getattr(state, "max_steps", 0) <= getattr(state, "global_step", 0)):
+            self._wait()
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._wait()
+        return control
+
+    def wait(self) -> None:
+        """Waits for the checkpoints still being stored in the background;
+        raises a failure (a :class:`tpde.TpdeError`) not reported yet."""
+        self._wait()
 
     def _add(self, folder: str, step: int) -> None:
         store = self.store
@@ -177,6 +231,14 @@ class TpdeCallback(TrainerCallback):
             return
         shutil.rmtree(folder)
         logger.info("tpde: deleted %s (stored as step %d)", folder, step)
+
+
+def _saves_next(args: Any, control: Any) -> bool:
+    """Whether the Trainer may save a checkpoint after this event."""
+    if getattr(control, "should_save", False):
+        return True
+    return bool(getattr(control, "should_evaluate", False)) and getattr(
+        args, "save_strategy", None) == "best"
 
 
 def restore_checkpoint(store: StoreLike, step: int, output_dir: Union[str, "os.PathLike[str]"]) -> str:

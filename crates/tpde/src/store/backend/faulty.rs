@@ -151,6 +151,27 @@ impl Backend for Faulty {
         }))
     }
 
+    fn put_pending<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
+        self.tick("put of a pending object", &self.location().display())?;
+        let inner = self.inner.put_pending(lease)?;
+        let path = inner.path().to_path_buf();
+        Ok(Box::new(FaultyWriter {
+            buf: BufWriter::with_capacity(
+                1 << 20,
+                Torn {
+                    inner,
+                    faults: self.faults.clone(),
+                    path,
+                },
+            ),
+        }))
+    }
+
+    fn adopt_pending(&self, lease: &Lease, objects: &[(String, u64)]) -> Result<()> {
+        self.tick("adoption of pending objects", &self.location().display())?;
+        self.inner.adopt_pending(lease, objects)
+    }
+
     fn publish_manifest(
         &self,
         lease: &Lease,

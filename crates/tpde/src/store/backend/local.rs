@@ -9,6 +9,9 @@
 //! DIR/lock                     held by whoever writes; readers share it
 //! DIR/objects/ab/ab12….tpde    content objects
 //! DIR/tmp/                     files being written
+//! DIR/pending/                 objects coded by the ranks of a distributed
+//!                              save, until its coordinator's write adopts
+//!                              them (renamed into objects/)
 //! ```
 //!
 //! May call: `common` (safefs, mmap, errors), `container::format` (digests)
@@ -18,6 +21,8 @@ use std::collections::HashSet;
 use std::fs::{File, TryLockError};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use super::{
     is_lower_hex, is_object_name, is_temp_name, local_temp_dir, store_error, temp_name, Backend,
@@ -30,17 +35,24 @@ use crate::container::format;
 
 const LOCK: &str = "lock";
 const TMP: &str = "tmp";
+const PENDING: &str = "pending";
+/// How old a pending object must be before another write's garbage
+/// collection removes it (a distributed save commits well within it).
+const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
 /// A store in the folder `root`.
 #[derive(Debug)]
 pub(crate) struct Local {
     root: PathBuf,
+    /// Age past which an unadopted pending object is garbage.
+    grace: Mutex<Duration>,
 }
 
 impl Local {
     pub(crate) fn new(root: &Path) -> Local {
         Local {
             root: root.to_path_buf(),
+            grace: Mutex::new(DEFAULT_GRACE),
         }
     }
 
@@ -69,6 +81,43 @@ impl Local {
             Err(TryLockError::WouldBlock) => Err(Error::Locked(self.root.clone())),
             Err(TryLockError::Error(e)) => Err(Error::io(self.root.join(LOCK), e)),
         }
+    }
+
+    fn pending_path(&self, name: &str) -> PathBuf {
+        self.root.join(PENDING).join(format!("{name}.tpde"))
+    }
+
+    /// Maps pending object `name`, following no link.
+    fn open_pending(&self, name: &str) -> Result<FileBytes> {
+        let path = self.pending_path(name);
+        let file = safefs::open_beneath(&self.root, &[PENDING, &format!("{name}.tpde")])
+            .map_err(|e| Error::io(&path, e))?;
+        FileBytes::from_file(&file, &path)
+    }
+
+    /// The files under `pending/` that the store wrote (temporary files and
+    /// objects with the store's names), with their modification times;
+    /// anything else there is foreign.
+    fn scan_pending(&self) -> (Vec<(PathBuf, Option<SystemTime>)>, Vec<PathBuf>) {
+        let (mut ours, mut foreign) = (Vec::new(), Vec::new());
+        let dir = self.root.join(PENDING);
+        if !safefs::real_dir(&dir).unwrap_or(false) {
+            return (ours, foreign);
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return (ours, foreign);
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(md) = e.metadata() else { continue }; // does not follow links
+            let object = name.strip_suffix(".tpde").is_some_and(is_object_name);
+            if md.is_file() && (object || is_temp_name(&name)) {
+                ours.push((e.path(), md.modified().ok()));
+            } else {
+                foreign.push(e.path());
+            }
+        }
+        (ours, foreign)
     }
 
     fn object_path(&self, name: &str) -> PathBuf {
@@ -126,6 +175,9 @@ impl Local {
     /// Before a write: `tmp/` and `objects/` are the store's own folders,
     /// not links (which would make the store write and delete elsewhere).
     fn check_layout(&self) -> Result<()> {
+        if let Err(e) = safefs::real_dir(&self.root.join(PENDING)) {
+            return Err(self.err(format!("{e}; nothing was written (fix the store's layout)")));
+        }
         for d in [OBJECTS, TMP] {
             let p = self.root.join(d);
             match safefs::real_dir(&p) {
@@ -275,7 +327,78 @@ impl Backend for Local {
             store: self,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             tmp,
+            pending: false,
         }))
+    }
+
+    /// Written to `pending/`, out of reach of other writes' garbage
+    /// collection until it is older than the grace period.
+    fn put_pending<'a>(&'a self, _lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
+        let dir = self.root.join(PENDING);
+        match safefs::real_dir(&dir) {
+            Ok(true) => {}
+            Ok(false) => safefs::ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?,
+            Err(e) => return Err(self.err(format!("{e}; nothing was written"))),
+        }
+        let tmp = temp_name(&dir, "object");
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(Box::new(LocalWriter {
+            store: self,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            pending: true,
+        }))
+    }
+
+    /// Every pending object is checked first (its length and digest), then
+    /// each is renamed into `objects/`; one whose intact copy is there
+    /// already is dropped. A failed check moves nothing.
+    fn adopt_pending(&self, _: &Lease, objects: &[(String, u64)]) -> Result<()> {
+        let intact = |b: &FileBytes, name: &str, len: u64| {
+            b.len() as u64 == len && format::digest_hex(digest_released(b)) == name
+        };
+        let mut moves = Vec::new();
+        for (name, len) in objects {
+            if self.open_object(name).is_ok_and(|b| intact(&b, name, *len)) {
+                moves.push((name, false));
+                continue;
+            }
+            let bytes = self.open_pending(name).map_err(|e| {
+                self.err(format!(
+                    "content object {name} of a rank's save: {e} (was the save interrupted?)"
+                ))
+            })?;
+            if !intact(&bytes, name, *len) {
+                return Err(self.err(format!(
+                    "content object {} of a rank's save is damaged (not {len} bytes with \
+                     that digest)",
+                    self.pending_path(name).display()
+                )));
+            }
+            moves.push((name, true));
+        }
+        for (name, pending) in moves {
+            let src = self.pending_path(name);
+            if !pending {
+                let _ = std::fs::remove_file(&src);
+                continue;
+            }
+            let dest = self.object_path(name);
+            let dir = dest.parent().expect("objects have a folder");
+            safefs::ensure_dir(dir)
+                .and_then(|()| std::fs::rename(&src, &dest))
+                .and_then(|()| safefs::sync_dir(dir))
+                .map_err(|e| Error::io(&dest, e))?;
+        }
+        let pending = self.root.join(PENDING);
+        if safefs::real_dir(&pending).unwrap_or(false) {
+            safefs::sync_dir(&pending).map_err(|e| Error::io(&pending, e))?;
+        }
+        Ok(())
     }
 
     /// The manifest is written to `tmp/`, fsynced and renamed over the old
@@ -352,12 +475,18 @@ impl Backend for Local {
                 }
             }
         }
+        let (pending, pending_foreign) = self.scan_pending();
+        garbage.extend(pending.into_iter().map(|(p, _)| p));
+        foreign.extend(pending_foreign);
         garbage.sort();
         foreign.sort();
         Ok((garbage, foreign))
     }
 
-    /// Under the lock no other write is pending: every leftover goes.
+    /// Under the lock no other write is pending: every leftover in `tmp/`
+    /// and `objects/` goes. What is in `pending/` may belong to a
+    /// distributed save whose ranks are still coding: it goes once it is
+    /// older than the grace period.
     fn collectable(
         &self,
         _: &Lease,
@@ -365,10 +494,25 @@ impl Backend for Local {
         new: &HashSet<&str>,
         _committed: bool,
     ) -> Result<Vec<Garbage>> {
-        Ok(self
+        let pending_dir = self.root.join(PENDING);
+        let grace = self.grace.lock().map(|g| *g).unwrap_or(DEFAULT_GRACE);
+        let now = SystemTime::now();
+        let old_enough = |t: Option<SystemTime>| {
+            t.is_some_and(|t| now.duration_since(t).is_ok_and(|age| age >= grace))
+        };
+        let settled = self
             .scan(new)?
             .0
             .into_iter()
+            .filter(|p| !p.starts_with(&pending_dir));
+        let stale = self
+            .scan_pending()
+            .0
+            .into_iter()
+            .filter(|(_, t)| old_enough(*t))
+            .map(|(p, _)| p);
+        Ok(settled
+            .chain(stale)
             .map(|shown| Garbage {
                 shown,
                 object: None,
@@ -388,6 +532,12 @@ impl Backend for Local {
 
     /// The store's own `tmp/` (on the store's disk) when it can be written,
     /// else `TPDE_TMPDIR` or the system's temporary folder.
+    fn set_gc_grace(&self, grace: Duration) {
+        if let Ok(mut g) = self.grace.lock() {
+            *g = grace;
+        }
+    }
+
     fn spill_dir(&self) -> PathBuf {
         let own = self.root.join(TMP);
         let writable =
@@ -400,12 +550,15 @@ impl Backend for Local {
     }
 }
 
-/// A content object being written to `tmp/`; renamed into `objects/` by
-/// `finish`, removed when dropped unfinished.
+/// A content object being written to `tmp/` (or `pending/`); renamed into
+/// `objects/` (or `pending/NAME.tpde`) by `finish`, removed when dropped
+/// unfinished.
 struct LocalWriter<'a> {
     store: &'a Local,
     file: Option<BufWriter<File>>,
     tmp: PathBuf,
+    /// A rank's object of a distributed save, kept under `pending/`.
+    pending: bool,
 }
 
 impl Write for LocalWriter<'_> {
@@ -449,13 +602,19 @@ impl ObjectWriter for LocalWriter<'_> {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(&tmp, e));
         }
-        let dest = self.store.object_path(name);
+        let dest = if self.pending {
+            self.store.pending_path(name)
+        } else {
+            self.store.object_path(name)
+        };
         let dir = dest.parent().expect("objects have a folder");
         let io_err = |e| Error::io(&dest, e);
-        let intact = self
-            .store
-            .open_object(name)
-            .is_ok_and(|b| format::digest_hex(digest_released(&b)) == name);
+        let opened = if self.pending {
+            self.store.open_pending(name)
+        } else {
+            self.store.open_object(name)
+        };
+        let intact = opened.is_ok_and(|b| format::digest_hex(digest_released(&b)) == name);
         if intact {
             return std::fs::remove_file(&tmp).map_err(io_err);
         }

@@ -106,6 +106,18 @@ pub(crate) trait Backend: Send + Sync {
     /// Starts putting a content object (put-if-absent, streamed) as part of
     /// the write `lease`.
     fn put_object<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>>;
+    /// Starts putting a content object outside any write: one coded by a
+    /// rank of a distributed save (`store/shared.rs`), which the
+    /// coordinator's write adopts later ([`Backend::adopt_pending`]). Until
+    /// then other writes' garbage collection leaves it alone for the grace
+    /// period (a local store keeps it under `pending/`; object storage's
+    /// unlisted objects go by age anyway). `lease` is the rank's own (no
+    /// lock is held).
+    fn put_pending<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>>;
+    /// As part of the write `lease`: the pending objects `objects` (name
+    /// and length) become content objects, each checked first; the error
+    /// names one that is missing or damaged.
+    fn adopt_pending(&self, lease: &Lease, objects: &[(String, u64)]) -> Result<()>;
     /// Publishes `manifest` as the result of the write `lease` if the
     /// manifest is still the one it began from (compare and swap; a lost
     /// race is [`Error::Conflict`]); durable once it returns. Then every

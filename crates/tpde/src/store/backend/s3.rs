@@ -451,6 +451,36 @@ impl Backend for S3Backend {
         }))
     }
 
+    /// A rank's object goes where every object goes: unlisted objects are
+    /// collected only past the grace period.
+    fn put_pending<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
+        self.put_object(lease)
+    }
+
+    /// Each pending object is there with its length.
+    fn adopt_pending(&self, _: &Lease, objects: &[(String, u64)]) -> Result<()> {
+        for (name, len) in objects {
+            match self.object_size(name)? {
+                Some(n) if n == *len => {}
+                found => {
+                    return Err(store_error(
+                        &self.url,
+                        format!(
+                            "content object {} of a rank's save is {} (was the save \
+                             interrupted?)",
+                            self.object_url(name),
+                            match found {
+                                None => "missing".to_string(),
+                                Some(n) => format!("{n} bytes, not {len}"),
+                            }
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The conditional put; then uploads again any content object of this
     /// write that `listed` names and that is gone (deleted by a concurrent
     /// garbage collection that judged it by an old listing).
