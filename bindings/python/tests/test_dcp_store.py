@@ -820,3 +820,25 @@ def test_bad_reader_raises_tpde_error_on_every_rank(case, run2, tmp_path):
         assert sorted(os.listdir(store)) == ["notes.txt"]
     if case == "missing_step":
         assert tpde.Store(good_store, create=False).steps() == SAVES
+
+
+@needs_real
+def test_saving_a_stored_step_again_fails_on_every_rank_and_changes_nothing(run2, tmp_path):
+    """A StoreWriter for a step the store holds: dcp.save raises on both
+    ranks (DCP's CheckpointException, naming the coordinator's TpdeError),
+    and the store is as it was."""
+    tmp, store, run = run2
+    run.check_clean()
+    before = tpde.Store(store, create=False).manifest()
+    again = launch(str(tmp_path), 2, [{"op": "train_save", "store": store, "saves": [SAVES[1]]}],
+                   timeout=180)
+    assert not again.timed_out and again.returncodes == [0, 0], again.explain()
+    for r in range(2):
+        saves = again.events(r, "save")
+        assert [(e["step"], e["ok"]) for e in saves] == [(SAVES[1], False)], again.explain()
+        err = saves[0]["error"]
+        assert err["tpde"] or any(f["tpde"] for f in err["failures"].values()), again.explain()
+        assert "stored already" in err["msg"], again.explain()
+    after = tpde.Store(store, create=False)
+    assert after.manifest() == before
+    assert after.verify().ok
