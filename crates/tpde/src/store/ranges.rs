@@ -122,14 +122,7 @@ impl Store {
                 &DecodeOptions::default(),
             )
             .map_err(|e| self.in_file(step, path, e))?;
-            stats.tensors += 1;
-            stats.chunks += t.entry.chunks.len() as u64;
-            stats.payload_bytes += t
-                .entry
-                .chunks
-                .iter()
-                .map(|k| k.payload_len as u64)
-                .sum::<u64>();
+            stats.count_tensor(t);
             decoded.insert(ti, d);
         }
         wants

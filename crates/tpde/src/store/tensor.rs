@@ -49,6 +49,18 @@ pub struct ReadStats {
 }
 
 impl ReadStats {
+    /// Counts one decoded tensor: its chunks and their payload bytes.
+    pub(crate) fn count_tensor(&mut self, t: &crate::container::format::TensorView) {
+        self.tensors += 1;
+        self.chunks += t.entry.chunks.len() as u64;
+        self.payload_bytes += t
+            .entry
+            .chunks
+            .iter()
+            .map(|k| k.payload_len as u64)
+            .sum::<u64>();
+    }
+
     /// Stored bytes read: index and payload bytes.
     pub fn bytes(&self) -> u64 {
         self.index_bytes + self.payload_bytes
@@ -341,14 +353,7 @@ impl Store {
                 },
             )?;
             let t = &c.tensors[ti];
-            stats.tensors += 1;
-            stats.chunks += t.entry.chunks.len() as u64;
-            stats.payload_bytes += t
-                .entry
-                .chunks
-                .iter()
-                .map(|k| k.payload_len as u64)
-                .sum::<u64>();
+            stats.count_tensor(t);
             below = Some(out);
         }
         Ok(below.unwrap_or_default())

@@ -88,6 +88,21 @@ impl Faulty {
     }
 
     /// Counts one operation; fails when the plan says so.
+    /// `inner` with every 1 MiB written counted as an operation.
+    fn torn<'a>(&self, inner: Box<dyn ObjectWriter + 'a>) -> Box<dyn ObjectWriter + 'a> {
+        let path = inner.path().to_path_buf();
+        Box::new(FaultyWriter {
+            buf: BufWriter::with_capacity(
+                1 << 20,
+                Torn {
+                    inner,
+                    faults: self.faults.clone(),
+                    path,
+                },
+            ),
+        })
+    }
+
     fn tick(&self, what: &str, target: &dyn std::fmt::Display) -> Result<()> {
         tick(&self.faults, what, target).map_err(|e| Error::io(self.inner.location(), e))
     }
@@ -138,33 +153,13 @@ impl Backend for Faulty {
     fn put_object<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
         self.tick("put of an object", &self.location().display())?;
         let inner = self.inner.put_object(lease)?;
-        let path = inner.path().to_path_buf();
-        Ok(Box::new(FaultyWriter {
-            buf: BufWriter::with_capacity(
-                1 << 20,
-                Torn {
-                    inner,
-                    faults: self.faults.clone(),
-                    path,
-                },
-            ),
-        }))
+        Ok(self.torn(inner))
     }
 
     fn put_pending<'a>(&'a self, lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
         self.tick("put of a pending object", &self.location().display())?;
         let inner = self.inner.put_pending(lease)?;
-        let path = inner.path().to_path_buf();
-        Ok(Box::new(FaultyWriter {
-            buf: BufWriter::with_capacity(
-                1 << 20,
-                Torn {
-                    inner,
-                    faults: self.faults.clone(),
-                    path,
-                },
-            ),
-        }))
+        Ok(self.torn(inner))
     }
 
     fn adopt_pending(&self, lease: &Lease, objects: &[(String, u64)]) -> Result<()> {
