@@ -7,7 +7,7 @@
 //! only that shard's reference data at every level.
 //!
 //! The original file is, in order: for each tensor, the header-block bytes
-//! written before it ([`TensorView::gap`]) then its data; then the tail.
+//! written before it ([`super::format::TensorView::gap`]) then its data; then the tail.
 //! [`layout`] turns that into file offsets; [`reference_need`] says which
 //! bytes of the reference file a tensor is decoded against;
 //! [`decode_tensor_from`] decodes one tensor given them; [`assemble`] puts
