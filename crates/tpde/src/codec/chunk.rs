@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
+use crate::codec::ans;
 use crate::codec::bits::BitReader;
 use crate::codec::groups::{groups_for, put_plane, GroupContext, Groups};
 use crate::codec::positions::{
@@ -15,8 +16,10 @@ use crate::codec::positions::{
     read_gaps,
 };
 use crate::codec::quantized::decode_quantized;
-use crate::codec::sample::{Sample, Sampled, RAW_ENTROPY};
-use crate::codec::sections::{put_section, zstd_compress, zstd_decompress_exact, Sections};
+use crate::codec::sample::{entropy, Sample, Sampled, RAW_ENTROPY};
+use crate::codec::sections::{
+    probe_says_rans, put_section, zstd_compress, zstd_decompress_exact, Coder, Sections,
+};
 use crate::codec::transform::{self, Transform};
 use crate::common::error::{Error, Result};
 use crate::source::dtype::Family;
@@ -25,13 +28,13 @@ pub use crate::codec::coding::{ChunkCoding, ChunkParams, Codec, Positions};
 pub use crate::codec::quantized::encode_quantized_chunk;
 
 /// Builds the payload of a planes/delta chunk: optional positions section,
-/// then one section per byte plane. Planes that look random on the sample
-/// are stored raw without trying zstd.
+/// then one section per byte plane, `hists` being the planes' histograms.
+/// Planes that look random are stored raw without trying zstd.
 fn build_sections(
     width: usize,
     pos_sections: &[&[u8]],
     planes: &[u8],
-    sample: &Sample,
+    hists: &[[u64; 256]],
     level: i32,
     groups: Option<&Groups>,
 ) -> Result<Vec<u8>> {
@@ -40,13 +43,29 @@ fn build_sections(
         put_section(&mut out, p, Some(level))?;
     }
     let m = planes.len() / width;
-    let sparse = !pos_sections.is_empty();
-    for k in 0..width {
+    for (k, hist) in hists.iter().enumerate().take(width) {
         let plane = &planes[k * m..(k + 1) * m];
-        let random = sample.plane_entropy(k, sparse) > RAW_ENTROPY;
-        put_plane(&mut out, plane, (!random).then_some(level), groups)?;
+        let coder = if entropy(hist) > RAW_ENTROPY {
+            Coder::Raw
+        } else {
+            Coder::Auto(level)
+        };
+        put_plane(&mut out, plane, coder, Some(hist), groups)?;
     }
     Ok(out)
+}
+
+/// Estimated bytes of a plane with histogram `h`: raw where it looks
+/// random (as [`build_sections`] stores it), else its rANS size.
+fn plane_cost(h: &[u64; 256]) -> f64 {
+    let len: u64 = h.iter().sum();
+    if len == 0 {
+        0.0
+    } else if entropy(h) > RAW_ENTROPY {
+        len as f64
+    } else {
+        ans::estimate(h).min(len as usize) as f64
+    }
 }
 
 /// Encodes one chunk of `cur`, against `reference` (same length) when given.
@@ -85,14 +104,11 @@ fn encode_chunk_with(
     let r = reference.unwrap_or(&[]);
     let sampled = Sampled::gather(width, cur, r);
     let cost = |s: &Sample| s.dense_bits().min(s.sparse_bits() + 2.0);
-    let (transform, sample) = candidates
+    let transform = candidates
         .into_iter()
-        .map(|t| {
-            let s = Sample::take(t, width, &sampled);
-            (cost(&s), t, s)
-        })
+        .map(|t| (cost(&Sample::take(t, width, &sampled)), t))
         .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, t, s)| (t, s))
+        .map(|(_, t)| t)
         .expect("at least one candidate");
 
     // 2. Transform the whole chunk straight into byte planes.
@@ -112,23 +128,34 @@ fn encode_chunk_with(
     };
 
     // 3. Positions: none (dense), Elias-delta gaps, gap classes or a bitmap,
-    // whichever the estimates favour; sparse and dense are both built when
-    // their estimates are close.
-    let dense_est = n as f64 * sample.dense_bits() / 8.0;
-    let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
-    let mut try_dense = force.is_none_or(|f| f == Positions::Dense);
+    // chosen by exact order-0 costs and only the chosen one built. An
+    // unchanged element is zero in every plane, so a plane's histogram over
+    // the changed elements is its whole histogram less the unchanged ones.
+    let hists: Vec<[u64; 256]> = planes.chunks_exact(n).map(ans::histogram).collect();
+    let unchanged = n as u64 - nnz;
+    let sparse_hists: Vec<[u64; 256]> = hists
+        .iter()
+        .map(|h| {
+            let mut h = *h;
+            h[0] -= unchanged;
+            h
+        })
+        .collect();
+    let dense_est: f64 = hists.iter().map(plane_cost).sum();
+    let sparse_values: f64 = sparse_hists.iter().map(plane_cost).sum();
     // When nearly everything changed, positions pay off only if the
     // unchanged elements cluster; with independent positions nothing beats
     // the entropy of the changed/unchanged pattern, so when even that floor
-    // loses to dense planes the sparse codings are skipped.
+    // loses to dense planes the positions are not computed.
     let p_changed = nnz as f64 / n as f64;
     let pattern_bits = if nnz == 0 || nnz as usize == n {
         0.0
     } else {
         -(p_changed * p_changed.log2() + (1.0 - p_changed) * (1.0 - p_changed).log2())
     };
-    let sparse_floor = (n as f64 * pattern_bits + nnz as f64 * sample.sparse_bits()) / 8.0;
-    let worth_sparse = (nnz as usize) < n && (p_changed < 0.9 || sparse_floor < dense_est * 1.03);
+    let sparse_floor = n as f64 * pattern_bits / 8.0 + sparse_values;
+    let worth_sparse = (nnz as usize) < n && (p_changed < 0.9 || sparse_floor < dense_est);
+    let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
     if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
         let pos = changed_positions(&planes, n, nnz);
         // Bytes of each way to code the positions: Elias-delta gaps (exact),
@@ -137,8 +164,8 @@ fn encode_chunk_with(
         let bits = (n as u64).div_ceil(8);
         let classes = classes_estimate(&pos);
         let pos_est = elias.min(bits).min(classes);
-        let sparse_est = pos_est as f64 + nnz as f64 * sample.sparse_bits() / 8.0;
-        if force.is_some() || sparse_est < dense_est * 1.03 || nnz == 0 {
+        let sparse_est = pos_est as f64 + sparse_values;
+        if force.is_some() || sparse_est < dense_est || nnz == 0 {
             let choice = force.unwrap_or(if pos_est == elias {
                 Positions::Gaps
             } else if pos_est == bits {
@@ -157,26 +184,32 @@ fn encode_chunk_with(
             let values = gather_planes(width, &planes, n, &pos);
             let views: Vec<&[u8]> = pos_sections.iter().map(|v| &v[..]).collect();
             let groups = groups_for(&p, transform, r, Some(&pos));
-            let payload =
-                build_sections(width, &views, &values, &sample, p.level, groups.as_ref())?;
+            let payload = build_sections(
+                width,
+                &views,
+                &values,
+                &sparse_hists,
+                p.level,
+                groups.as_ref(),
+            )?;
             best = Some((coding(positions), payload));
-            try_dense = force.is_none() && sparse_est > dense_est * 0.97 && nnz > 0;
         }
     }
-    if try_dense {
+    if best.is_none() {
         let groups = groups_for(&p, transform, r, None);
-        let payload = build_sections(width, &[], &planes, &sample, p.level, groups.as_ref())?;
-        if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
-            best = Some((coding(Positions::Dense), payload));
-        }
+        let payload = build_sections(width, &[], &planes, &hists, p.level, groups.as_ref())?;
+        best = Some((coding(Positions::Dense), payload));
     }
     let mut best = best.expect("a coding was built");
     if force.is_some() {
         return Ok(best);
     }
 
-    // 4. Fallbacks: plain zstd when the planes barely helped, stored when nothing did.
-    if best.1.len() * 10 > cur.len() * 9 {
+    // 4. Fallbacks: plain zstd when the planes barely helped and a probe
+    // says zstd may do better, stored when nothing did.
+    if best.1.len() * 10 > cur.len() * 9
+        && probe_says_rans(cur, best.1.len(), p.level)? != Some(true)
+    {
         let z = zstd_compress(cur, p.level)?;
         if z.len() < best.1.len() {
             best = (plain(Codec::Zstd, cur.len() as u64), z);

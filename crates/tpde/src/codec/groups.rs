@@ -7,7 +7,9 @@ use std::cell::RefCell;
 use crate::codec::ans;
 use crate::codec::coding::ChunkParams;
 use crate::codec::sample::SAMPLE;
-use crate::codec::sections::{put_section, Sections, SECTION_GROUPED, SECTION_HEAD};
+use crate::codec::sections::{
+    probe_says_rans, put_coded, Coder, Sections, SECTION_GROUPED, SECTION_HEAD,
+};
 use crate::codec::transform::Transform;
 use crate::common::error::{Error, Result};
 
@@ -170,57 +172,67 @@ impl Groups {
         out
     }
 
-    /// Estimated bytes of `plane` coded whole and coded by groups.
-    pub(super) fn estimates(&self, plane: &[u8]) -> (f64, f64) {
+    /// Histograms of `plane`: whole, and of each group's bytes.
+    pub(super) fn histograms(&self, plane: &[u8]) -> ([u64; 256], Vec<[u64; 256]>) {
         let mut hist = vec![[0u64; 256]; usize::from(self.count)];
         for (&g, &b) in self.of.iter().zip(plane) {
             hist[g as usize][b as usize] += 1;
         }
         let mut total = [0u64; 256];
-        let mut grouped = 0.0;
         for h in &hist {
             for (t, c) in total.iter_mut().zip(h) {
                 *t += c;
             }
-            if h.iter().any(|&c| c > 0) {
-                grouped += ans::estimate(h) as f64 + SECTION_HEAD as f64;
-            }
         }
-        (ans::estimate(&total) as f64, grouped)
+        (total, hist)
     }
 }
 
 /// Appends a plane: grouped by reference exponent where the estimates say
-/// that pays, else as one section.
+/// that pays, else as one section. `hist` is the plane's histogram when the
+/// caller has it. One zstd probe of the whole plane decides whether its
+/// groups may try zstd at all.
 pub(super) fn put_plane(
     out: &mut Vec<u8>,
     plane: &[u8],
-    level: Option<i32>,
+    coder: Coder,
+    hist: Option<&[u64; 256]>,
     groups: Option<&Groups>,
 ) -> Result<()> {
-    if let (Some(g), Some(level)) = (groups, level) {
-        let (whole, grouped) = g.estimates(plane);
-        if grouped < whole * 0.98 {
-            let mut body = vec![g.shift, g.bits];
-            body.extend_from_slice(&g.base.to_le_bytes());
-            body.push(g.count);
-            let parts = g.split(plane);
-            let mut rest = &parts[..];
-            for &c in &g.counts {
-                let (part, tail) = rest.split_at(c);
-                put_section(&mut body, part, Some(level))?;
-                rest = tail;
-            }
-            if body.len() < plane.len() {
-                out.push(SECTION_GROUPED);
-                out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
-                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                out.extend_from_slice(&body);
-                return Ok(());
-            }
+    let (Some(g), Coder::Auto(level)) = (groups, coder) else {
+        return put_coded(out, plane, coder, hist);
+    };
+    let (total, parts_hist) = g.histograms(plane);
+    let whole = ans::estimate(&total);
+    let grouped: f64 = parts_hist
+        .iter()
+        .filter(|h| h.iter().any(|&c| c > 0))
+        .map(|h| (ans::estimate(h) + SECTION_HEAD) as f64)
+        .sum();
+    if grouped < whole as f64 * 0.98 {
+        let part_coder = match probe_says_rans(plane, whole, level)? {
+            Some(true) => Coder::Rans,
+            _ => coder,
+        };
+        let mut body = vec![g.shift, g.bits];
+        body.extend_from_slice(&g.base.to_le_bytes());
+        body.push(g.count);
+        let parts = g.split(plane);
+        let mut rest = &parts[..];
+        for (&c, h) in g.counts.iter().zip(&parts_hist) {
+            let (part, tail) = rest.split_at(c);
+            put_coded(&mut body, part, part_coder, Some(h))?;
+            rest = tail;
+        }
+        if body.len() < plane.len() {
+            out.push(SECTION_GROUPED);
+            out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&body);
+            return Ok(());
         }
     }
-    put_section(out, plane, level)
+    put_coded(out, plane, coder, Some(&total))
 }
 
 /// What a decoder needs to read grouped sections: the reference and which

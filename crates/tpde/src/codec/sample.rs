@@ -93,13 +93,4 @@ impl Sample {
     pub(super) fn sparse_bits(&self) -> f64 {
         self.sparse.iter().sum()
     }
-
-    /// Entropy of plane `k` when zeros are (`sparse`) or are not left out.
-    pub(super) fn plane_entropy(&self, k: usize, sparse: bool) -> f64 {
-        if sparse {
-            self.sparse[k]
-        } else {
-            self.dense[k]
-        }
-    }
 }

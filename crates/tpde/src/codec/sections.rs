@@ -62,9 +62,57 @@ pub(super) fn zstd_decompress_exact(src: &[u8], out: &mut [u8], what: &str) -> R
     }
 }
 
+/// How a section's body may be coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coder {
+    /// Raw (or constant): the data looks random.
+    Raw,
+    /// rANS or zstd at this level, whichever is smaller. zstd runs on the
+    /// whole section only where a probe of it says zstd may win.
+    Auto(i32),
+    /// rANS (or raw, or constant): the plane the section belongs to was
+    /// probed already and rANS won.
+    Rans,
+}
+
+impl Coder {
+    /// `Auto(level)` with a level, `Raw` without.
+    pub(super) fn from_level(level: Option<i32>) -> Coder {
+        level.map_or(Coder::Raw, Coder::Auto)
+    }
+}
+
+/// Sections shorter than this are coded by zstd in full when zstd is tried;
+/// longer ones are probed first.
+pub(super) const PROBE_MIN: usize = 64 << 10;
+
+/// Whether rANS (estimated at `rans_est` bytes) beats zstd on `data`, by a
+/// zstd probe of its first bytes scaled to the whole: `None` where `data` is
+/// too short for a probe to say.
+pub(super) fn probe_says_rans(data: &[u8], rans_est: usize, level: i32) -> Result<Option<bool>> {
+    if data.len() < PROBE_MIN {
+        return Ok(None);
+    }
+    let probe = PROBE.min(data.len() / 4);
+    let z = zstd_compress(&data[..probe], level)?;
+    let predicted = z.len() as f64 * data.len() as f64 / probe as f64;
+    Ok(Some((rans_est as f64) < 0.97 * predicted))
+}
+
 /// Appends a section holding `data`: constant, zstd (when `level` is given
 /// and it is smaller) or raw.
 pub(super) fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) -> Result<()> {
+    put_coded(out, data, Coder::from_level(level), None)
+}
+
+/// Appends a section holding `data`, coded as `coder` allows; `hist`, when
+/// given, is `data`'s histogram (computed here otherwise).
+pub(super) fn put_coded(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    coder: Coder,
+    hist: Option<&[u64; 256]>,
+) -> Result<()> {
     let raw_len = u32::try_from(data.len())
         .map_err(|_| Error::InvalidArgument("section over 4 GiB".into()))?;
     let mut head = |coding: u8, stored: usize| {
@@ -79,40 +127,49 @@ pub(super) fn put_section(out: &mut Vec<u8>, data: &[u8], level: Option<i32>) ->
             return Ok(());
         }
     }
-    if let Some(level) = level.filter(|_| data.len() > 32) {
+    if coder != Coder::Raw && data.len() > 32 {
         // rANS codes a plane at its order-0 entropy; zstd wins only where the
         // plane repeats itself. A long plane is probed with zstd on its first
-        // PROBE bytes, and coded in full only by the one the probe favours.
-        let hist = (data.len() >= RANS_MIN).then(|| ans::histogram(data));
-        let rans_est = hist.as_ref().map(ans::estimate);
-        let probe_says_rans = match rans_est {
-            Some(est) if data.len() >= 4 * PROBE => {
-                let z = zstd_compress(&data[..PROBE], level)?;
-                (est as f64) < 0.97 * z.len() as f64 * (data.len() / PROBE) as f64
+        // bytes, and coded in full only by the one the probe favours.
+        let own;
+        let hist = match hist {
+            Some(h) if data.len() >= RANS_MIN => Some(h),
+            None if data.len() >= RANS_MIN => {
+                own = ans::histogram(data);
+                Some(&own)
             }
-            _ => false,
+            _ => None,
         };
-        let z = if probe_says_rans {
-            None
-        } else {
-            Some(zstd_compress(data, level)?)
+        let rans_est = hist.map(ans::estimate);
+        let (level, rans_first) = match (coder, rans_est) {
+            (Coder::Auto(level), Some(est)) => (
+                Some(level),
+                probe_says_rans(data, est, level)?.unwrap_or(false),
+            ),
+            (Coder::Auto(level), None) => (Some(level), false),
+            _ => (None, true),
+        };
+        let z = match level {
+            Some(level) if !rans_first => Some(zstd_compress(data, level)?),
+            _ => None,
         };
         let zlen = z.as_ref().map_or(usize::MAX, Vec::len);
         if let Some(hist) =
-            hist.filter(|h| probe_says_rans || (ans::estimate(h) as f64) < zlen as f64 * 0.97)
+            hist.filter(|h| rans_first || (ans::estimate(h) as f64) < zlen as f64 * 0.97)
         {
-            let a = ans::encode_with(data, &hist);
+            let a = ans::encode_with(data, hist);
             if a.len() < zlen && a.len() < data.len() {
                 head(SECTION_RANS, a.len());
                 out.extend_from_slice(&a);
                 return Ok(());
             }
         }
-        let z = match z {
-            Some(z) => z,
-            None => zstd_compress(data, level)?,
+        let z = match (z, level) {
+            (Some(z), _) => Some(z),
+            (None, Some(level)) => Some(zstd_compress(data, level)?),
+            (None, None) => None,
         };
-        if z.len() < data.len() {
+        if let Some(z) = z.filter(|z| z.len() < data.len()) {
             head(SECTION_ZSTD, z.len());
             out.extend_from_slice(&z);
             return Ok(());
