@@ -55,6 +55,10 @@ fn build_sections(
     Ok(out)
 }
 
+/// Elements of a chunk at most for which both the dense and the sparse
+/// coding are built when their estimates are close.
+const SMALL_CHUNK: usize = 4096;
+
 /// Estimated bytes of a plane with histogram `h`: raw where it looks
 /// random (as [`build_sections`] stores it), else its rANS size.
 fn plane_cost(h: &[u64; 256]) -> f64 {
@@ -156,6 +160,10 @@ fn encode_chunk_with(
     let sparse_floor = n as f64 * pattern_bits / 8.0 + sparse_values;
     let worth_sparse = (nnz as usize) < n && (p_changed < 0.9 || sparse_floor < dense_est);
     let mut best: Option<(ChunkCoding, Vec<u8>)> = None;
+    // A small chunk's estimates are rough (table overheads, zstd on short
+    // sections): there both codings are built when they are close, and the
+    // smaller kept. Building is cheap at that size.
+    let mut try_dense = force.is_none_or(|f| f == Positions::Dense);
     if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
         let pos = changed_positions(&planes, n, nnz);
         // Bytes of each way to code the positions: Elias-delta gaps (exact),
@@ -165,7 +173,8 @@ fn encode_chunk_with(
         let classes = classes_estimate(&pos);
         let pos_est = elias.min(bits).min(classes);
         let sparse_est = pos_est as f64 + sparse_values;
-        if force.is_some() || sparse_est < dense_est || nnz == 0 {
+        let close = n <= SMALL_CHUNK && sparse_est > dense_est * 0.97 && nnz > 0;
+        if force.is_some() || sparse_est < dense_est * if close { 1.03 } else { 1.0 } || nnz == 0 {
             let choice = force.unwrap_or(if pos_est == elias {
                 Positions::Gaps
             } else if pos_est == bits {
@@ -193,12 +202,15 @@ fn encode_chunk_with(
                 groups.as_ref(),
             )?;
             best = Some((coding(positions), payload));
+            try_dense = force.is_none() && close;
         }
     }
-    if best.is_none() {
+    if try_dense {
         let groups = groups_for(&p, transform, r, None);
         let payload = build_sections(width, &[], &planes, &hists, p.level, groups.as_ref())?;
-        best = Some((coding(Positions::Dense), payload));
+        if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
+            best = Some((coding(Positions::Dense), payload));
+        }
     }
     let mut best = best.expect("a coding was built");
     if force.is_some() {

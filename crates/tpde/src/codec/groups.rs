@@ -31,9 +31,6 @@ pub(super) struct Groups {
     pub(super) of: Vec<u8>,
     /// Elements in each group.
     pub(super) counts: Vec<usize>,
-    /// Where each coded element's byte sits when the groups are laid end to
-    /// end (computed once per chunk, shared by its planes).
-    pub(super) index: Vec<u32>,
 }
 
 impl Groups {
@@ -94,20 +91,6 @@ impl Groups {
             .iter()
             .map(|&c| c as usize)
             .collect();
-        let mut next = [0u32; MAX_GROUPS];
-        let mut start = 0u32;
-        for (n, &c) in next.iter_mut().zip(&counts) {
-            *n = start;
-            start += c as u32;
-        }
-        let index = of
-            .iter()
-            .map(|&k| {
-                let i = next[k as usize];
-                next[k as usize] += 1;
-                i
-            })
-            .collect();
         Groups {
             shift,
             bits,
@@ -115,7 +98,6 @@ impl Groups {
             count,
             of,
             counts,
-            index,
         }
     }
 
@@ -163,11 +145,38 @@ impl Groups {
         ))
     }
 
+    /// Where each group starts when the groups are laid end to end.
+    fn starts(&self) -> [usize; MAX_GROUPS] {
+        let mut starts = [0usize; MAX_GROUPS];
+        let mut at = 0;
+        for (s, &c) in starts.iter_mut().zip(&self.counts) {
+            *s = at;
+            at += c;
+        }
+        starts
+    }
+
     /// The bytes of `plane` (one per coded element) split by group, in order.
     pub(super) fn split(&self, plane: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; plane.len()];
-        for (&i, &b) in self.index.iter().zip(plane) {
-            out[i as usize] = b;
+        let mut next = self.starts();
+        for (&g, &b) in self.of.iter().zip(plane) {
+            let at = &mut next[usize::from(g)];
+            out[*at] = b;
+            *at += 1;
+        }
+        out
+    }
+
+    /// The inverse of [`Groups::split`]: `parts` (the groups end to end) back
+    /// in element order.
+    pub(super) fn merge(&self, parts: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; parts.len()];
+        let mut next = self.starts();
+        for (o, &g) in out.iter_mut().zip(&self.of) {
+            let at = &mut next[usize::from(g)];
+            *o = parts[*at];
+            *at += 1;
         }
         out
     }
@@ -293,8 +302,7 @@ pub(super) fn read_grouped(
     if !inner.rest.is_empty() {
         return Err(bad("trailing bytes"));
     }
-    let out = g.index.iter().map(|&i| parts[i as usize]).collect();
-    Ok(out)
+    Ok(g.merge(&parts))
 }
 
 /// Groups by reference exponent, for a float delta with enough coded elements.
