@@ -42,7 +42,8 @@ fn normalize(hist: &[u64; 256]) -> [u32; 256] {
     let mut sum = 0u32;
     for (fi, &c) in f.iter_mut().zip(hist) {
         if c > 0 {
-            *fi = ((c as u128 * u128::from(TOTAL) / u128::from(total)) as u32).max(1);
+            // Sections are under 4 GiB: c * TOTAL fits in 64 bits.
+            *fi = ((c * u64::from(TOTAL) / total) as u32).max(1);
             sum += *fi;
         }
     }
@@ -146,7 +147,16 @@ impl EncSym {
 }
 
 /// Codes `data` (not empty) whose histogram is `hist`.
+#[cfg(test)]
 pub fn encode_with(data: &[u8], hist: &[u64; 256]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(data, hist, &mut out);
+    out
+}
+
+/// Codes `data` (not empty) whose histogram is `hist`, appending the stream
+/// to `out`; returns its length.
+pub fn encode_into(data: &[u8], hist: &[u64; 256], out: &mut Vec<u8>) -> usize {
     debug_assert!(!data.is_empty());
     let freq = normalize(hist);
     let mut syms = [EncSym::default(); 256];
@@ -180,15 +190,14 @@ pub fn encode_with(data: &[u8], hist: &[u64; 256]) -> Vec<u8> {
         put(&mut s0, &syms[b[0] as usize], &mut rev);
     }
     let states = [s0, s1, s2, s3];
-    let mut out = Vec::with_capacity(64 + 2 * rev.len());
-    write_table(&freq, &mut out);
+    let start = out.len();
+    out.reserve(64 + 2 * rev.len());
+    write_table(&freq, out);
     for x in states {
         out.extend_from_slice(&x.to_le_bytes());
     }
-    for w in rev.iter().rev() {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
-    out
+    out.extend(rev.iter().rev().flat_map(|w| w.to_le_bytes()));
+    out.len() - start
 }
 
 fn put_varint(mut v: u32, out: &mut Vec<u8>) {

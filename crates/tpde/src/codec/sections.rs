@@ -19,7 +19,7 @@ pub(super) const SECTION_GROUPED: u8 = 4;
 /// Sections shorter than this are not worth a rANS frequency table.
 pub(super) const RANS_MIN: usize = 256;
 /// Bytes of a long section that zstd is tried on to predict its full size.
-pub(super) const PROBE: usize = 64 << 10;
+pub(super) const PROBE: usize = 32 << 10;
 /// Bytes of a section head.
 pub(super) const SECTION_HEAD: usize = 9;
 
@@ -115,14 +115,20 @@ pub(super) fn put_coded(
 ) -> Result<()> {
     let raw_len = u32::try_from(data.len())
         .map_err(|_| Error::InvalidArgument("section over 4 GiB".into()))?;
-    let mut head = |coding: u8, stored: usize| {
+    fn put_head(out: &mut Vec<u8>, coding: u8, raw_len: u32, stored: usize) {
         out.push(coding);
         out.extend_from_slice(&raw_len.to_le_bytes());
         out.extend_from_slice(&(stored as u32).to_le_bytes());
-    };
+    }
+    let head =
+        |out: &mut Vec<u8>, coding: u8, stored: usize| put_head(out, coding, raw_len, stored);
     if let Some(&first) = data.first() {
-        if data.iter().all(|&b| b == first) {
-            head(SECTION_CONST, 1);
+        let constant = match hist {
+            Some(h) => h[usize::from(first)] == data.len() as u64,
+            None => data.iter().all(|&b| b == first),
+        };
+        if constant {
+            head(out, SECTION_CONST, 1);
             out.push(first);
             return Ok(());
         }
@@ -157,12 +163,15 @@ pub(super) fn put_coded(
         if let Some(hist) =
             hist.filter(|h| rans_first || (ans::estimate(h) as f64) < zlen as f64 * 0.97)
         {
-            let a = ans::encode_with(data, hist);
-            if a.len() < zlen && a.len() < data.len() {
-                head(SECTION_RANS, a.len());
-                out.extend_from_slice(&a);
+            // Coded in place after its head; taken back if it did not pay.
+            let at = out.len();
+            head(out, SECTION_RANS, 0);
+            let a = ans::encode_into(data, hist, out);
+            if a < zlen && a < data.len() {
+                out[at + 5..at + SECTION_HEAD].copy_from_slice(&(a as u32).to_le_bytes());
                 return Ok(());
             }
+            out.truncate(at);
         }
         let z = match (z, level) {
             (Some(z), _) => Some(z),
@@ -170,12 +179,12 @@ pub(super) fn put_coded(
             (None, None) => None,
         };
         if let Some(z) = z.filter(|z| z.len() < data.len()) {
-            head(SECTION_ZSTD, z.len());
+            head(out, SECTION_ZSTD, z.len());
             out.extend_from_slice(&z);
             return Ok(());
         }
     }
-    head(SECTION_RAW, data.len());
+    head(out, SECTION_RAW, data.len());
     out.extend_from_slice(data);
     Ok(())
 }
