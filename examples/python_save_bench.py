@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time tpde.Store.save against safetensors.torch.save_file on a real run.
+"""Time tpde.Store.save and load against safetensors and torch.save/load on a real run.
 
 For every epoch of a run of examples/train_checkpoints.py (weights/ and adam/),
 rebuilds the model's state_dict and a real Adam's state_dict, then in the same
@@ -10,7 +10,13 @@ loop and on the same disk:
 
 and prints per epoch the seconds and bytes of each, and the totals. tpde's
 save fsyncs (durability); save_file does not, so a final `sync` is timed
-separately for the safetensors files.
+separately for the safetensors files (and the torch.save files below).
+
+In the same loop it also times torch.save of the same state dict, and the
+loads of what was just written: safetensors.torch.load_file, tpde
+Store.load(step) and torch.load(weights_only=True) -- all three from a warm
+page cache, right after their save -- and prints each save and load as a
+ratio to safetensors' time (below 1: faster than safetensors).
 
     ~/.cache/tpde/venv/bin/python examples/python_save_bench.py --run /tmp/tpde-notes
 
@@ -61,11 +67,15 @@ def main():
     scratch = args.out or tempfile.mkdtemp(prefix="tpde-save-bench-")
     st_dir = os.path.join(scratch, "safetensors")
     os.makedirs(st_dir, exist_ok=True)
+    pt_dir = os.path.join(scratch, "torch")
+    os.makedirs(pt_dir, exist_ok=True)
     store = tpde.Store(os.path.join(scratch, "store"), keyframe_every=args.keyframe_every)
     print(f"model: {n_params:,} parameters ({meta.get('preset')}), epochs {epochs[0]}..{epochs[-1]}")
     print(f"{'epoch':>5} {'safetensors s':>14} {'tpde s':>8} {'ratio of times':>15} "
           f"{'safetensors MB':>15} {'tpde MB':>8}")
     t_st, t_tp = [], []
+    # Per epoch: torch.save, and the loads of safetensors, tpde and torch.
+    t_pt, l_st, l_tp, l_pt = [], [], [], []
     for e in epochs:
         model.load_state_dict(load_file(weights[e]))
         state = {"model": model.state_dict(), "optimizer": optimizer_state(model, lr, adams[e])}
@@ -79,8 +89,21 @@ def main():
         t1 = time.perf_counter()
         store.save(e, state)
         t2 = time.perf_counter()
+        pt_path = os.path.join(pt_dir, f"epoch-{e:02d}.pt")
+        torch.save(state, pt_path)
+        t3 = time.perf_counter()
+        load_file(path)
+        t4 = time.perf_counter()
+        store.load(e)
+        t5 = time.perf_counter()
+        torch.load(pt_path, weights_only=True)
+        t6 = time.perf_counter()
         t_st.append(t1 - t0)
         t_tp.append(t2 - t1)
+        t_pt.append(t3 - t2)
+        l_st.append(t4 - t3)
+        l_tp.append(t5 - t4)
+        l_pt.append(t6 - t5)
         stored = store.manifest()["steps"][-1]
         tp_bytes = sum(f["stored_len"] for f in stored["files"])
         print(f"{e:>5} {t1 - t0:>14.3f} {t2 - t1:>8.3f} {(t2 - t1) / (t1 - t0):>14.1f}x "
@@ -89,12 +112,29 @@ def main():
     os.sync()
     sync = time.perf_counter() - t0
     st_total = dir_bytes(st_dir)
+    pt_total = dir_bytes(pt_dir)
     tp_total = sum(f["stored_len"] for s in store.manifest()["steps"] for f in s["files"])
     print(f"median: safetensors.save_file {statistics.median(t_st):.3f} s, "
           f"tpde Store.save {statistics.median(t_tp):.3f} s "
           f"({statistics.median(t_tp) / statistics.median(t_st):.1f}x); final sync {sync:.3f} s")
     print(f"total bytes: safetensors {st_total:,}, tpde store {tp_total:,} "
           f"({st_total / tp_total:.3f}x smaller)")
+
+    print("\nsaves and loads, seconds (and ratio to safetensors' time):")
+    print(f"{'epoch':>5} {'torch.save':>16} {'load_file':>10} {'Store.load':>16} "
+          f"{'torch.load':>16}")
+    for i, e in enumerate(epochs):
+        print(f"{e:>5} {t_pt[i]:>9.3f} ({t_pt[i] / t_st[i]:>4.1f}x) {l_st[i]:>10.3f} "
+              f"{l_tp[i]:>9.3f} ({l_tp[i] / l_st[i]:>4.1f}x) "
+              f"{l_pt[i]:>9.3f} ({l_pt[i] / l_st[i]:>4.1f}x)")
+    med = statistics.median
+    print(f"median save, ratio to safetensors.save_file ({med(t_st):.3f} s): "
+          f"tpde Store.save {med(t_tp) / med(t_st):.2f}x, torch.save {med(t_pt) / med(t_st):.2f}x "
+          f"({med(t_pt):.3f} s)")
+    print(f"median load, ratio to safetensors.load_file ({med(l_st):.3f} s): "
+          f"tpde Store.load {med(l_tp) / med(l_st):.2f}x ({med(l_tp):.3f} s), "
+          f"torch.load {med(l_pt) / med(l_st):.2f}x ({med(l_pt):.3f} s)")
+    print(f"torch.save bytes: {pt_total:,} ({pt_total / tp_total:.3f}x the tpde store)")
     back = store.load(epochs[-1])
     same = all(torch.equal(back["model"][k], v) for k, v in state["model"].items())
     print(f"last epoch restored exactly: {same}")

@@ -231,7 +231,8 @@ enum Command {
     #[command(subcommand)]
     Store(store::StoreCommand),
     /// Code a folder of consecutive checkpoints, each against the previous,
-    /// and compare with zstd -3 on the same files.
+    /// and compare with zstd -3, zstd -1 and lz4 on the same files: sizes,
+    /// and speeds on one thread and on all (--threads).
     Bench {
         /// Folder of .safetensors files; their names sort in step order.
         dir: PathBuf,

@@ -376,8 +376,26 @@ fn bench_table_and_json() {
     for step in [1, 2, 3] {
         assert!(out.contains(&format!("ckpt-{step}.safetensors")), "{out}");
     }
-    // The keyframe's changed column.
-    assert!(out.contains(" key "), "{out}");
+    // The keyframe's changed column (the sizes table's last).
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ckpt-1.safetensors") && l.trim_end().ends_with(" key")),
+        "{out}"
+    );
+    // The sizes table's and the speeds table's columns.
+    for col in [
+        "zstd-3",
+        "zstd-1",
+        "lz4",
+        "vs zstd-3",
+        "enc",
+        "dec",
+        "lz4 c",
+        "lz4 d",
+    ] {
+        assert!(out.contains(col), "{col}: {out}");
+    }
+    assert!(out.contains("speeds"), "{out}");
     assert!(!out.contains("notes.txt"), "{out}");
 
     let out = ok(s.path(), &["bench", ".", "--json"]);
@@ -390,6 +408,51 @@ fn bench_table_and_json() {
         let ratio = row["ratio"].as_f64().expect("a numeric ratio");
         assert!(ratio > 0.0, "{row}");
         assert!(row["zstd3_ratio"].as_f64().is_some(), "{row}");
+        // Every size and speed is there and positive; sizes agree with
+        // their ratios. Timings themselves are not checked.
+        let num = |k: &str| {
+            let v = row[k].as_f64().unwrap_or_else(|| panic!("{k} in {row}"));
+            assert!(v > 0.0 && v.is_finite(), "{k} = {v} in {row}");
+            v
+        };
+        let original = num("original_bytes");
+        for (bytes, ratio) in [
+            ("tpde_bytes", "ratio"),
+            ("zstd3_bytes", "zstd3_ratio"),
+            ("zstd1_bytes", "zstd1_ratio"),
+            ("lz4_bytes", "lz4_ratio"),
+        ] {
+            let r = original / num(bytes);
+            assert!(
+                (r - num(ratio)).abs() < 1e-9 * r,
+                "{bytes}/{ratio} in {row}"
+            );
+        }
+        num("zstd3_mt_bytes");
+        num("zstd1_mt_bytes");
+        let vs = num("zstd3_bytes") / num("tpde_bytes");
+        assert!((vs - num("tpde_vs_zstd3")).abs() < 1e-9 * vs, "{row}");
+        assert!(num("threads") >= 1.0, "{row}");
+        for k in [
+            "encode_mbps",
+            "decode_mbps",
+            "encode_mbps_1t",
+            "decode_mbps_1t",
+            "zstd3_compress_mbps",
+            "zstd3_compress_mbps_mt",
+            "zstd3_decompress_mbps",
+            "zstd1_compress_mbps",
+            "zstd1_compress_mbps_mt",
+            "zstd1_decompress_mbps",
+            "lz4_compress_mbps",
+            "lz4_decompress_mbps",
+            "encode_vs_zstd3",
+            "encode_vs_zstd3_1t",
+            "decode_vs_zstd3",
+            "decode_vs_zstd3_1t",
+        ] {
+            num(k);
+        }
     }
     assert!(rows[0]["changed_fraction"].is_null());
     assert!(rows[1]["changed_fraction"].as_f64().is_some());
