@@ -135,7 +135,7 @@ impl Store {
 
     /// The step and path of the file `c` (file `path` of step `step`) is
     /// coded against, checked to be that file.
-    fn reference_file(
+    pub(super) fn reference_file(
         &self,
         m: &Manifest,
         step: u64,

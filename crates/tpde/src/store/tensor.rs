@@ -300,33 +300,7 @@ impl Store {
             })?;
             let needs = tensor_needs_reference(&c, ti);
             let next = if needs {
-                let rs = rec.reference.filter(|_| f.delta).ok_or_else(|| {
-                    self.err(format!(
-                        "step {s}, file {}: coded against a reference, but the manifest gives \
-                         it none",
-                        f.path
-                    ))
-                })?;
-                let rf = self
-                    .step_record(m, rs)?
-                    .files
-                    .iter()
-                    .find(|r| r.path == f.ref_path());
-                let rid = c.index.reference;
-                let same = rf.is_some_and(|r| {
-                    rid.is_some_and(|id| {
-                        id.len == r.len && format::digest_hex(id.digest) == r.digest
-                    })
-                });
-                if !same {
-                    return Err(self.err(format!(
-                        "step {s}, file {}: its reference, step {rs} file {}, is not the file \
-                         it was coded against",
-                        f.path,
-                        f.ref_path()
-                    )));
-                }
-                Some((rs, f.ref_path().to_string()))
+                Some(self.reference_file(m, s, &f.path, &c)?)
             } else {
                 None
             };

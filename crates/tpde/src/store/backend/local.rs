@@ -49,6 +49,23 @@ pub(crate) struct Local {
 }
 
 impl Local {
+    /// A writer of a new object, through a temporary file created in
+    /// `dir` (`objects/`'s temporary folder, or `pending/` for `pending`).
+    fn writer_in(&self, dir: &Path, pending: bool) -> Result<Box<dyn ObjectWriter + '_>> {
+        let tmp = temp_name(dir, "object");
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(Box::new(LocalWriter {
+            store: self,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            pending,
+        }))
+    }
+
     pub(crate) fn new(root: &Path) -> Local {
         Local {
             root: root.to_path_buf(),
@@ -317,18 +334,7 @@ impl Backend for Local {
     }
 
     fn put_object<'a>(&'a self, _lease: &'a Lease) -> Result<Box<dyn ObjectWriter + 'a>> {
-        let tmp = temp_name(&self.root.join(TMP), "object");
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        Ok(Box::new(LocalWriter {
-            store: self,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            tmp,
-            pending: false,
-        }))
+        self.writer_in(&self.root.join(TMP), false)
     }
 
     /// Written to `pending/`, out of reach of other writes' garbage
@@ -340,18 +346,7 @@ impl Backend for Local {
             Ok(false) => safefs::ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?,
             Err(e) => return Err(self.err(format!("{e}; nothing was written"))),
         }
-        let tmp = temp_name(&dir, "object");
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        Ok(Box::new(LocalWriter {
-            store: self,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            tmp,
-            pending: true,
-        }))
+        self.writer_in(&dir, true)
     }
 
     /// Every pending object is checked first (its length and digest), then
