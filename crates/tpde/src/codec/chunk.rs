@@ -45,7 +45,7 @@ fn build_sections(
     let m = planes.len() / width;
     for (k, hist) in hists.iter().enumerate().take(width) {
         let plane = &planes[k * m..(k + 1) * m];
-        let coder = if entropy(hist) > RAW_ENTROPY {
+        let coder = if looks_random(hist) {
             Coder::Raw
         } else {
             Coder::Auto(level)
@@ -59,13 +59,18 @@ fn build_sections(
 /// coding are built when their estimates are close.
 const SMALL_CHUNK: usize = 4096;
 
+/// Whether a plane with histogram `h` is stored raw, without trying a coder.
+fn looks_random(h: &[u64; 256]) -> bool {
+    entropy(h) > RAW_ENTROPY
+}
+
 /// Estimated bytes of a plane with histogram `h`: raw where it looks
 /// random (as [`build_sections`] stores it), else its rANS size.
 fn plane_cost(h: &[u64; 256]) -> f64 {
     let len: u64 = h.iter().sum();
     if len == 0 {
         0.0
-    } else if entropy(h) > RAW_ENTROPY {
+    } else if looks_random(h) {
         len as f64
     } else {
         ans::estimate(h).min(len as usize) as f64
