@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Short fuzzing pass over the tpde decoder, the safetensors parser (whole
 # files, and headers against a JSON-tree reading), the encode/decode round
-# trip, and archive detection (small inputs, and inputs repeated to 4 MiB so
-# that quadratic time shows as a time-out) (cargo-fuzz project in fuzz/).
+# trip, archive detection (small inputs, and inputs repeated to 4 MiB so
+# that quadratic time shows as a time-out), and the symbols coder (codec 5)
+# alone (cargo-fuzz project in fuzz/).
 #
 #   FUZZ_SECONDS=30 .ci/fuzz.sh            # all targets, 30 s each (default)
 #   FUZZ_SECONDS=300 .ci/fuzz.sh decode    # only the named targets
@@ -26,7 +27,7 @@ FUZZ_RSS_MB=${FUZZ_RSS_MB:-2048}
 if [[ $# -gt 0 ]]; then
     TARGETS=("$@")
 else
-    TARGETS=(decode safetensors roundtrip archive header archive_large)
+    TARGETS=(decode safetensors roundtrip archive header archive_large symbols)
 fi
 
 if ! [[ $FUZZ_SECONDS =~ ^[0-9]+$ ]] || [[ $FUZZ_SECONDS -lt 1 ]]; then

@@ -495,7 +495,9 @@ fn rans_section_damage() {
         .collect();
     let pf = safetensors(&[Tensor::new("w", "F32", &[n as u64], prev)], None);
     let cf = safetensors(&[Tensor::new("w", "F32", &[n as u64], cur)], None);
-    let packed = common::encode(&cf, Some(&pf), &small_chunks(16384));
+    // Chunks of 2048 elements: too small for the symbols (codec 5), which
+    // `symbols_damage` covers.
+    let packed = common::encode(&cf, Some(&pf), &small_chunks(8192));
     assert_eq!(common::decode(&packed, Some(&pf)).unwrap(), cf);
     let rans = sections_with_coding(&packed, 3);
     assert!(
@@ -519,6 +521,84 @@ fn rans_section_damage() {
                     &cf,
                     &tensors,
                     &format!("bit {bit} of byte {byte} (rANS section at {})", range.start),
+                    &mut tally,
+                );
+                damaged[byte] ^= 1 << bit;
+            }
+        }
+    }
+    assert!(tally.ok_exact.is_empty(), "{:#?}", tally.ok_exact);
+}
+
+/// Every bit flip inside a symbols payload (codec 5: a dense F32 and a
+/// BF16 delta of weight-like steps) is refused: none decodes, not even to
+/// the original (one coding per chunk).
+#[test]
+fn symbols_damage() {
+    let mut rng = Rng::new(106);
+    let n = 6000;
+    let prev = rng.f32_weights(n, 0.02);
+    let step = |rng: &mut Rng, v: u32| v.wrapping_add(rng.below(30) as u32).wrapping_sub(15);
+    let cur: Vec<u8> = prev
+        .chunks(4)
+        .flat_map(|c| step(&mut rng, u32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+        .collect();
+    let bprev: Vec<u8> = prev.chunks(4).flat_map(|c| [c[2], c[3]]).collect();
+    let bcur: Vec<u8> = bprev
+        .chunks(2)
+        .flat_map(|c| {
+            let v = u32::from(u16::from_le_bytes([c[0], c[1]]));
+            (step(&mut rng, v) as u16).to_le_bytes()
+        })
+        .collect();
+    let pf = safetensors(
+        &[
+            Tensor::new("w", "F32", &[n as u64], prev),
+            Tensor::new("b", "BF16", &[n as u64], bprev),
+        ],
+        None,
+    );
+    let cf = safetensors(
+        &[
+            Tensor::new("w", "F32", &[n as u64], cur),
+            Tensor::new("b", "BF16", &[n as u64], bcur),
+        ],
+        None,
+    );
+    let packed = common::encode(&cf, Some(&pf), &small_chunks(1 << 20));
+    assert_eq!(common::decode(&packed, Some(&pf)).unwrap(), cf);
+    let payloads: Vec<std::ops::Range<usize>> = chunk_entries(&packed)
+        .into_iter()
+        .flatten()
+        .filter(|&at| packed[at + 32] == 5)
+        .map(|at| {
+            let off = u64::from_le_bytes(packed[at..at + 8].try_into().unwrap()) as usize;
+            let len = u32::from_le_bytes(packed[at + 8..at + 12].try_into().unwrap()) as usize;
+            off..off + len
+        })
+        .collect();
+    assert_eq!(payloads.len(), 2, "both tensors are symbols chunks");
+    let tensors = tensor_names(&cf);
+    let mut tally = Tally::default();
+    let mut damaged = packed.clone();
+    // Every bit of the first 400 bytes of each payload (the window, the
+    // tables, the states, the start of the raw bits); every 41st after.
+    for range in &payloads {
+        for byte in range.clone() {
+            for bit in 0..8 {
+                if byte - range.start >= 400 && (byte * 8 + bit) % 41 != 0 {
+                    continue;
+                }
+                damaged[byte] ^= 1 << bit;
+                check_damaged(
+                    &damaged,
+                    &pf,
+                    &cf,
+                    &tensors,
+                    &format!(
+                        "bit {bit} of byte {byte} (symbols payload at {})",
+                        range.start
+                    ),
                     &mut tally,
                 );
                 damaged[byte] ^= 1 << bit;
@@ -763,7 +843,15 @@ fn wrong_magic_and_unsupported_version() {
         let err = common::decode(&v, Some(&pf)).unwrap_err();
         assert!(err.to_string().contains("without the features"), "{err}");
     }
-    for version in [0u16, 4, 0x0100, u16::MAX] {
+    // Any file with a reference may be marked version 4 (written so before
+    // its chunks are coded, when a chunk may come out as symbols).
+    let mut v4 = packed.clone();
+    v4[8..10].copy_from_slice(&4u16.to_le_bytes());
+    assert_eq!(
+        common::decode(&v4, Some(&pf)).unwrap(),
+        common::decode(&packed, Some(&pf)).unwrap()
+    );
+    for version in [0u16, 5, 0x0100, u16::MAX] {
         let mut bad = packed.clone();
         bad[8..10].copy_from_slice(&version.to_le_bytes());
         match common::decode(&bad, Some(&pf)) {

@@ -23,17 +23,17 @@
 
 use crate::common::error::{Error, Result};
 
-const SCALE_BITS: u32 = 12;
-const TOTAL: u32 = 1 << SCALE_BITS;
-const MASK: u32 = TOTAL - 1;
+pub(super) const SCALE_BITS: u32 = 12;
+pub(super) const TOTAL: u32 = 1 << SCALE_BITS;
+pub(super) const MASK: u32 = TOTAL - 1;
 /// Lower bound of the state interval.
-const L: u32 = 1 << 16;
+pub(super) const L: u32 = 1 << 16;
 /// Interleaved states.
 const STATES: usize = 4;
 
 /// Frequencies of the symbols, normalized to sum to `TOTAL`, every present
 /// symbol at least 1.
-fn normalize(hist: &[u64; 256]) -> [u32; 256] {
+pub(super) fn normalize(hist: &[u64; 256]) -> [u32; 256] {
     let total: u64 = hist.iter().sum();
     let mut f = [0u32; 256];
     if total == 0 {
@@ -115,11 +115,11 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
 /// Per-symbol constants of the encoder: the division by the frequency is a
 /// multiplication by a precomputed reciprocal.
 #[derive(Clone, Copy, Default)]
-struct EncSym {
-    freq: u32,
-    start: u32,
+pub(super) struct EncSym {
+    pub(super) freq: u32,
+    pub(super) start: u32,
     /// Renormalize while x >= x_max.
-    x_max: u64,
+    pub(super) x_max: u64,
     /// ceil(2^(32+l) / freq) with l = ceil(log2 freq): exact quotients for
     /// every 32-bit x (Granlund and Montgomery, 1994, theorem 4.2).
     rcp: u64,
@@ -127,7 +127,7 @@ struct EncSym {
 }
 
 impl EncSym {
-    fn new(freq: u32, start: u32) -> Self {
+    pub(super) fn new(freq: u32, start: u32) -> Self {
         let l = 32 - (freq.max(1) - 1).leading_zeros(); // ceil(log2 freq)
         let shift = 32 + l;
         EncSym {
@@ -141,7 +141,7 @@ impl EncSym {
     }
 
     #[inline(always)]
-    fn quotient(&self, x: u32) -> u32 {
+    pub(super) fn quotient(&self, x: u32) -> u32 {
         ((u128::from(x) * u128::from(self.rcp)) >> self.shift) as u32
     }
 }
@@ -209,7 +209,7 @@ fn put_varint(mut v: u32, out: &mut Vec<u8>) {
 }
 
 /// Writes the frequency table, as a list or a bitmap, whichever is shorter.
-fn write_table(freq: &[u32; 256], out: &mut Vec<u8>) {
+pub(super) fn write_table(freq: &[u32; 256], out: &mut Vec<u8>) {
     let present = || freq.iter().enumerate().filter(|(_, &f)| f > 0);
     let m = present().count();
     if m < 32 {
@@ -233,7 +233,7 @@ fn write_table(freq: &[u32; 256], out: &mut Vec<u8>) {
 }
 
 /// Reads a frequency table; returns the frequencies and the offset after it.
-fn read_table(src: &[u8]) -> Result<([u32; 256], usize)> {
+pub(super) fn read_table(src: &[u8]) -> Result<([u32; 256], usize)> {
     let mut pos = 0usize;
     let byte = |pos: &mut usize| -> Result<u8> {
         let b = *src

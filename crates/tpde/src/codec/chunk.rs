@@ -20,6 +20,7 @@ use crate::codec::sample::{entropy, Sample, Sampled, RAW_ENTROPY};
 use crate::codec::sections::{
     probe_says_rans, put_section, zstd_compress, zstd_decompress_exact, Coder, Sections,
 };
+use crate::codec::symbols::{self, Window};
 use crate::codec::transform::{self, Transform};
 use crate::common::error::{Error, Result};
 use crate::source::dtype::Family;
@@ -53,6 +54,21 @@ fn build_sections(
         put_plane(&mut out, plane, coder, Some(hist), groups)?;
     }
     Ok(out)
+}
+
+/// How much larger than the byte planes' the estimate of the symbols may
+/// be and still choose them: the planes' estimate leaves out their
+/// grouping by exponent, the symbols' their contexts, which gain alike.
+const SYMBOLS_MARGIN: f64 = 1.005;
+
+/// Whether a chunk of `len` bytes with these parameters may be coded with
+/// symbols (codec 5, format version 4) when it has reference data: a float
+/// of 2 or 4 bytes with its exponent field known, and enough elements.
+pub fn symbols_eligible(len: usize, p: &ChunkParams) -> bool {
+    p.family == Family::Float
+        && matches!(p.width, 2 | 4)
+        && p.exponent.is_some()
+        && len / p.width >= symbols::MIN_ELEMENTS
 }
 
 /// Elements of a chunk at most for which both the dense and the sparse
@@ -89,8 +105,8 @@ pub fn encode_chunk(
 }
 
 /// [`encode_chunk`], or with `force`, exactly that positions coding and no
-/// fallback (for tests of every decoding path).
-fn encode_chunk_with(
+/// fallback, and never symbols (for tests of every decoding path).
+pub(super) fn encode_chunk_with(
     cur: &[u8],
     reference: Option<&[u8]>,
     p: ChunkParams,
@@ -113,12 +129,38 @@ fn encode_chunk_with(
     let r = reference.unwrap_or(&[]);
     let sampled = Sampled::gather(width, cur, r);
     let cost = |s: &Sample| s.dense_bits().min(s.sparse_bits() + 2.0);
-    let transform = candidates
+    let (transform, sample) = candidates
         .into_iter()
-        .map(|t| (cost(&Sample::take(t, width, &sampled)), t))
+        .map(|t| {
+            let s = Sample::take(t, width, &sampled);
+            (cost(&s), t, s)
+        })
         .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, t)| t)
+        .map(|(_, t, s)| (t, s))
         .expect("at least one candidate");
+
+    // 1b. A float delta: one symbol per element (codec 5), when the sample
+    // says it codes no larger than the byte planes (both estimated without
+    // their exponent contexts, bits per element).
+    if force.is_none() && transform == Transform::Ulp && symbols_eligible(cur.len(), &p) {
+        let planes_bits = sample
+            .dense_bits()
+            .min(sample.changed * (sample.sparse_bits() + 2.0));
+        let symbol_bits = symbols::sample_bits(&sampled.cur, &sampled.reference, width);
+        if let (true, Some(exponent)) = (symbol_bits <= planes_bits * SYMBOLS_MARGIN, p.exponent) {
+            let window = Window::choose(r, width, exponent);
+            if let Some(c) = symbols::encode(cur, r, width, window, cur.len() / 10 * 9) {
+                let coding = ChunkCoding {
+                    codec: Codec::Symbols,
+                    transform,
+                    positions: Positions::Dense,
+                    width: width as u8,
+                    nnz: c.nnz,
+                };
+                return Ok((coding, c.payload));
+            }
+        }
+    }
 
     // 2. Transform the whole chunk straight into byte planes.
     let mut planes = vec![0u8; cur.len()];
@@ -286,6 +328,25 @@ pub fn decode_chunk(
         }
         Codec::Delta if c.transform == Transform::None => {
             return Err(Error::corrupt("delta chunk without a transform"));
+        }
+        Codec::Symbols => {
+            if c.transform != Transform::Ulp
+                || c.positions != Positions::Dense
+                || !matches!(width, 2 | 4)
+            {
+                return Err(Error::corrupt(
+                    "symbols chunk with another transform, positions or width",
+                ));
+            }
+            let r = reference
+                .filter(|r| r.len() == out.len())
+                .ok_or_else(|| Error::corrupt("symbols chunk without reference data"))?;
+            if symbols::decode(payload, r, width, out)? != c.nnz {
+                return Err(Error::corrupt(
+                    "changed count differs from the chunk's values",
+                ));
+            }
+            return Ok(());
         }
         _ => {}
     }

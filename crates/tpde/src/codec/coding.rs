@@ -21,6 +21,10 @@ pub enum Codec {
     /// The lossy mode: floats as quantization bins against the reference
     /// (or zero), plus exact escapes (see [`crate::codec::lossy`]).
     Quantized = 4,
+    /// One symbol per element (sign, bit length and top bits of the ULP
+    /// difference) rANS coded by the reference's exponent, and the low bits
+    /// raw (format version 4, see [`crate::codec::chunk`]).
+    Symbols = 5,
 }
 
 impl Codec {
@@ -31,8 +35,15 @@ impl Codec {
             2 => Codec::Planes,
             3 => Codec::Delta,
             4 => Codec::Quantized,
+            5 => Codec::Symbols,
             other => return Err(Error::corrupt(format!("unknown codec {other}"))),
         })
+    }
+
+    /// Whether the chunk is coded against its reference data (which it
+    /// then must have): the delta codecs.
+    pub fn is_delta(self) -> bool {
+        matches!(self, Codec::Delta | Codec::Symbols)
     }
 
     pub fn name(self) -> &'static str {
@@ -42,6 +53,7 @@ impl Codec {
             Codec::Planes => "planes",
             Codec::Delta => "delta",
             Codec::Quantized => "quantized",
+            Codec::Symbols => "symbols",
         }
     }
 }

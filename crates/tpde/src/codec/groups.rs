@@ -323,7 +323,7 @@ pub(super) fn groups_for(
 mod tests {
     use super::*;
     use crate::codec::chunk::tests::rng;
-    use crate::codec::chunk::{decode_chunk, encode_chunk};
+    use crate::codec::chunk::{decode_chunk, encode_chunk, encode_chunk_with, Codec, Positions};
     use crate::source::dtype::Family;
 
     /// Weight-like floats with changes of a similar absolute size: the ULP
@@ -344,6 +344,8 @@ mod tests {
         let w2: Vec<f32> = w.iter().map(|&x| x + (gauss() * 1e-4) as f32).collect();
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (r, c) = (bytes(&w), bytes(&w2));
+        // The byte planes (dense, as the estimate chooses for this data),
+        // not the symbols that encode_chunk would choose.
         let code = |exponent| {
             let p = ChunkParams {
                 width: 4,
@@ -351,7 +353,8 @@ mod tests {
                 level: 3,
                 exponent,
             };
-            let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+            let (coding, payload) =
+                encode_chunk_with(&c, Some(&r), p, Some(Positions::Dense)).unwrap();
             let mut out = vec![0u8; c.len()];
             decode_chunk(&coding, &payload, Some(&r), &mut out).unwrap();
             assert!(out == c);
@@ -385,7 +388,7 @@ mod tests {
             level: 3,
             exponent: Some((23, 8)),
         };
-        let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+        let (coding, payload) = encode_chunk_with(&c, Some(&r), p, Some(Positions::Dense)).unwrap();
         let mut other = r.clone();
         other[0] ^= 0x80; // a different exponent for element 0 shifts the groups
         let mut out = vec![0u8; c.len()];
@@ -394,5 +397,21 @@ mod tests {
             res.is_err() || out != c,
             "a different reference must not decode to the original"
         );
+        // What encode_chunk chooses for such data: the symbols (codec 5),
+        // within half a percent of the grouped planes, or smaller.
+        let (coding, payload) = encode_chunk(&c, Some(&r), p).unwrap();
+        assert_eq!(coding.codec, Codec::Symbols);
+        assert!(
+            (payload.len() as f64) < grouped.len() as f64 * 1.005,
+            "symbols {} vs grouped planes {}",
+            payload.len(),
+            grouped.len()
+        );
+        let mut out = vec![0u8; c.len()];
+        decode_chunk(&coding, &payload, Some(&r), &mut out).unwrap();
+        assert!(out == c);
+        // Against another reference the symbols do not decode to the original.
+        let res = decode_chunk(&coding, &payload, Some(&other), &mut out);
+        assert!(res.is_err() || out != c);
     }
 }

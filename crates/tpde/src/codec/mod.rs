@@ -13,7 +13,9 @@
 //!     classes, a bitmap, or none);
 //!   - `sections`: the payload's sections (raw, constant, zstd, rANS) and
 //!     reading them back;
-//!   - `groups`: byte planes grouped by the reference's exponents.
+//!   - `groups`: byte planes grouped by the reference's exponents;
+//!   - `symbols`: codec 5, a float delta coded one symbol per element in
+//!     one pass each way (the fast path of dense float deltas).
 //! - `bits`: bit I/O and the Elias-delta code.
 //! - `ans`: tpde's rANS entropy coder (zstd is the other one).
 //! - [`lossy`]: the error-bounded quantizer of the lossy mode.
@@ -32,4 +34,5 @@ mod positions;
 mod quantized;
 mod sample;
 mod sections;
+mod symbols;
 pub mod transform;

@@ -32,13 +32,15 @@ pub(super) struct Sample {
     /// (dense) and with the all-zero elements left out (sparse).
     dense: Vec<f64>,
     sparse: Vec<f64>,
+    /// Fraction of the sampled elements that changed.
+    pub(super) changed: f64,
 }
 
 /// The elements a sample looks at, gathered into contiguous buffers once and
 /// shared by every candidate transform.
 pub(super) struct Sampled {
-    cur: Vec<u8>,
-    reference: Vec<u8>,
+    pub(super) cur: Vec<u8>,
+    pub(super) reference: Vec<u8>,
 }
 
 impl Sampled {
@@ -81,7 +83,11 @@ impl Sample {
             h[0] -= zeros;
             sparse.push(entropy(&h));
         }
-        Sample { dense, sparse }
+        Sample {
+            dense,
+            sparse,
+            changed: nnz as f64 / m.max(1) as f64,
+        }
     }
 
     /// Estimated bits per element of the planes with all elements (dense).

@@ -30,7 +30,7 @@ pub enum Error {
     WrongMagic,
 
     /// A `.tpde` file of a format version this build does not know.
-    #[error("unsupported .tpde format version {0} (this build reads versions 1 to 3)")]
+    #[error("unsupported .tpde format version {0} (this build reads versions 1 to 4)")]
     UnsupportedVersion(u16),
 
     /// The `.tpde` file is shorter than its own structure says.

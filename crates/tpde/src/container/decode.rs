@@ -273,7 +273,7 @@ fn jobs_against<'a, 'r>(
                 })
         };
         let reference = match e.coding.codec {
-            Codec::Delta => Some(slice(tref.ok_or(Error::MissingReference)?)?),
+            Codec::Delta | Codec::Symbols => Some(slice(tref.ok_or(Error::MissingReference)?)?),
             // Quantized against the reference data when the tensor has some.
             Codec::Quantized => tref.map(slice).transpose()?,
             _ => None,
@@ -472,7 +472,7 @@ pub fn tensor_needs_reference(c: &Container<'_>, ti: usize) -> bool {
     e.ref_mode != RefMode::None
         && e.chunks
             .iter()
-            .any(|k| matches!(k.coding.codec, Codec::Delta | Codec::Quantized))
+            .any(|k| k.coding.codec.is_delta() || k.coding.codec == Codec::Quantized)
 }
 
 /// Decodes tensor `ti` of an opened safetensors container against the bytes

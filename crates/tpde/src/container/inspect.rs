@@ -78,6 +78,11 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
                         changed += k.nnz;
                         format!("delta {}/{}", k.transform.name(), k.positions.name())
                     }
+                    Codec::Symbols => {
+                        delta_elements += u64::from(e.raw_len) / u64::from(k.width);
+                        changed += k.nnz;
+                        format!("symbols {}", k.transform.name())
+                    }
                     Codec::Quantized => {
                         // The bound is the payload's bytes 1..9 (checked by the decoder).
                         let b = c

@@ -349,3 +349,72 @@ pub fn check_tensors(packed: &[u8], reference: Option<&[u8]>, original: &[u8]) {
         assert!(got == want, "decode_tensor({:?}) differs", t.name);
     }
 }
+
+/// Every float element of `got` within `bound` of `cur` (NaN and
+/// infinities exact); everything else byte for byte.
+pub fn check_within(got: &[u8], cur: &[u8], bound: f64) {
+    let (hg, hc) = (
+        tpde::source::safetensors::parse(got).unwrap(),
+        tpde::source::safetensors::parse(cur).unwrap(),
+    );
+    assert_eq!(got[..hg.header_len as usize], cur[..hc.header_len as usize]);
+    for t in &hc.tensors {
+        let s = (hc.header_len + t.begin) as usize..(hc.header_len + t.end) as usize;
+        let (a, b) = (&got[s.clone()], &cur[s]);
+        let vals: Option<Vec<(f64, f64)>> = match t.dtype.name() {
+            "F32" => Some(
+                a.chunks_exact(4)
+                    .zip(b.chunks_exact(4))
+                    .map(|(x, y)| {
+                        let f = |c: &[u8]| f64::from(f32::from_le_bytes(c.try_into().unwrap()));
+                        (f(x), f(y))
+                    })
+                    .collect(),
+            ),
+            "F64" => Some(
+                a.chunks_exact(8)
+                    .zip(b.chunks_exact(8))
+                    .map(|(x, y)| {
+                        let f = |c: &[u8]| f64::from_le_bytes(c.try_into().unwrap());
+                        (f(x), f(y))
+                    })
+                    .collect(),
+            ),
+            "F16" => Some(
+                a.chunks_exact(2)
+                    .zip(b.chunks_exact(2))
+                    .map(|(x, y)| {
+                        let f = |c: &[u8]| half::f16::from_le_bytes([c[0], c[1]]).to_f64();
+                        (f(x), f(y))
+                    })
+                    .collect(),
+            ),
+            "BF16" => Some(
+                a.chunks_exact(2)
+                    .zip(b.chunks_exact(2))
+                    .map(|(x, y)| {
+                        let f = |c: &[u8]| half::bf16::from_le_bytes([c[0], c[1]]).to_f64();
+                        (f(x), f(y))
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        match vals {
+            None => assert_eq!(a, b, "{} is exact", t.name),
+            Some(v) => {
+                for (i, (x, y)) in v.into_iter().enumerate() {
+                    if y.is_finite() {
+                        assert!(
+                            (x - y).abs() * (1.0 + f64::EPSILON) <= bound,
+                            "{}[{i}]",
+                            t.name
+                        );
+                    } else {
+                        assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
+                    }
+                }
+            }
+        }
+    }
+}

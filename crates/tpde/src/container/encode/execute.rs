@@ -51,6 +51,7 @@ pub(super) fn execute_in_windows(
     // Lossy when some float tensor may be quantized (the chunks of a tensor
     // may still come out exact); files without float tensors stay lossless.
     let lossy = plan.lossy();
+    let version = plan.version();
     let Plan {
         cur,
         reference,
@@ -66,7 +67,6 @@ pub(super) fn execute_in_windows(
         inner: out,
         written: 0,
     };
-    let version = if lossy { 3 } else { kind.min_version() };
     w.write_all(&format::file_header(version))?;
     let mut s = Written {
         w,
@@ -323,7 +323,7 @@ impl Written<'_, '_> {
         self.changed += match (entry.coding.codec, r) {
             // Counted above, from the bins.
             (Codec::Quantized, _) => 0,
-            (Codec::Delta, _) => entry.coding.nnz,
+            (Codec::Delta | Codec::Symbols, _) => entry.coding.nnz,
             // Coded without its reference (it did not help): count the
             // elements that differ from it all the same.
             (_, Some(r)) => {

@@ -263,7 +263,7 @@ mod identity_tests {
                 "v1/cur-b.safetensors",
                 Some("v1/ref-b.safetensors"),
                 Auto,
-                "c116c88d59b42349672e18a826888124",
+                "25da6dd48078e03a2da2235ffa7fe85d",
             ),
             (
                 "v1/cur.safetensors",

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use super::{EncodeOptions, InputKind};
-use crate::codec::chunk::ChunkParams;
+use crate::codec::chunk::{symbols_eligible, ChunkParams};
 use crate::codec::lossy::FloatKind;
 use crate::common::error::{Error, Result};
 use crate::common::mmap;
@@ -91,6 +91,23 @@ impl Plan<'_> {
     /// format version 3, lossy).
     pub fn lossy(&self) -> bool {
         self.jobs.iter().any(|j| j.lossy.is_some())
+    }
+
+    /// The format version the container is written with: 4 when some chunk
+    /// may be coded with symbols (a float chunk with reference data, see
+    /// [`symbols_eligible`]); else 3 when lossy; else the source kind's.
+    pub fn version(&self) -> u16 {
+        let symbols = self
+            .jobs
+            .iter()
+            .any(|j| j.reference.is_some() && symbols_eligible(j.cur.len(), &j.params));
+        if symbols {
+            4
+        } else if self.lossy() {
+            3
+        } else {
+            self.kind.min_version()
+        }
     }
 
     /// The tensors, in file order.

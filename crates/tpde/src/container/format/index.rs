@@ -195,7 +195,7 @@ pub(super) fn parse_index(b: &[u8], index_offset: u64) -> Result<Index> {
                     "chunk payload lies outside the payload area",
                 ));
             }
-            if c.coding.codec == Codec::Delta && ref_mode == RefMode::None {
+            if c.coding.codec.is_delta() && ref_mode == RefMode::None {
                 return Err(Error::corrupt(
                     "delta chunk in a tensor without reference data",
                 ));
@@ -306,6 +306,12 @@ fn check_coding(c: &ChunkEntry) -> Result<()> {
         }
         Codec::Planes => k.transform == Transform::None && k.nnz <= elements,
         Codec::Delta => k.transform != Transform::None && k.nnz <= elements,
+        Codec::Symbols => {
+            matches!(width, 2 | 4)
+                && k.transform == Transform::Ulp
+                && k.positions == Positions::Dense
+                && k.nnz <= elements
+        }
         // nnz counts the bins' coding (bytes when they are stored or zstd).
         Codec::Quantized => {
             matches!(width, 2 | 4 | 8)

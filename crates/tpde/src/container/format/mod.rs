@@ -1,4 +1,4 @@
-//! The `.tpde` container, versions 1 to 3, byte by byte as in `docs/FORMAT.md`.
+//! The `.tpde` container, versions 1 to 4, byte by byte as in `docs/FORMAT.md`.
 //!
 //! ```text
 //! +-----------------------+ 0
@@ -20,7 +20,7 @@
 //! (the safetensors header, dtypes) and [`codec`](crate::codec) (the chunk
 //! coding fields).
 
-use crate::codec::chunk::ChunkCoding;
+use crate::codec::chunk::{ChunkCoding, Codec};
 use crate::common::error::{Error, Result};
 use std::ops::Range;
 
@@ -36,9 +36,10 @@ pub const MAGIC: [u8; 8] = *b"\x89TPDE\r\n\x1a";
 pub const END_MAGIC: [u8; 8] = *b"TPDEEND\0";
 /// The newest format version this build reads. A file is written with the
 /// lowest version that has the features it uses: 1; 2 for a torch.save
-/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); so
-/// that older readers still read the rest.
-pub const VERSION: u16 = 3;
+/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); 4
+/// when some chunk may be coded with symbols (codec 5: a float chunk coded
+/// against reference data); so that older readers still read the rest.
+pub const VERSION: u16 = 4;
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 pub(crate) const TRAILER_LEN: u64 = 32;
 const CHUNK_ENTRY_LEN: usize = 48;
@@ -223,7 +224,10 @@ impl<'a> Container<'a> {
             return Err(Error::corrupt("index checksum mismatch"));
         }
         let index = index::parse_index(index_bytes, index_offset)?;
-        // The version is exactly the lowest one with the features used.
+        // Versions 1 to 3 are exactly the lowest one with the features used.
+        // Version 4 is written before the chunks are coded, when some chunk
+        // may come out as symbols (codec 5): any file with reference data
+        // may be version 4, and only version 4 may hold codec 5.
         if index.lossy && version < 3 {
             return Err(Error::corrupt(format!(
                 "the lossy flag in a version {version} file"
@@ -235,16 +239,34 @@ impl<'a> Container<'a> {
                 index.source_kind as u8
             )));
         }
-        let expected = if index.lossy {
-            3
+        if version >= 4 {
+            if index.reference.is_none() {
+                return Err(Error::corrupt(format!(
+                    "a version {version} file without reference data"
+                )));
+            }
         } else {
-            index.source_kind.min_version()
-        };
-        if version != expected {
-            return Err(Error::corrupt(format!(
-                "a version {version} file without the features of version {version} \
-                 (it would be version {expected})"
-            )));
+            let symbols = index
+                .tensors
+                .iter()
+                .flat_map(|t| &t.chunks)
+                .any(|c| c.coding.codec == Codec::Symbols);
+            if symbols {
+                return Err(Error::corrupt(format!(
+                    "a symbols chunk (codec 5) in a version {version} file"
+                )));
+            }
+            let expected = if index.lossy {
+                3
+            } else {
+                index.source_kind.min_version()
+            };
+            if version != expected {
+                return Err(Error::corrupt(format!(
+                    "a version {version} file without the features of version {version} \
+                     (it would be version {expected})"
+                )));
+            }
         }
         let (tensors, tail) = views::tensor_views(&index)?;
         Ok(Container {

@@ -20,7 +20,6 @@ mod values;
 use super::get::Sink;
 use super::matching::match_files;
 use super::{Files, StepRecord, Store};
-use crate::codec::chunk::Codec;
 use crate::common::error::Result;
 use crate::container::format::{Container, RefMode};
 use crate::source::dtype::{Dtype, Family};
@@ -386,7 +385,7 @@ fn stored_counts(object: &[u8]) -> HashMap<String, (u64, u64)> {
             .entry
             .chunks
             .iter()
-            .all(|e| e.coding.codec == Codec::Delta && usize::from(e.coding.width) == width);
+            .all(|e| e.coding.codec.is_delta() && usize::from(e.coding.width) == width);
         if exact {
             let changed = t.entry.chunks.iter().map(|e| e.coding.nnz).sum();
             out.insert(t.info.name.clone(), (t.info.elements(), changed));
