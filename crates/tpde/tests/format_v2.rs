@@ -5,21 +5,12 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::sha256;
+use common::{decode, sha256};
 
 const CUR_SHA256: &str = "b5f56004489a5ce991d9d67d0e2b9f8c55e4580d3807ebdbea5a6f99ae9552cf";
 
 fn read(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/v2")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn decode(container: &[u8], reference: Option<&[u8]>) -> tpde::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    tpde::decode(container, reference, &mut out, None)?;
-    Ok(out)
+    common::frozen("v2", name)
 }
 
 #[test]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{check_within, sha256};
 
 const KEY_OUT: &str = "d5a8ab0bb384b34566d2f66cb45bd4901890ddad26ad14d9efe0f325e4d3e8a3";
@@ -12,10 +10,7 @@ const DELTA_OUT: &str = "e686c207579deb3c4a409a9f4be465ce7c484b9c9998d7db758a7bd
 const BOUND: f64 = 1e-3;
 
 fn read(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/v3")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    common::frozen("v3", name)
 }
 
 fn decode(container: &[u8], reference: Option<&[u8]>) -> Vec<u8> {

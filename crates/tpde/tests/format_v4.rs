@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{check_within, sha256};
+use common::{check_within, decode, sha256};
 
 const CUR: &str = "0cb981c1e8c0aeca9db7e6f40546269604438a3e0450509f1484a1c190e885cd";
 const REF: &str = "e9d74e6825315b676812623ac9fa5320d7a771996d3a191ad414702fa87d9563";
@@ -13,16 +11,7 @@ const LOSSY_OUT: &str = "dd98c4a917000785ab74453e2eb9c962049269fde75597753cf1f8d
 const LOSSY_BOUND: f64 = 1e-6;
 
 fn read(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/v4")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn decode(container: &[u8], reference: Option<&[u8]>) -> tpde::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    tpde::decode(container, reference, &mut out, None)?;
-    Ok(out)
+    common::frozen("v4", name)
 }
 
 #[test]

@@ -124,23 +124,13 @@ impl Groups {
             hist[e] += 1;
         }
         let k = MAX_GROUPS.min(hist.len());
-        let mut best = (0usize, 0usize);
-        let mut sum: usize = hist[..k].iter().sum();
-        for start in 0..=hist.len() - k {
-            if start > 0 {
-                sum = sum + hist[start + k - 1] - hist[start - 1];
-            }
-            if sum > best.1 {
-                best = (start, sum);
-            }
-        }
         Some(Self::new(
             reference,
             width,
             pos,
             shift,
             bits,
-            best.0 as u16,
+            densest_window(&hist, k) as u16,
             k as u8,
         ))
     }
@@ -317,6 +307,22 @@ pub(super) fn groups_for(
         return None;
     }
     Groups::choose(reference, p.width, pos, p.exponent?)
+}
+
+/// Start of the `k` consecutive bins of `hist` (`k <= hist.len()`) that
+/// hold the most (the first such window).
+pub(super) fn densest_window(hist: &[usize], k: usize) -> usize {
+    let mut best = (0usize, 0usize);
+    let mut sum: usize = hist[..k].iter().sum();
+    for start in 0..=hist.len() - k {
+        if start > 0 {
+            sum = sum + hist[start + k - 1] - hist[start - 1];
+        }
+        if sum > best.1 {
+            best = (start, sum);
+        }
+    }
+    best.0
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 //! ```
 
 use crate::codec::ans::{self, EncSym, L, MASK, SCALE_BITS};
+use crate::codec::groups::densest_window;
 use crate::common::error::{Error, Result};
 
 /// Elements a chunk needs before it is coded with symbols (smaller chunks
@@ -175,20 +176,10 @@ impl Window {
             hist[((r >> shift) & mask) as usize] += 1;
         }
         let k = MAX_CONTEXTS.min(hist.len());
-        let mut best = (0usize, 0usize);
-        let mut sum: usize = hist[..k].iter().sum();
-        for start in 0..=hist.len() - k {
-            if start > 0 {
-                sum = sum + hist[start + k - 1] - hist[start - 1];
-            }
-            if sum > best.1 {
-                best = (start, sum);
-            }
-        }
         Window {
             shift,
             bits,
-            base: best.0 as u16,
+            base: densest_window(&hist, k) as u16,
             count: k as u8,
         }
     }

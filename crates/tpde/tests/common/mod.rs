@@ -309,6 +309,15 @@ pub fn decode(container: &[u8], reference: Option<&[u8]>) -> tpde::Result<Vec<u8
     Ok(out)
 }
 
+/// A frozen sample file: `tests/data/<dir>/<name>`.
+pub fn frozen(dir: &str, name: &str) -> Vec<u8> {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(dir)
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 /// Options with a small chunk size, so that small tensors span many chunks.
 pub fn small_chunks(chunk_size: usize) -> tpde::EncodeOptions {
     tpde::EncodeOptions {
