@@ -474,6 +474,42 @@ fn sections_with_coding(file: &[u8], coding: u8) -> Vec<std::ops::Range<usize>> 
     found
 }
 
+/// Flips, one at a time, the bits of `ranges` of `packed` that `keep`
+/// selects (given the range's index, the byte's offset in it and the bit's
+/// index in the file), and decodes each damaged copy every way there is.
+fn flip_bits(
+    packed: &[u8],
+    reference: &[u8],
+    original: &[u8],
+    ranges: &[std::ops::Range<usize>],
+    what: &str,
+    keep: impl Fn(usize, usize, usize) -> bool,
+) -> Tally {
+    let tensors = tensor_names(original);
+    let mut tally = Tally::default();
+    let mut damaged = packed.to_vec();
+    for (k, range) in ranges.iter().enumerate() {
+        for byte in range.clone() {
+            for bit in 0..8 {
+                if !keep(k, byte - range.start, byte * 8 + bit) {
+                    continue;
+                }
+                damaged[byte] ^= 1 << bit;
+                check_damaged(
+                    &damaged,
+                    reference,
+                    original,
+                    &tensors,
+                    &format!("bit {bit} of byte {byte} ({what} at {})", range.start),
+                    &mut tally,
+                );
+                damaged[byte] ^= 1 << bit;
+            }
+        }
+    }
+    tally
+}
+
 /// Every bit flip inside an rANS-coded section (skewed byte planes: nearly
 /// every element one ULP up) is refused.
 #[test]
@@ -504,29 +540,10 @@ fn rans_section_damage() {
         !rans.is_empty(),
         "no rANS section in this container: adjust the input so that the test covers one"
     );
-    let tensors = tensor_names(&cf);
-    let mut tally = Tally::default();
-    let mut damaged = packed.clone();
     // Every bit of the first section; every 7th bit of the others.
-    for (k, range) in rans.iter().enumerate() {
-        for byte in range.clone() {
-            for bit in 0..8 {
-                if k > 0 && (byte * 8 + bit) % 7 != 0 {
-                    continue;
-                }
-                damaged[byte] ^= 1 << bit;
-                check_damaged(
-                    &damaged,
-                    &pf,
-                    &cf,
-                    &tensors,
-                    &format!("bit {bit} of byte {byte} (rANS section at {})", range.start),
-                    &mut tally,
-                );
-                damaged[byte] ^= 1 << bit;
-            }
-        }
-    }
+    let tally = flip_bits(&packed, &pf, &cf, &rans, "rANS section", |k, _, b| {
+        k == 0 || b % 7 == 0
+    });
     assert!(tally.ok_exact.is_empty(), "{:#?}", tally.ok_exact);
 }
 
@@ -578,33 +595,16 @@ fn symbols_damage() {
         })
         .collect();
     assert_eq!(payloads.len(), 2, "both tensors are symbols chunks");
-    let tensors = tensor_names(&cf);
-    let mut tally = Tally::default();
-    let mut damaged = packed.clone();
     // Every bit of the first 400 bytes of each payload (the window, the
     // tables, the states, the start of the raw bits); every 41st after.
-    for range in &payloads {
-        for byte in range.clone() {
-            for bit in 0..8 {
-                if byte - range.start >= 400 && (byte * 8 + bit) % 41 != 0 {
-                    continue;
-                }
-                damaged[byte] ^= 1 << bit;
-                check_damaged(
-                    &damaged,
-                    &pf,
-                    &cf,
-                    &tensors,
-                    &format!(
-                        "bit {bit} of byte {byte} (symbols payload at {})",
-                        range.start
-                    ),
-                    &mut tally,
-                );
-                damaged[byte] ^= 1 << bit;
-            }
-        }
-    }
+    let tally = flip_bits(
+        &packed,
+        &pf,
+        &cf,
+        &payloads,
+        "symbols payload",
+        |_, at, b| at < 400 || b % 41 == 0,
+    );
     assert!(tally.ok_exact.is_empty(), "{:#?}", tally.ok_exact);
 }
 

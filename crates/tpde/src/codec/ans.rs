@@ -297,33 +297,45 @@ fn corrupt(msg: &str) -> Error {
     Error::corrupt(format!("rANS stream: {msg}"))
 }
 
+/// The decoder's table of a normalized frequency table (`TOTAL` slots):
+/// slot -> symbol (bits 24..32), freq - 1 (bits 12..24), slot - start
+/// (bits 0..12).
+pub(super) fn fill_slots(freq: &[u32; 256], slots: &mut [u32]) {
+    let mut acc = 0usize;
+    for (s, &f) in freq.iter().enumerate() {
+        for (k, slot) in slots[acc..acc + f as usize].iter_mut().enumerate() {
+            *slot = (s as u32) << 24 | (f - 1) << 12 | k as u32;
+        }
+        acc += f as usize;
+    }
+}
+
+/// `N` initial states at `*pos` (each at least `L`), advancing `*pos`; the
+/// error says what is wrong, for the caller to name its stream.
+pub(super) fn read_states<const N: usize>(
+    src: &[u8],
+    pos: &mut usize,
+) -> std::result::Result<[u32; N], &'static str> {
+    let mut states = [0u32; N];
+    for x in &mut states {
+        let b = src.get(*pos..*pos + 4).ok_or("states missing")?;
+        *x = u32::from_le_bytes(b.try_into().expect("4"));
+        if *x < L {
+            return Err("state out of range");
+        }
+        *pos += 4;
+    }
+    Ok(states)
+}
+
 /// Decodes a stream of [`encode`] into exactly `out.len()` bytes.
 pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
     let (freq, mut pos) = read_table(src)?;
     // Slot -> symbol (bits 24..32), freq - 1 (bits 12..24), slot - start (bits 0..12):
     // one 16 KiB table, one lookup per symbol.
     let mut slots = vec![0u32; TOTAL as usize];
-    let mut acc = 0u32;
-    for (s, &f) in freq.iter().enumerate() {
-        for (k, slot) in slots[acc as usize..(acc + f) as usize]
-            .iter_mut()
-            .enumerate()
-        {
-            *slot = (s as u32) << 24 | (f - 1) << 12 | k as u32;
-        }
-        acc += f;
-    }
-    let mut states = [0u32; STATES];
-    for x in &mut states {
-        let b = src
-            .get(pos..pos + 4)
-            .ok_or_else(|| corrupt("states missing"))?;
-        *x = u32::from_le_bytes(b.try_into().expect("4"));
-        if *x < L {
-            return Err(corrupt("state out of range"));
-        }
-        pos += 4;
-    }
+    fill_slots(&freq, &mut slots);
+    let states: [u32; STATES] = read_states(src, &mut pos).map_err(corrupt)?;
     let words = &src[pos..];
     if !words.len().is_multiple_of(2) {
         return Err(corrupt("odd number of renormalization bytes"));

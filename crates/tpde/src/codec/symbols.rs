@@ -509,13 +509,7 @@ fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> R
         if freq[nsym..].iter().any(|&f| f > 0) {
             return Err(corrupt("symbol out of range"));
         }
-        let mut acc = 0usize;
-        for (s, &f) in freq.iter().enumerate() {
-            for (k, slot) in table[acc..acc + f as usize].iter_mut().enumerate() {
-                *slot = (s as u32) << 24 | (f - 1) << 12 | k as u32;
-            }
-            acc += f as usize;
-        }
+        ans::fill_slots(&freq, table);
     }
     let mut ctx_of = window.table();
     for g in &mut ctx_of {
@@ -523,17 +517,7 @@ fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> R
             *g = u8::MAX;
         }
     }
-    let mut st = [0u32; STATES];
-    for x in &mut st {
-        let b = payload
-            .get(pos..pos + 4)
-            .ok_or_else(|| corrupt("states missing"))?;
-        *x = u32::from_le_bytes(b.try_into().expect("4"));
-        if *x < L {
-            return Err(corrupt("state out of range"));
-        }
-        pos += 4;
-    }
+    let st: [u32; STATES] = ans::read_states(payload, &mut pos).map_err(corrupt)?;
     let raw_len = payload
         .get(pos..pos + 4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4")) as usize)
