@@ -140,6 +140,16 @@ impl EncSym {
         }
     }
 
+    /// The reciprocal of the frequency (see `rcp`).
+    pub(super) fn rcp(&self) -> u64 {
+        self.rcp
+    }
+
+    /// The shift that goes with [`EncSym::rcp`].
+    pub(super) fn shift(&self) -> u32 {
+        self.shift
+    }
+
     #[inline(always)]
     pub(super) fn quotient(&self, x: u32) -> u32 {
         ((u128::from(x) * u128::from(self.rcp)) >> self.shift) as u32

@@ -18,6 +18,9 @@
 //!     one pass each way (the fast path of dense float deltas).
 //! - `bits`: bit I/O and the Elias-delta code.
 //! - `ans`: tpde's rANS entropy coder (zstd is the other one).
+//! - `simd`: the SIMD kernels (x86-64 AVX2, chosen at run time) and the
+//!   only `unsafe` of this stage; each has a scalar twin that gives the same
+//!   results.
 //! - [`lossy`]: the error-bounded quantizer of the lossy mode.
 //!
 //! A chunk's coder knows nothing of files, tensors' names or the container:
@@ -34,5 +37,6 @@ mod positions;
 mod quantized;
 mod sample;
 mod sections;
+mod simd;
 mod symbols;
 pub mod transform;

@@ -25,8 +25,11 @@
 //! u16 words                                rANS renormalization words, read front to back
 //! ```
 
+use std::cell::RefCell;
+
 use crate::codec::ans::{self, EncSym, L, MASK, SCALE_BITS};
 use crate::codec::groups::densest_window;
+use crate::codec::simd::{symbols_pass1, Kernel};
 use crate::common::error::{Error, Result};
 
 /// Elements a chunk needs before it is coded with symbols (smaller chunks
@@ -35,7 +38,7 @@ pub(super) const MIN_ELEMENTS: usize = 4096;
 /// Contexts at most.
 pub(super) const MAX_CONTEXTS: usize = 16;
 /// Interleaved rANS states.
-const STATES: usize = 8;
+pub(super) const STATES: usize = 8;
 /// Bytes of the payload before the tables.
 const HEAD: usize = 7;
 
@@ -50,22 +53,32 @@ fn symbol_count(b: u32) -> usize {
 struct SymInfo {
     lead: u32,
     raw: u32,
+    /// The low `raw` bits set.
+    mask: u32,
     /// All ones for a negative difference, else zero.
     negm: u32,
 }
 
 fn sym_info(sym: usize) -> SymInfo {
+    let s = sym_info_unmasked(sym);
+    SymInfo {
+        mask: ((1u64 << s.raw) - 1) as u32,
+        ..s
+    }
+}
+
+fn sym_info_unmasked(sym: usize) -> SymInfo {
     match sym {
         0 => SymInfo::default(),
         1 | 2 => SymInfo {
             lead: 1,
-            raw: 0,
             negm: u32::from(sym == 2).wrapping_neg(),
+            ..SymInfo::default()
         },
         3..=6 => SymInfo {
             lead: 2 | ((sym as u32 - 3) >> 1),
-            raw: 0,
             negm: u32::from(sym & 1 == 0).wrapping_neg(),
+            ..SymInfo::default()
         },
         _ => {
             let v = sym as u32 - 7;
@@ -74,6 +87,7 @@ fn sym_info(sym: usize) -> SymInfo {
                 lead: (4 | ((v >> 1) & 3)) << (n - 3),
                 raw: n - 3,
                 negm: u32::from(v & 1 == 1).wrapping_neg(),
+                mask: 0,
             }
         }
     }
@@ -143,9 +157,11 @@ fn x_unkey(k: u32, sign: u32, mask: u32) -> u32 {
 #[inline(always)]
 fn load<const B: u32>(b: &[u8], i: usize) -> u32 {
     if B == 16 {
-        u32::from(u16::from_le_bytes([b[2 * i], b[2 * i + 1]]))
+        u32::from(u16::from_le_bytes(
+            b[2 * i..2 * i + 2].try_into().expect("2 bytes"),
+        ))
     } else {
-        u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes"))
     }
 }
 
@@ -250,41 +266,103 @@ pub(super) fn encode(
     }
 }
 
+/// Per-symbol constants of the encoder, packed (16 bytes): the division by
+/// the frequency is a multiplication by a reciprocal (see [`EncSym`]).
+#[derive(Clone, Copy, Default)]
+struct Enc {
+    rcp: u64,
+    freq: u16,
+    start: u16,
+    /// The reciprocal's shift less 32: ceil(log2 freq).
+    shift: u32,
+}
+
+impl Enc {
+    fn new(freq: u32, start: u32) -> Enc {
+        let e = EncSym::new(freq, start);
+        Enc {
+            rcp: e.rcp(),
+            freq: freq as u16,
+            start: start as u16,
+            shift: e.shift() - 32,
+        }
+    }
+}
+
+/// Buffers of the encoder, kept per thread across chunks (no allocation
+/// and no zeroing per chunk once they have grown).
+#[derive(Default)]
+struct EncScratch {
+    /// Per element: context << 8 | symbol.
+    idx: Vec<u16>,
+    raw: Vec<u8>,
+    rev: Vec<u16>,
+}
+
+thread_local! {
+    static ENC_SCRATCH: RefCell<EncScratch> = RefCell::new(EncScratch::default());
+    static DEC_SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Grows `v` to at least `n` elements (never shrinks: the contents are
+/// overwritten before they are read).
+fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
 fn encode_w<const B: u32>(
     cur: &[u8],
     reference: &[u8],
     window: Window,
     limit: usize,
 ) -> Option<Coded> {
-    let n = cur.len() / (B as usize / 8);
-    let ctx_of = window.table();
-    let emask = (1u32 << window.bits) - 1;
+    ENC_SCRATCH.with(|s| encode_in::<B>(&mut s.borrow_mut(), cur, reference, window, limit))
+}
+
+/// The encoder's forward pass: each element's context and symbol into
+/// `idx` (context << 8 | symbol), counted in `hist` (four histograms, element
+/// i in histogram i mod 4, so that repeated symbols do not wait on each
+/// other's counts), and its raw bits into `raw`. Returns the raw bytes and
+/// the unchanged elements. Its own function, so that the bit writer's
+/// state stays in registers.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn forward<const B: u32>(
+    cur: &[u8],
+    reference: &[u8],
+    ctx_of: &[u8],
+    shift: u32,
+    emask: u32,
+    idx: &mut [u16],
+    raw: &mut [u8],
+    hist: &mut [u32],
+) -> (usize, usize) {
+    let wb = B as usize / 8;
     let mask = u32::MAX >> (32 - B);
     let half = 1u32 << (B - 1);
-    // Forward pass: symbol and context of each element, their histograms,
-    // the raw bits.
-    let mut syms = vec![0u8; n];
-    let mut ctxs = vec![0u8; n];
-    let mut hist = vec![[0u64; 256]; MAX_CONTEXTS];
-    // At most B - 3 raw bits per element, plus the word written ahead.
-    let mut raw = vec![0u8; n * (B as usize / 8) + 8];
     let mut raw_at = 0usize;
     let (mut acc, mut fill) = (0u64, 0u32);
-    let mut nnz = 0u64;
-    for i in 0..n {
-        let r = load::<B>(reference, i);
-        let c = load::<B>(cur, i);
+    let mut zeros = 0usize;
+    for (e, ((c, r), id)) in cur
+        .chunks_exact(wb)
+        .zip(reference.chunks_exact(wb))
+        .zip(idx.iter_mut())
+        .enumerate()
+    {
+        let r = load::<B>(r, 0);
+        let c = load::<B>(c, 0);
         let d = key::<B>(c).wrapping_sub(key::<B>(r)) & mask;
-        let g = ctx_of[((r >> window.shift) & emask) as usize];
-        ctxs[i] = g;
-        nnz += u64::from(d != 0);
-        let (s, k) = symbol_of(d, half, mask);
-        syms[i] = s;
-        hist[usize::from(g) & (MAX_CONTEXTS - 1)][usize::from(s)] += 1;
-        // The low k bits of |d| (the same bits of d ^ sign mask, minus one
-        // for negatives, are the magnitude's: take them from the magnitude).
+        let g = ctx_of[((r >> shift) & emask) as usize] & (MAX_CONTEXTS as u8 - 1);
+        zeros += usize::from(d == 0);
         let negm = u32::from(d >= half).wrapping_neg();
         let m = ((d ^ negm).wrapping_sub(negm)) & mask;
+        let (sy, k) = symbol(m, negm != 0);
+        let i = usize::from(g) << 8 | usize::from(sy);
+        *id = i as u16;
+        hist[(e & 3) << 12 | i] += 1;
+        // The low k bits of |d|.
         acc |= u64::from(m & ((1u32 << k) - 1)) << fill;
         fill += k;
         // Branch free: the low word is written every time, kept when full.
@@ -295,14 +373,96 @@ fn encode_w<const B: u32>(
         fill -= 32 * full;
     }
     raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
-    raw.truncate(raw_at + fill.div_ceil(8) as usize);
+    (raw_at + fill.div_ceil(8) as usize, zeros)
+}
+
+/// The encoder's backward pass: rANS, element i on state i mod 8, the
+/// renormalization words into `rev` back to front (at most one per symbol;
+/// written every time, kept when needed: whether a state renormalizes is
+/// unpredictable). Returns the final states and the words written. Its own
+/// function, so that the eight states stay in registers.
+#[inline(never)]
+fn backward(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
+    #[inline(always)]
+    fn put(x: &mut u32, e: &Enc, rev: &mut [u16], len: &mut usize) {
+        rev[*len] = *x as u16;
+        // x stays below 2^32 after coding: renormalize while
+        // x >= (L >> SCALE_BITS << 16) * freq.
+        let out = u32::from(u64::from(*x) >= u64::from(e.freq) << (32 - SCALE_BITS));
+        *len += out as usize;
+        *x >>= 16 * out;
+        // The product's bits from 32 on fit in 64 bits (the reciprocal has
+        // at most 33), and e.shift is at most 12.
+        let q = (((u128::from(*x) * u128::from(e.rcp)) >> 32) as u64 >> (e.shift & 63)) as u32;
+        *x = (q << SCALE_BITS) + (*x - q * u32::from(e.freq)) + u32::from(e.start);
+    }
+    let n = idx.len();
+    let mut len = 0usize;
+    let mut st = [L; STATES];
+    let whole = n / STATES * STATES;
+    for i in (whole..n).rev() {
+        put(
+            &mut st[i % STATES],
+            &enc[usize::from(idx[i])],
+            rev,
+            &mut len,
+        );
+    }
+    let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7] = st;
+    for b in idx[..whole].chunks_exact(STATES).rev() {
+        put(&mut x7, &enc[usize::from(b[7])], rev, &mut len);
+        put(&mut x6, &enc[usize::from(b[6])], rev, &mut len);
+        put(&mut x5, &enc[usize::from(b[5])], rev, &mut len);
+        put(&mut x4, &enc[usize::from(b[4])], rev, &mut len);
+        put(&mut x3, &enc[usize::from(b[3])], rev, &mut len);
+        put(&mut x2, &enc[usize::from(b[2])], rev, &mut len);
+        put(&mut x1, &enc[usize::from(b[1])], rev, &mut len);
+        put(&mut x0, &enc[usize::from(b[0])], rev, &mut len);
+    }
+    ([x0, x1, x2, x3, x4, x5, x6, x7], len)
+}
+
+fn encode_in<const B: u32>(
+    s: &mut EncScratch,
+    cur: &[u8],
+    reference: &[u8],
+    window: Window,
+    limit: usize,
+) -> Option<Coded> {
+    let wb = B as usize / 8;
+    let n = cur.len() / wb;
+    let ctx_of = window.table();
+    let emask = (1u32 << window.bits) - 1;
+    let shift = u32::from(window.shift);
+    // Forward pass: symbol and context of each element, their histograms,
+    // the raw bits.
+    grow(&mut s.idx, n);
+    // At most B - 3 raw bits per element, plus the word written ahead.
+    grow(&mut s.raw, n * (B as usize - 3) / 8 + 8);
+    let idx = &mut s.idx[..n];
+    let raw = &mut s.raw[..];
+    let mut hist = vec![0u32; 4 * (MAX_CONTEXTS << 8)];
+    let (raw_len, zeros) = forward::<B>(cur, reference, &ctx_of, shift, emask, idx, raw, &mut hist);
+    let (h01, h23) = hist.split_at(2 << 12);
+    let hists: Vec<[u64; 256]> = (0..MAX_CONTEXTS)
+        .map(|g| {
+            std::array::from_fn(|k| {
+                let i = g << 8 | k;
+                [h01[i], h01[1 << 12 | i], h23[i], h23[1 << 12 | i]]
+                    .iter()
+                    .map(|&c| u64::from(c))
+                    .sum()
+            })
+        })
+        .collect();
+    let present_hist = |h: &[u64; 256]| h.iter().any(|&c| c > 0);
     // The size, from the counts, before any coding.
-    let tables_est: usize = hist
+    let tables_est: usize = hists
         .iter()
-        .filter(|h| h.iter().any(|&c| c > 0))
+        .filter(|h| present_hist(h))
         .map(|h| ans::estimate(h) - 9)
         .sum();
-    if HEAD + tables_est + 4 * STATES + 4 + raw.len() >= limit {
+    if HEAD + tables_est + 4 * STATES + 4 + raw_len >= limit {
         return None;
     }
 
@@ -311,65 +471,40 @@ fn encode_w<const B: u32>(
     out.extend_from_slice(&window.base.to_le_bytes());
     out.push(window.count);
     let mut present = 0u16;
-    let mut enc = vec![[EncSym::default(); 256]; MAX_CONTEXTS];
-    for (g, h) in hist.iter().enumerate() {
-        if h.iter().any(|&c| c > 0) {
+    for (g, h) in hists.iter().enumerate() {
+        if present_hist(h) {
             present |= 1 << g;
         }
     }
     out.extend_from_slice(&present.to_le_bytes());
-    for (g, h) in hist.iter().enumerate() {
+    let mut enc = vec![Enc::default(); MAX_CONTEXTS << 8];
+    for (g, h) in hists.iter().enumerate() {
         if present >> g & 1 == 0 {
             continue;
         }
         let freq = ans::normalize(h);
         ans::write_table(&freq, &mut out);
         let mut start = 0;
-        for (e, &f) in enc[g].iter_mut().zip(&freq) {
-            *e = EncSym::new(f, start);
+        for (e, &f) in enc[g << 8..(g + 1) << 8].iter_mut().zip(&freq) {
+            *e = Enc::new(f, start);
             start += f;
         }
     }
-    // Backward pass: rANS, element i on state i mod 8.
-    // At most one word per symbol; written every time, kept when needed
-    // (branch free: whether a state renormalizes is unpredictable).
-    let mut rev = vec![0u16; n + 1];
-    let mut len = 0usize;
-    #[inline(always)]
-    fn put(x: &mut u32, e: &EncSym, rev: &mut [u16], len: &mut usize) {
-        rev[*len] = *x as u16;
-        let out = u32::from(u64::from(*x) >= e.x_max);
-        *len += out as usize;
-        *x >>= 16 * out;
-        let q = e.quotient(*x);
-        *x = (q << SCALE_BITS) + (*x - q * e.freq) + e.start;
-    }
-    let mut st = [L; STATES];
-    let whole = n / STATES * STATES;
-    for i in (whole..n).rev() {
-        let e = &enc[usize::from(ctxs[i]) & (MAX_CONTEXTS - 1)][usize::from(syms[i])];
-        put(&mut st[i % STATES], e, &mut rev, &mut len);
-    }
-    for (s, g) in syms[..whole]
-        .chunks_exact(STATES)
-        .zip(ctxs[..whole].chunks_exact(STATES))
-        .rev()
-    {
-        for j in (0..STATES).rev() {
-            let e = &enc[usize::from(g[j]) & (MAX_CONTEXTS - 1)][usize::from(s[j])];
-            put(&mut st[j], e, &mut rev, &mut len);
-        }
-    }
+    // Backward pass.
+    grow(&mut s.rev, n + 1);
+    let rev = &mut s.rev[..n + 1];
+    let (st, len) = backward(idx, &enc, rev);
     for x in st {
         out.extend_from_slice(&x.to_le_bytes());
     }
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    out.extend_from_slice(&raw);
+    out.extend_from_slice(&(raw_len as u32).to_le_bytes());
+    out.extend_from_slice(&raw[..raw_len]);
     out.reserve(len * 2);
-    for w in rev[..len].iter().rev() {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
-    (out.len() < limit).then_some(Coded { payload: out, nnz })
+    out.extend(rev[..len].iter().rev().flat_map(|w| w.to_le_bytes()));
+    (out.len() < limit).then_some(Coded {
+        payload: out,
+        nnz: (n - zeros) as u64,
+    })
 }
 
 fn corrupt(msg: &str) -> Error {
@@ -383,81 +518,167 @@ struct RawBits<'a> {
 }
 
 impl RawBits<'_> {
-    #[inline(always)]
-    fn read(&mut self, len: u32) -> u32 {
-        let byte = self.at >> 3;
-        let word = match self.bytes.get(byte..byte + 8) {
-            Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-            None => {
-                // The last bytes, zero padded; reading past the end is
-                // caught by the length check at the end.
-                let mut b = [0u8; 8];
-                let tail = self.bytes.get(byte..).unwrap_or(&[]);
-                b[..tail.len()].copy_from_slice(tail);
-                u64::from_le_bytes(b)
-            }
-        };
-        let shift = self.at & 7;
-        self.at += len as usize;
-        ((word >> shift) as u32) & ((1u64 << len) - 1) as u32
-    }
-}
-
-/// The decoder's tables and cursors.
-struct Decoder<'a> {
-    slots: &'a [[u32; 1 << SCALE_BITS]],
-    ctx_of: &'a [u8],
-    words: &'a [u8],
-    shift: u32,
-    emask: u32,
-    st: [u32; STATES],
-    /// Next renormalization word (byte offset).
-    at: usize,
-    /// The words ran out where a state needed one.
-    short: bool,
-    /// An element's context has no table.
-    no_table: bool,
-}
-
-impl Decoder<'_> {
-    /// Decodes the symbols of `K` elements (the first on state `j0`;
-    /// `K` is `STATES` with `j0 = 0`, or 1) against `reference` (their
-    /// elements) into `sym`: the states' table lookups first (independent),
-    /// then their renormalizations in order (the shared word cursor is the
-    /// only chain); no branch depends on the data.
-    #[inline(always)]
-    fn symbols<const B: u32, const K: usize>(
-        &mut self,
-        j0: usize,
-        reference: &[u8],
-        sym: &mut [u8],
-    ) {
-        for (j, y) in sym[..K].iter_mut().enumerate() {
-            let r = load::<B>(reference, j);
-            let g = self.ctx_of[((r >> self.shift) & self.emask) as usize];
-            self.no_table |= g == u8::MAX;
-            let table = &self.slots[usize::from(g) & (MAX_CONTEXTS - 1)];
-            let x = self.st[j0 + j];
-            let e = table[(x & MASK) as usize];
-            *y = (e >> 24) as u8;
-            self.st[j0 + j] = ((e >> 12 & MASK) + 1) * (x >> SCALE_BITS) + (e & MASK);
-        }
-        for x in &mut self.st[j0..j0 + K] {
-            // The next word is read every time, taken when the state is
-            // below L (running out is an error only then).
-            let low = u32::from(*x < L);
-            let w = match self.words.get(self.at..self.at + 2) {
-                Some(w) => u32::from(u16::from_le_bytes([w[0], w[1]])),
-                None => {
-                    self.short |= low == 1;
-                    0
-                }
+    /// Each element's difference from its symbol and raw bits. Its own
+    /// function, so that the bit cursor (the one serial chain) stays in a
+    /// register.
+    #[inline(never)]
+    fn differences(&mut self, info: &[SymInfo; 256], sym: &[u8], diff: &mut [u32]) {
+        let mut at = self.at;
+        let bytes = self.bytes;
+        for (dv, &y) in diff.iter_mut().zip(sym) {
+            let s = info[usize::from(y)];
+            let byte = at >> 3;
+            let word = match bytes.get(byte..byte + 8) {
+                Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                None => tail_word(bytes, byte),
             };
-            *x = (*x << (16 * low)) | (w & low.wrapping_neg());
-            self.at += 2 * low as usize;
+            let bits = ((word >> (at & 7)) as u32) & s.mask;
+            at += s.raw as usize;
+            let m = s.lead | bits;
+            *dv = (m ^ s.negm).wrapping_sub(s.negm);
+        }
+        self.at = at;
+    }
+}
+
+/// The 8 bytes at `byte` of `bytes`, zero padded past the end (reading
+/// past the end is caught by the length check at the end).
+#[cold]
+fn tail_word(bytes: &[u8], byte: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let tail = bytes.get(byte..).unwrap_or(&[]);
+    b[..tail.len()].copy_from_slice(tail);
+    u64::from_le_bytes(b)
+}
+
+/// `out = unkey(key(reference) + diff)` per element, in a loop the compiler
+/// vectorizes (fixed widths, no data-dependent branch).
+fn values<const B: u32>(out: &mut [u8], reference: &[u8], diff: &[u32]) {
+    if B == 16 {
+        for ((o, r), &d) in out
+            .chunks_exact_mut(2)
+            .zip(reference.chunks_exact(2))
+            .zip(diff)
+        {
+            let r = u32::from(u16::from_le_bytes([r[0], r[1]]));
+            let v = unkey::<16>(key::<16>(r).wrapping_add(d) & 0xffff) as u16;
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    } else {
+        for ((o, r), &d) in out
+            .chunks_exact_mut(4)
+            .zip(reference.chunks_exact(4))
+            .zip(diff)
+        {
+            let r = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            let v = unkey::<32>(key::<32>(r).wrapping_add(d));
+            o.copy_from_slice(&v.to_le_bytes());
         }
     }
 }
+
+/// Set in a context's table offset when the context has no table.
+pub(super) const ABSENT: u32 = 1 << 31;
+
+/// The tables and words of the decoder's symbol pass.
+pub(super) struct Pass1<'a> {
+    /// One slot table per present context (symbol in bits 24..32,
+    /// frequency - 1 in 12..24, slot - start in 0..12), back to back.
+    pub(super) slots: &'a [u32],
+    /// Per masked reference exponent: its context's offset in `slots`, with
+    /// [`ABSENT`] set when the context has no table (the offset is then
+    /// that of a table that does exist, or 0).
+    pub(super) ctx_off: &'a [u32],
+    /// The renormalization words, then eight zeros.
+    pub(super) words: &'a [u16],
+    /// Words before the zeros.
+    pub(super) nwords: usize,
+    pub(super) shift: u32,
+    pub(super) emask: u32,
+}
+
+/// Where the symbol pass stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Pass1State {
+    pub(super) st: [u32; STATES],
+    /// The next word.
+    pub(super) at: usize,
+    /// The OR of the context offsets used (ABSENT set: a context had no
+    /// table).
+    pub(super) absent: u32,
+    /// The words ran out: a group of eight started past the last word (the
+    /// pass stopped there).
+    pub(super) short: bool,
+}
+
+impl Pass1<'_> {
+    /// What the kernels' loads rely on: every offset plus a slot is within
+    /// `slots`, every masked exponent has an offset, and eight words follow
+    /// `nwords`.
+    pub(super) fn bounds_hold(&self) -> bool {
+        self.ctx_off.len() == self.emask as usize + 1
+            && self
+                .ctx_off
+                .iter()
+                .all(|&o| ((o & !ABSENT) as usize) + (MASK as usize) < self.slots.len())
+            && self.words.len() >= self.nwords + STATES
+    }
+
+    /// One element's symbol on state `j`: the table lookup and the state's
+    /// update (the renormalization comes after, in element order).
+    #[inline(always)]
+    pub(super) fn step<const B: u32>(&self, s: &mut Pass1State, r: &[u8], j: usize) -> u8 {
+        let r = load::<B>(r, 0);
+        let o = self.ctx_off[((r >> self.shift) & self.emask) as usize];
+        s.absent |= o;
+        let x = s.st[j];
+        let e = self.slots[((o & !ABSENT) | (x & MASK)) as usize];
+        s.st[j] = ((e >> 12 & MASK) + 1) * (x >> SCALE_BITS) + (e & MASK);
+        (e >> 24) as u8
+    }
+
+    /// State `j` takes the next word when it is below L (branch free: the
+    /// word is read every time; past the end it reads zero).
+    #[inline(always)]
+    pub(super) fn renorm(&self, s: &mut Pass1State, j: usize) {
+        let x = s.st[j];
+        let low = u32::from(x < L);
+        let w = u32::from(self.words.get(s.at).copied().unwrap_or(0));
+        s.st[j] = (x << (16 * low)) | (w & low.wrapping_neg());
+        s.at += low as usize;
+    }
+}
+
+/// The scalar kernel of the symbol pass (the twin of the SIMD ones in
+/// `simd`): the symbols of `reference`'s elements (whole groups of eight)
+/// into `sym`, stopping at a group that starts past the last word.
+pub(super) fn pass1_scalar<const B: u32>(
+    p: &Pass1<'_>,
+    s: &mut Pass1State,
+    reference: &[u8],
+    sym: &mut [u8],
+) {
+    let wb = B as usize / 8;
+    for (r8, s8) in reference
+        .chunks_exact(STATES * wb)
+        .zip(sym.chunks_exact_mut(STATES))
+    {
+        if s.at > p.nwords {
+            s.short = true;
+            return;
+        }
+        for (j, y) in s8.iter_mut().enumerate() {
+            *y = p.step::<B>(s, &r8[j * wb..], j);
+        }
+        for j in 0..STATES {
+            p.renorm(s, j);
+        }
+    }
+}
+
+/// Elements per block of the decoder: the symbols of a block are decoded
+/// first (into a buffer that stays in L1), then its values.
+const BLOCK: usize = 2048;
 
 /// Decodes a payload of [`encode`] against `reference` into `out` (same
 /// length, `width` 2 or 4); returns the number of changed elements.
@@ -467,14 +688,34 @@ pub(super) fn decode(
     width: usize,
     out: &mut [u8],
 ) -> Result<u64> {
-    if width == 2 {
-        decode_w::<16>(payload, reference, out)
-    } else {
-        decode_w::<32>(payload, reference, out)
-    }
+    decode_with(Kernel::best(), payload, reference, width, out)
 }
 
-fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> Result<u64> {
+/// [`decode`] with the symbol pass's `kernel`.
+fn decode_with(
+    kernel: Kernel,
+    payload: &[u8],
+    reference: &[u8],
+    width: usize,
+    out: &mut [u8],
+) -> Result<u64> {
+    DEC_SCRATCH.with(|s| {
+        let slots = &mut s.borrow_mut();
+        if width == 2 {
+            decode_w::<16>(kernel, slots, payload, reference, out)
+        } else {
+            decode_w::<32>(kernel, slots, payload, reference, out)
+        }
+    })
+}
+
+fn decode_w<const B: u32>(
+    kernel: Kernel,
+    slots: &mut Vec<u32>,
+    payload: &[u8],
+    reference: &[u8],
+    out: &mut [u8],
+) -> Result<u64> {
     let wb = B as usize / 8;
     if reference.len() != out.len() {
         return Err(corrupt("reference length differs"));
@@ -497,10 +738,13 @@ fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> R
     }
     let mut pos = HEAD;
     let nsym = symbol_count(B);
-    // Per context, slot -> symbol (bits 24..32), freq - 1 (12..24),
-    // slot - start (0..12).
-    let mut slots = vec![[0u32; 1 << SCALE_BITS]; MAX_CONTEXTS];
-    for (g, table) in slots.iter_mut().enumerate() {
+    // One slot table (TOTAL entries: symbol in bits 24..32, freq - 1 in
+    // 12..24, slot - start in 0..12) per present context, back to back;
+    // `offset[g]` is context g's, or ABSENT.
+    grow(slots, (present.count_ones() as usize) << SCALE_BITS);
+    let mut offset = [ABSENT; MAX_CONTEXTS];
+    let mut k = 0usize;
+    for (g, o) in offset.iter_mut().enumerate() {
         if present >> g & 1 == 0 {
             continue;
         }
@@ -509,14 +753,18 @@ fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> R
         if freq[nsym..].iter().any(|&f| f > 0) {
             return Err(corrupt("symbol out of range"));
         }
-        ans::fill_slots(&freq, table);
+        ans::fill_slots(&freq, &mut slots[k << SCALE_BITS..(k + 1) << SCALE_BITS]);
+        *o = (k << SCALE_BITS) as u32;
+        k += 1;
     }
-    let mut ctx_of = window.table();
-    for g in &mut ctx_of {
-        if present >> *g & 1 == 0 {
-            *g = u8::MAX;
-        }
-    }
+    // An absent context reads the first table (or, with none, the first
+    // slots) and is reported after the loop.
+    let ctx_off: Vec<u32> = window
+        .table()
+        .iter()
+        .map(|&g| offset[usize::from(g) & (MAX_CONTEXTS - 1)])
+        .collect();
+    let slots = &slots[..(k.max(1)) << SCALE_BITS];
     let st: [u32; STATES] = ans::read_states(payload, &mut pos).map_err(corrupt)?;
     let raw_len = payload
         .get(pos..pos + 4)
@@ -527,69 +775,69 @@ fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> R
         .get(pos..pos.saturating_add(raw_len))
         .ok_or_else(|| corrupt("raw bits cut short"))?;
     pos += raw_len;
-    let words = &payload[pos..];
-    if !words.len().is_multiple_of(2) {
+    let word_bytes = &payload[pos..];
+    if !word_bytes.len().is_multiple_of(2) {
         return Err(corrupt("odd number of renormalization bytes"));
     }
-    let info: Vec<SymInfo> = (0..256).map(sym_info).collect();
-    let mut d = Decoder {
-        slots: &slots,
-        ctx_of: &ctx_of,
-        words,
+    // The words, then eight zeros (a kernel reads eight at a time).
+    let mut words: Vec<u16> = Vec::with_capacity(word_bytes.len() / 2 + STATES);
+    words.extend(
+        word_bytes
+            .chunks_exact(2)
+            .map(|w| u16::from_le_bytes([w[0], w[1]])),
+    );
+    let nwords = words.len();
+    words.extend([0; STATES]);
+    let p = Pass1 {
+        slots,
+        ctx_off: &ctx_off,
+        words: &words,
+        nwords,
         shift: u32::from(window.shift),
         emask: (1u32 << window.bits) - 1,
-        st,
-        at: 0,
-        short: false,
-        no_table: false,
     };
-    // Pass 1: the symbols. Pass 2: the values, from the symbols, the raw
-    // bits and the reference. Two short loops keep their state in registers.
-    let n = out.len() / wb;
-    let whole = n / STATES * STATES;
-    let mut sym = vec![0u8; n];
-    for (r, o) in reference[..whole * wb]
-        .chunks_exact(STATES * wb)
-        .zip(sym.chunks_exact_mut(STATES))
-    {
-        d.symbols::<B, STATES>(0, r, o);
-    }
-    for j in 0..n - whole {
-        let i = whole + j;
-        d.symbols::<B, 1>(j, &reference[i * wb..(i + 1) * wb], &mut sym[i..i + 1]);
-    }
-    let mask = u32::MAX >> (32 - B);
+    let info: [SymInfo; 256] = std::array::from_fn(sym_info);
     let mut raw = RawBits {
         bytes: raw_bytes,
         at: 0,
     };
-    let mut nnz = 0u64;
-    for ((o, r), &y) in out
-        .chunks_exact_mut(wb)
-        .zip(reference.chunks_exact(wb))
-        .zip(&sym)
-    {
-        let s = info[usize::from(y)];
-        let m = s.lead | raw.read(s.raw);
-        nnz += u64::from(m != 0);
-        let r = load::<B>(r, 0);
-        let kc = key::<B>(r).wrapping_add((m ^ s.negm).wrapping_sub(s.negm)) & mask;
-        o.copy_from_slice(&unkey::<B>(kc).to_le_bytes()[..wb]);
-    }
-    let Decoder {
+    let mut s = Pass1State {
         st,
-        at,
-        short,
-        no_table,
-        ..
-    } = d;
-    if no_table {
+        at: 0,
+        absent: 0,
+        short: false,
+    };
+    let mut zeros = 0usize;
+    let mut sym = [0u8; BLOCK];
+    let mut diff = [0u32; BLOCK];
+    for (ob, rb) in out.chunks_mut(BLOCK * wb).zip(reference.chunks(BLOCK * wb)) {
+        let cnt = rb.len() / wb;
+        // Pass 1: the symbols, eight states at a time.
+        let whole = cnt / STATES * STATES;
+        symbols_pass1::<B>(kernel, &p, &mut s, &rb[..whole * wb], &mut sym[..whole]);
+        if s.short {
+            return Err(corrupt("renormalization words end early"));
+        }
+        // Only the chunk's last block has a partial group of eight.
+        for j in 0..cnt - whole {
+            sym[whole + j] = p.step::<B>(&mut s, &rb[(whole + j) * wb..], j);
+            p.renorm(&mut s, j);
+        }
+        // Pass 2: each element's difference, from its symbol and raw bits
+        // (the one serial chain: the raw bits' cursor).
+        raw.differences(&info, &sym[..cnt], &mut diff[..cnt]);
+        zeros += sym[..cnt].iter().filter(|&&y| y == 0).count();
+        // Pass 3: the values, from the differences and the reference
+        // (independent per element).
+        values::<B>(&mut ob[..cnt * wb], &rb[..cnt * wb], &diff[..cnt]);
+    }
+    if s.absent & ABSENT != 0 {
         return Err(corrupt("element in a context without a table"));
     }
-    if short {
+    if s.at > nwords {
         return Err(corrupt("renormalization words end early"));
     }
-    if st != [L; STATES] || at != words.len() {
+    if s.st != [L; STATES] || s.at != nwords {
         return Err(corrupt("final state or length mismatch"));
     }
     if raw.at.div_ceil(8) != raw_bytes.len() {
@@ -601,9 +849,8 @@ fn decode_w<const B: u32>(payload: &[u8], reference: &[u8], out: &mut [u8]) -> R
             return Err(corrupt("padding bits of the raw bits are not zero"));
         }
     }
-    Ok(nnz)
+    Ok((out.len() / wb - zeros) as u64)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,10 +882,12 @@ mod tests {
     fn round_trip(width: usize, cur: &[u8], reference: &[u8]) -> Option<usize> {
         let window = Window::choose(reference, width, if width == 2 { (7, 8) } else { (23, 8) });
         let coded = encode(cur, reference, width, window, usize::MAX)?;
-        let mut out = vec![0u8; cur.len()];
-        let nnz = decode(&coded.payload, reference, width, &mut out).unwrap();
-        assert!(out == cur, "width {width}: decoded bytes differ");
-        assert_eq!(nnz, coded.nnz);
+        for kernel in Kernel::all() {
+            let mut out = vec![0u8; cur.len()];
+            let nnz = decode_with(kernel, &coded.payload, reference, width, &mut out).unwrap();
+            assert!(out == cur, "width {width} {kernel:?}: decoded bytes differ");
+            assert_eq!(nnz, coded.nnz);
+        }
         Some(coded.payload.len())
     }
 
@@ -703,15 +952,30 @@ mod tests {
         let coded = encode(&c, &r, 4, window, usize::MAX).unwrap();
         let z = coded.payload;
         for cut in 0..z.len() {
-            let mut out = vec![0u8; c.len()];
-            assert!(decode(&z[..cut], &r, 4, &mut out).is_err(), "cut {cut}");
+            // Every cut with the kernel that runs, every 7th with the others.
+            for kernel in Kernel::all() {
+                if kernel != Kernel::best() && cut % 7 != 0 {
+                    continue;
+                }
+                let mut out = vec![0u8; c.len()];
+                let got = decode_with(kernel, &z[..cut], &r, 4, &mut out);
+                assert!(got.is_err(), "cut {cut} {kernel:?}");
+            }
         }
         let mut caught = 0;
         for bit in (0..z.len() * 8).step_by(7) {
             let mut bad = z.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            let mut out = vec![0u8; c.len()];
-            caught += usize::from(decode(&bad, &r, 4, &mut out).map_or(true, |_| out != c));
+            // Every kernel reaches the same verdict.
+            let verdicts: Vec<Option<Vec<u8>>> = Kernel::all()
+                .into_iter()
+                .map(|kernel| {
+                    let mut out = vec![0u8; c.len()];
+                    decode_with(kernel, &bad, &r, 4, &mut out).ok().map(|_| out)
+                })
+                .collect();
+            assert!(verdicts.windows(2).all(|w| w[0] == w[1]), "bit {bit}");
+            caught += usize::from(verdicts[0].as_ref() != Some(&c));
         }
         assert!(caught > 0);
     }

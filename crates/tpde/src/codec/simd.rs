@@ -1,0 +1,251 @@
+//! The codec's SIMD kernels (x86-64 AVX2), chosen at run time, each with a
+//! scalar twin in its own module that gives the same results (tested on
+//! seeded random data: `tests` below). This is the only module of the codec
+//! with `unsafe`: the loads and gathers of the intrinsics take pointers, and
+//! a `#[target_feature]` function may only be called where the feature is
+//! known to be present. Every block says why it is sound.
+//!
+//! - [`symbols_pass1`]: the symbol pass of the symbols decoder (codec 5):
+//!   eight interleaved rANS states in one vector, their table lookups as
+//!   gathers, the renormalization words spread to the states that take one
+//!   by a permutation.
+
+use crate::codec::symbols::{Pass1, Pass1State};
+
+/// Which kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this processor runs.
+    pub(super) fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Kernel::Avx2;
+        }
+        Kernel::Scalar
+    }
+
+    /// Every kernel this processor runs (for the equivalence tests).
+    #[cfg(test)]
+    pub(super) fn all() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            k.push(Kernel::Avx2);
+        }
+        k
+    }
+}
+
+/// Decodes the symbols of the elements of `reference` (a whole number of
+/// groups of eight, `B / 8` bytes each) into `sym` with `kernel`; see
+/// [`Pass1`] for the tables and what stopping early means.
+pub(super) fn symbols_pass1<const B: u32>(
+    kernel: Kernel,
+    p: &Pass1<'_>,
+    s: &mut Pass1State,
+    reference: &[u8],
+    sym: &mut [u8],
+) {
+    match kernel {
+        Kernel::Scalar => crate::codec::symbols::pass1_scalar::<B>(p, s, reference, sym),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            assert!(p.bounds_hold(), "symbols tables out of bounds");
+            // SAFETY: `Kernel::Avx2` is only made where the processor has
+            // AVX2 (`best`, `all`), and `bounds_hold` was just checked,
+            // which is what the kernel's loads and gathers rely on.
+            unsafe { avx2::pass1::<B>(p, s, reference, sym) }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use crate::codec::ans::{L, MASK, SCALE_BITS};
+    use crate::codec::symbols::{Pass1, Pass1State, ABSENT, STATES};
+
+    /// Lane j of entry m: how many of the lanes below j are set in m (the
+    /// renormalization word lane j takes, counted from the cursor).
+    static PERM: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let mut j = 0;
+            let mut below = 0;
+            while j < 8 {
+                t[m][j] = below;
+                below += (m >> j & 1) as u32;
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// # Safety
+    /// The processor has AVX2, and `p.bounds_hold()`: every context offset
+    /// (without ABSENT) plus a slot is within `p.slots`, `p.ctx_off` has an
+    /// entry for every masked exponent, and `p.words` has eight words past
+    /// `p.nwords`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pass1<const B: u32>(
+        p: &Pass1<'_>,
+        s: &mut Pass1State,
+        reference: &[u8],
+        sym: &mut [u8],
+    ) {
+        let wb = B as usize / 8;
+        let shift = _mm_cvtsi32_si128(p.shift as i32);
+        let emask = _mm256_set1_epi32(p.emask as i32);
+        let mask = _mm256_set1_epi32(MASK as i32);
+        let not_absent = _mm256_set1_epi32(!ABSENT as i32);
+        let bias = _mm256_set1_epi32(i32::MIN);
+        let low_bound = _mm256_set1_epi32((L ^ 0x8000_0000) as i32);
+        let one = _mm256_set1_epi32(1);
+        // Byte 3 of each 32-bit lane to the lane's half's low bytes.
+        let top = _mm256_setr_epi8(
+            3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        // SAFETY: `s.st` is 8 u32, 32 bytes; loadu has no alignment need.
+        let mut x = unsafe { _mm256_loadu_si256(s.st.as_ptr().cast()) };
+        let mut absent = _mm256_setzero_si256();
+        let mut at = s.at;
+        let ctx = p.ctx_off.as_ptr().cast::<i32>();
+        let slots = p.slots.as_ptr().cast::<i32>();
+        for (r8, s8) in reference
+            .chunks_exact(STATES * wb)
+            .zip(sym.chunks_exact_mut(STATES))
+        {
+            if at > p.nwords {
+                s.short = true;
+                break;
+            }
+            let r = if B == 16 {
+                // SAFETY: `r8` is 16 bytes (8 two-byte elements).
+                _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(r8.as_ptr().cast()) })
+            } else {
+                // SAFETY: `r8` is 32 bytes (8 four-byte elements).
+                unsafe { _mm256_loadu_si256(r8.as_ptr().cast()) }
+            };
+            let e_idx = _mm256_and_si256(_mm256_srl_epi32(r, shift), emask);
+            // SAFETY: every lane of e_idx is at most p.emask, and ctx_off
+            // has emask + 1 entries (`bounds_hold`).
+            let o = unsafe { _mm256_i32gather_epi32::<4>(ctx, e_idx) };
+            absent = _mm256_or_si256(absent, o);
+            let slot = _mm256_or_si256(_mm256_and_si256(o, not_absent), _mm256_and_si256(x, mask));
+            // SAFETY: an offset without ABSENT plus a slot (< TOTAL) is
+            // within p.slots (`bounds_hold`).
+            let e = unsafe { _mm256_i32gather_epi32::<4>(slots, slot) };
+            let freq = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32::<12>(e), mask), one);
+            x = _mm256_add_epi32(
+                _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ SCALE_BITS as i32 }>(x)),
+                _mm256_and_si256(e, mask),
+            );
+            let t = _mm256_shuffle_epi8(e, top);
+            let lo = _mm256_cvtsi256_si32(t) as u32;
+            let hi = _mm256_extract_epi32::<4>(t) as u32;
+            s8.copy_from_slice(&(u64::from(lo) | u64::from(hi) << 32).to_le_bytes());
+            // Renormalization: the states below L (unsigned) take the next
+            // words, in lane order.
+            let low = _mm256_cmpgt_epi32(low_bound, _mm256_xor_si256(x, bias));
+            let m = _mm256_movemask_ps(_mm256_castsi256_ps(low)) as usize;
+            // SAFETY: at <= p.nwords (checked above) and p.words has eight
+            // words past p.nwords.
+            let w =
+                _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(p.words.as_ptr().add(at).cast()) });
+            // SAFETY: m < 256 (eight mask bits); PERM entries are 32 bytes.
+            let perm = unsafe { _mm256_loadu_si256(PERM[m].as_ptr().cast()) };
+            let w = _mm256_permutevar8x32_epi32(w, perm);
+            let shifted = _mm256_or_si256(_mm256_slli_epi32::<16>(x), w);
+            x = _mm256_blendv_epi8(x, shifted, low);
+            at += m.count_ones() as usize;
+        }
+        // SAFETY: as the load above.
+        unsafe { _mm256_storeu_si256(s.st.as_mut_ptr().cast(), x) };
+        let mut a = [0u32; 8];
+        // SAFETY: `a` is 32 bytes.
+        unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), absent) };
+        s.absent |= a.iter().fold(0, |acc, &v| acc | v);
+        s.at = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::chunk::tests::rng;
+    use crate::codec::symbols::{Pass1, Pass1State, ABSENT};
+
+    /// Every kernel gives the scalar twin's symbols, states, cursor and
+    /// flags, on random tables, states, words and references (valid or
+    /// not), for both widths.
+    #[test]
+    fn kernels_match_the_scalar_twin() {
+        let mut next = rng(21);
+        for round in 0..200 {
+            let tables = 1 + (next() % 4) as usize;
+            let slots: Vec<u32> = (0..tables << 12)
+                .map(|_| {
+                    let v = next() as u32;
+                    // A frequency of at most 2^12, a bias below it.
+                    let f = (v >> 12) & 0xfff;
+                    let b = (v & 0xfff) % (f + 1);
+                    (v & 0xff00_0000) | f << 12 | b
+                })
+                .collect();
+            let bits = 1 + (next() % 8) as u32;
+            let ctx_off: Vec<u32> = (0..1u32 << bits)
+                .map(|_| {
+                    let t = (next() % tables as u64) as u32;
+                    (t << 12) | if next().is_multiple_of(20) { ABSENT } else { 0 }
+                })
+                .collect();
+            let nwords = (next() % 300) as usize;
+            let mut words: Vec<u16> = (0..nwords).map(|_| next() as u16).collect();
+            words.extend([0; 8]);
+            let groups = 1 + (next() % 40) as usize;
+            for b in [16u32, 32] {
+                let wb = b as usize / 8;
+                let reference: Vec<u8> = (0..groups * 8 * wb).map(|_| next() as u8).collect();
+                let p = Pass1 {
+                    slots: &slots,
+                    ctx_off: &ctx_off,
+                    words: &words,
+                    nwords,
+                    shift: (next() % (b - bits + 1) as u64) as u32,
+                    emask: (1 << bits) - 1,
+                };
+                let st: [u32; 8] = std::array::from_fn(|_| (next() as u32) | 1 << 16);
+                let start = Pass1State {
+                    st,
+                    at: (next() % (nwords as u64 + 1)) as usize,
+                    absent: 0,
+                    short: false,
+                };
+                let run = |k: Kernel| {
+                    let mut s = start.clone();
+                    let mut sym = vec![0u8; groups * 8];
+                    if b == 16 {
+                        symbols_pass1::<16>(k, &p, &mut s, &reference, &mut sym);
+                    } else {
+                        symbols_pass1::<32>(k, &p, &mut s, &reference, &mut sym);
+                    }
+                    (s, sym)
+                };
+                let want = run(Kernel::Scalar);
+                for k in Kernel::all() {
+                    assert_eq!(run(k), want, "round {round} width {b} kernel {k:?}");
+                }
+            }
+        }
+    }
+}
