@@ -9,8 +9,14 @@
 //!   eight interleaved rANS states in one vector, their table lookups as
 //!   gathers, the renormalization words spread to the states that take one
 //!   by a permutation.
+//! - [`forward`], [`backward`], [`differences`], [`values`]: the other
+//!   passes of the symbols coder. Their one body (in `symbols`) is compiled
+//!   twice: for the baseline and for x86-64-v3 (AVX2, BMI1/2, LZCNT, FMA:
+//!   `lzcnt` for bit lengths, `shlx`/`bzhi` for the bit writer and reader,
+//!   AVX2 for the loops the compiler vectorizes). Same source, so the same
+//!   results; the tests check that too.
 
-use crate::codec::symbols::{Pass1, Pass1State};
+use crate::codec::symbols::{self, Enc, Pass1, Pass1State, SymInfo, STATES};
 
 /// Which kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +30,7 @@ impl Kernel {
     /// The fastest kernel this processor runs.
     pub(super) fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if has_v3() {
             return Kernel::Avx2;
         }
         Kernel::Scalar
@@ -35,10 +41,92 @@ impl Kernel {
     pub(super) fn all() -> Vec<Kernel> {
         let mut k = vec![Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if has_v3() {
             k.push(Kernel::Avx2);
         }
         k
+    }
+}
+
+/// Whether the processor has what the `Avx2` kernels are compiled for.
+#[cfg(target_arch = "x86_64")]
+fn has_v3() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2")
+        && std::arch::is_x86_feature_detected!("lzcnt")
+        && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// The symbols encoder's forward pass (`symbols::forward_body`).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward<const B: u32>(
+    kernel: Kernel,
+    cur: &[u8],
+    reference: &[u8],
+    ctx_of: &[u8],
+    shift: u32,
+    emask: u32,
+    idx: &mut [u16],
+    raw: &mut [u8],
+    hist: &mut [u32],
+) -> (usize, usize) {
+    match kernel {
+        Kernel::Scalar => {
+            symbols::forward_body::<B>(cur, reference, ctx_of, shift, emask, idx, raw, hist)
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Kernel::Avx2` is only made where the processor has
+        // x86-64-v3 (`has_v3`); the body itself is safe code.
+        Kernel::Avx2 => unsafe {
+            avx2::forward::<B>(cur, reference, ctx_of, shift, emask, idx, raw, hist)
+        },
+    }
+}
+
+/// The symbols encoder's rANS pass (`symbols::backward_body`).
+#[inline(never)]
+pub(super) fn backward(
+    kernel: Kernel,
+    idx: &[u16],
+    enc: &[Enc],
+    rev: &mut [u16],
+) -> ([u32; STATES], usize) {
+    match kernel {
+        Kernel::Scalar => symbols::backward_body(idx, enc, rev),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `forward`.
+        Kernel::Avx2 => unsafe { avx2::backward(idx, enc, rev) },
+    }
+}
+
+/// The symbols decoder's raw-bits pass (`symbols::differences_body`).
+#[inline(never)]
+pub(super) fn differences(
+    kernel: Kernel,
+    bytes: &[u8],
+    at: &mut usize,
+    info: &[SymInfo; 256],
+    sym: &[u8],
+    diff: &mut [u32],
+) {
+    match kernel {
+        Kernel::Scalar => symbols::differences_body(bytes, at, info, sym, diff),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `forward`.
+        Kernel::Avx2 => unsafe { avx2::differences(bytes, at, info, sym, diff) },
+    }
+}
+
+/// The symbols decoder's inverse transform (`symbols::values_body`).
+#[inline(never)]
+pub(super) fn values<const B: u32>(kernel: Kernel, out: &mut [u8], reference: &[u8], diff: &[u32]) {
+    match kernel {
+        Kernel::Scalar => symbols::values_body::<B>(out, reference, diff),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `forward`.
+        Kernel::Avx2 => unsafe { avx2::values::<B>(out, reference, diff) },
     }
 }
 
@@ -53,12 +141,12 @@ pub(super) fn symbols_pass1<const B: u32>(
     sym: &mut [u8],
 ) {
     match kernel {
-        Kernel::Scalar => crate::codec::symbols::pass1_scalar::<B>(p, s, reference, sym),
+        Kernel::Scalar => symbols::pass1_scalar::<B>(p, s, reference, sym),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             assert!(p.bounds_hold(), "symbols tables out of bounds");
             // SAFETY: `Kernel::Avx2` is only made where the processor has
-            // AVX2 (`best`, `all`), and `bounds_hold` was just checked,
+            // x86-64-v3 (`has_v3`), and `bounds_hold` was just checked,
             // which is what the kernel's loads and gathers rely on.
             unsafe { avx2::pass1::<B>(p, s, reference, sym) }
         }
@@ -70,7 +158,48 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use crate::codec::ans::{L, MASK, SCALE_BITS};
-    use crate::codec::symbols::{Pass1, Pass1State, ABSENT, STATES};
+    use crate::codec::symbols::{self, Enc, Pass1, Pass1State, SymInfo, ABSENT, STATES};
+
+    /// The features the `Avx2` kernels are compiled for (x86-64-v3).
+    macro_rules! v3 {
+        ($($item:item)*) => {
+            $(#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma")] $item)*
+        };
+    }
+
+    v3! {
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn forward<const B: u32>(
+            cur: &[u8],
+            reference: &[u8],
+            ctx_of: &[u8],
+            shift: u32,
+            emask: u32,
+            idx: &mut [u16],
+            raw: &mut [u8],
+            hist: &mut [u32],
+        ) -> (usize, usize) {
+            symbols::forward_body::<B>(cur, reference, ctx_of, shift, emask, idx, raw, hist)
+        }
+
+        pub(super) fn backward(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
+            symbols::backward_body(idx, enc, rev)
+        }
+
+        pub(super) fn differences(
+            bytes: &[u8],
+            at: &mut usize,
+            info: &[SymInfo; 256],
+            sym: &[u8],
+            diff: &mut [u32],
+        ) {
+            symbols::differences_body(bytes, at, info, sym, diff)
+        }
+
+        pub(super) fn values<const B: u32>(out: &mut [u8], reference: &[u8], diff: &[u32]) {
+            symbols::values_body::<B>(out, reference, diff)
+        }
+    }
 
     /// Lane j of entry m: how many of the lanes below j are set in m (the
     /// renormalization word lane j takes, counted from the cursor).
@@ -91,11 +220,11 @@ mod avx2 {
     };
 
     /// # Safety
-    /// The processor has AVX2, and `p.bounds_hold()`: every context offset
+    /// The processor has x86-64-v3, and `p.bounds_hold()`: every context offset
     /// (without ABSENT) plus a slot is within `p.slots`, `p.ctx_off` has an
     /// entry for every masked exponent, and `p.words` has eight words past
     /// `p.nwords`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma")]
     pub(super) unsafe fn pass1<const B: u32>(
         p: &Pass1<'_>,
         s: &mut Pass1State,

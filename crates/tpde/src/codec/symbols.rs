@@ -29,7 +29,7 @@ use std::cell::RefCell;
 
 use crate::codec::ans::{self, EncSym, L, MASK, SCALE_BITS};
 use crate::codec::groups::densest_window;
-use crate::codec::simd::{symbols_pass1, Kernel};
+use crate::codec::simd::{self, symbols_pass1, Kernel};
 use crate::common::error::{Error, Result};
 
 /// Elements a chunk needs before it is coded with symbols (smaller chunks
@@ -50,7 +50,7 @@ fn symbol_count(b: u32) -> usize {
 /// What a symbol stands for: the difference's magnitude without its raw
 /// low bits, how many raw bits follow, and its sign.
 #[derive(Clone, Copy, Default)]
-struct SymInfo {
+pub(super) struct SymInfo {
     lead: u32,
     raw: u32,
     /// The low `raw` bits set.
@@ -258,18 +258,30 @@ pub(super) fn encode(
     window: Window,
     limit: usize,
 ) -> Option<Coded> {
+    encode_with(Kernel::best(), cur, reference, width, window, limit)
+}
+
+/// [`encode`] with `kernel`'s passes (every kernel gives the same payload).
+fn encode_with(
+    kernel: Kernel,
+    cur: &[u8],
+    reference: &[u8],
+    width: usize,
+    window: Window,
+    limit: usize,
+) -> Option<Coded> {
     debug_assert!(window.valid(width) && cur.len() == reference.len());
     if width == 2 {
-        encode_w::<16>(cur, reference, window, limit)
+        encode_w::<16>(kernel, cur, reference, window, limit)
     } else {
-        encode_w::<32>(cur, reference, window, limit)
+        encode_w::<32>(kernel, cur, reference, window, limit)
     }
 }
 
 /// Per-symbol constants of the encoder, packed (16 bytes): the division by
 /// the frequency is a multiplication by a reciprocal (see [`EncSym`]).
 #[derive(Clone, Copy, Default)]
-struct Enc {
+pub(super) struct Enc {
     rcp: u64,
     freq: u16,
     start: u16,
@@ -313,23 +325,24 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
 }
 
 fn encode_w<const B: u32>(
+    kernel: Kernel,
     cur: &[u8],
     reference: &[u8],
     window: Window,
     limit: usize,
 ) -> Option<Coded> {
-    ENC_SCRATCH.with(|s| encode_in::<B>(&mut s.borrow_mut(), cur, reference, window, limit))
+    ENC_SCRATCH.with(|s| encode_in::<B>(kernel, &mut s.borrow_mut(), cur, reference, window, limit))
 }
 
 /// The encoder's forward pass: each element's context and symbol into
 /// `idx` (context << 8 | symbol), counted in `hist` (four histograms, element
 /// i in histogram i mod 4, so that repeated symbols do not wait on each
 /// other's counts), and its raw bits into `raw`. Returns the raw bytes and
-/// the unchanged elements. Its own function, so that the bit writer's
-/// state stays in registers.
-#[inline(never)]
+/// the unchanged elements. Run through `simd::forward`, in a function of
+/// its own, so that the bit writer's state stays in registers.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward<const B: u32>(
+pub(super) fn forward_body<const B: u32>(
     cur: &[u8],
     reference: &[u8],
     ctx_of: &[u8],
@@ -379,10 +392,11 @@ fn forward<const B: u32>(
 /// The encoder's backward pass: rANS, element i on state i mod 8, the
 /// renormalization words into `rev` back to front (at most one per symbol;
 /// written every time, kept when needed: whether a state renormalizes is
-/// unpredictable). Returns the final states and the words written. Its own
-/// function, so that the eight states stay in registers.
-#[inline(never)]
-fn backward(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
+/// unpredictable). Returns the final states and the words written. Run
+/// through `simd::backward`, in a function of its own, so that the eight
+/// states stay in registers.
+#[inline(always)]
+pub(super) fn backward_body(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
     #[inline(always)]
     fn put(x: &mut u32, e: &Enc, rev: &mut [u16], len: &mut usize) {
         rev[*len] = *x as u16;
@@ -423,6 +437,7 @@ fn backward(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize)
 }
 
 fn encode_in<const B: u32>(
+    kernel: Kernel,
     s: &mut EncScratch,
     cur: &[u8],
     reference: &[u8],
@@ -442,7 +457,9 @@ fn encode_in<const B: u32>(
     let idx = &mut s.idx[..n];
     let raw = &mut s.raw[..];
     let mut hist = vec![0u32; 4 * (MAX_CONTEXTS << 8)];
-    let (raw_len, zeros) = forward::<B>(cur, reference, &ctx_of, shift, emask, idx, raw, &mut hist);
+    let (raw_len, zeros) = simd::forward::<B>(
+        kernel, cur, reference, &ctx_of, shift, emask, idx, raw, &mut hist,
+    );
     let (h01, h23) = hist.split_at(2 << 12);
     let hists: Vec<[u64; 256]> = (0..MAX_CONTEXTS)
         .map(|g| {
@@ -493,7 +510,7 @@ fn encode_in<const B: u32>(
     // Backward pass.
     grow(&mut s.rev, n + 1);
     let rev = &mut s.rev[..n + 1];
-    let (st, len) = backward(idx, &enc, rev);
+    let (st, len) = simd::backward(kernel, idx, &enc, rev);
     for x in st {
         out.extend_from_slice(&x.to_le_bytes());
     }
@@ -517,28 +534,32 @@ struct RawBits<'a> {
     at: usize,
 }
 
-impl RawBits<'_> {
-    /// Each element's difference from its symbol and raw bits. Its own
-    /// function, so that the bit cursor (the one serial chain) stays in a
-    /// register.
-    #[inline(never)]
-    fn differences(&mut self, info: &[SymInfo; 256], sym: &[u8], diff: &mut [u32]) {
-        let mut at = self.at;
-        let bytes = self.bytes;
-        for (dv, &y) in diff.iter_mut().zip(sym) {
-            let s = info[usize::from(y)];
-            let byte = at >> 3;
-            let word = match bytes.get(byte..byte + 8) {
-                Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-                None => tail_word(bytes, byte),
-            };
-            let bits = ((word >> (at & 7)) as u32) & s.mask;
-            at += s.raw as usize;
-            let m = s.lead | bits;
-            *dv = (m ^ s.negm).wrapping_sub(s.negm);
-        }
-        self.at = at;
+/// Each element's difference from its symbol and the raw bits of `bytes`
+/// from bit `*at` on. Run through `simd::differences`, in a function of
+/// its own, so that the bit cursor (the one serial chain) stays in a
+/// register.
+#[inline(always)]
+pub(super) fn differences_body(
+    bytes: &[u8],
+    at: &mut usize,
+    info: &[SymInfo; 256],
+    sym: &[u8],
+    diff: &mut [u32],
+) {
+    let mut a = *at;
+    for (dv, &y) in diff.iter_mut().zip(sym) {
+        let s = info[usize::from(y)];
+        let byte = a >> 3;
+        let word = match bytes.get(byte..byte + 8) {
+            Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            None => tail_word(bytes, byte),
+        };
+        let bits = ((word >> (a & 7)) as u32) & s.mask;
+        a += s.raw as usize;
+        let m = s.lead | bits;
+        *dv = (m ^ s.negm).wrapping_sub(s.negm);
     }
+    *at = a;
 }
 
 /// The 8 bytes at `byte` of `bytes`, zero padded past the end (reading
@@ -552,8 +573,10 @@ fn tail_word(bytes: &[u8], byte: usize) -> u64 {
 }
 
 /// `out = unkey(key(reference) + diff)` per element, in a loop the compiler
-/// vectorizes (fixed widths, no data-dependent branch).
-fn values<const B: u32>(out: &mut [u8], reference: &[u8], diff: &[u32]) {
+/// vectorizes (fixed widths, no data-dependent branch). Run through
+/// `simd::values`.
+#[inline(always)]
+pub(super) fn values_body<const B: u32>(out: &mut [u8], reference: &[u8], diff: &[u32]) {
     if B == 16 {
         for ((o, r), &d) in out
             .chunks_exact_mut(2)
@@ -825,11 +848,18 @@ fn decode_w<const B: u32>(
         }
         // Pass 2: each element's difference, from its symbol and raw bits
         // (the one serial chain: the raw bits' cursor).
-        raw.differences(&info, &sym[..cnt], &mut diff[..cnt]);
+        simd::differences(
+            kernel,
+            raw.bytes,
+            &mut raw.at,
+            &info,
+            &sym[..cnt],
+            &mut diff[..cnt],
+        );
         zeros += sym[..cnt].iter().filter(|&&y| y == 0).count();
         // Pass 3: the values, from the differences and the reference
         // (independent per element).
-        values::<B>(&mut ob[..cnt * wb], &rb[..cnt * wb], &diff[..cnt]);
+        simd::values::<B>(kernel, &mut ob[..cnt * wb], &rb[..cnt * wb], &diff[..cnt]);
     }
     if s.absent & ABSENT != 0 {
         return Err(corrupt("element in a context without a table"));
@@ -881,7 +911,16 @@ mod tests {
 
     fn round_trip(width: usize, cur: &[u8], reference: &[u8]) -> Option<usize> {
         let window = Window::choose(reference, width, if width == 2 { (7, 8) } else { (23, 8) });
-        let coded = encode(cur, reference, width, window, usize::MAX)?;
+        let coded = encode_with(Kernel::Scalar, cur, reference, width, window, usize::MAX)?;
+        // Every kernel writes the same payload.
+        for kernel in Kernel::all() {
+            let other = encode_with(kernel, cur, reference, width, window, usize::MAX).unwrap();
+            assert!(
+                other.payload == coded.payload,
+                "width {width} {kernel:?}: payload differs"
+            );
+            assert_eq!(other.nnz, coded.nnz);
+        }
         for kernel in Kernel::all() {
             let mut out = vec![0u8; cur.len()];
             let nnz = decode_with(kernel, &coded.payload, reference, width, &mut out).unwrap();
