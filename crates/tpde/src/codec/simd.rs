@@ -16,7 +16,7 @@
 //!   AVX2 for the loops the compiler vectorizes). Same source, so the same
 //!   results; the tests check that too.
 
-use crate::codec::symbols::{self, Enc, Pass1, Pass1State, SymInfo, STATES};
+use crate::codec::symbols::{self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo, STATES};
 
 /// Which kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,28 +60,17 @@ fn has_v3() -> bool {
 
 /// The symbols encoder's forward pass (`symbols::forward_body`).
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward<const B: u32>(
     kernel: Kernel,
-    cur: &[u8],
-    reference: &[u8],
-    ctx_of: &[u8],
-    shift: u32,
-    emask: u32,
-    idx: &mut [u16],
-    raw: &mut [u8],
-    hist: &mut [u32],
+    f: &Forward<'_>,
+    o: &mut ForwardOut<'_>,
 ) -> (usize, usize) {
     match kernel {
-        Kernel::Scalar => {
-            symbols::forward_body::<B>(cur, reference, ctx_of, shift, emask, idx, raw, hist)
-        }
+        Kernel::Scalar => symbols::forward_body::<B>(f, o),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Kernel::Avx2` is only made where the processor has
         // x86-64-v3 (`has_v3`); the body itself is safe code.
-        Kernel::Avx2 => unsafe {
-            avx2::forward::<B>(cur, reference, ctx_of, shift, emask, idx, raw, hist)
-        },
+        Kernel::Avx2 => unsafe { avx2::forward::<B>(f, o) },
     }
 }
 
@@ -158,7 +147,9 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use crate::codec::ans::{L, MASK, SCALE_BITS};
-    use crate::codec::symbols::{self, Enc, Pass1, Pass1State, SymInfo, ABSENT, STATES};
+    use crate::codec::symbols::{
+        self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo, ABSENT, STATES,
+    };
 
     /// The features the `Avx2` kernels are compiled for (x86-64-v3).
     macro_rules! v3 {
@@ -168,18 +159,8 @@ mod avx2 {
     }
 
     v3! {
-        #[allow(clippy::too_many_arguments)]
-        pub(super) fn forward<const B: u32>(
-            cur: &[u8],
-            reference: &[u8],
-            ctx_of: &[u8],
-            shift: u32,
-            emask: u32,
-            idx: &mut [u16],
-            raw: &mut [u8],
-            hist: &mut [u32],
-        ) -> (usize, usize) {
-            symbols::forward_body::<B>(cur, reference, ctx_of, shift, emask, idx, raw, hist)
+        pub(super) fn forward<const B: u32>(f: &Forward<'_>, o: &mut ForwardOut<'_>) -> (usize, usize) {
+            symbols::forward_body::<B>(f, o)
         }
 
         pub(super) fn backward(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {

@@ -334,6 +334,24 @@ fn encode_w<const B: u32>(
     ENC_SCRATCH.with(|s| encode_in::<B>(kernel, &mut s.borrow_mut(), cur, reference, window, limit))
 }
 
+/// What the encoder's forward pass reads: the chunk, its reference, the
+/// context of each reference exponent and the exponent's field.
+#[derive(Clone, Copy)]
+pub(super) struct Forward<'a> {
+    pub(super) cur: &'a [u8],
+    pub(super) reference: &'a [u8],
+    pub(super) ctx_of: &'a [u8],
+    pub(super) shift: u32,
+    pub(super) emask: u32,
+}
+
+/// What it writes (see [`forward_body`]).
+pub(super) struct ForwardOut<'a> {
+    pub(super) idx: &'a mut [u16],
+    pub(super) raw: &'a mut [u8],
+    pub(super) hist: &'a mut [u32],
+}
+
 /// The encoder's forward pass: each element's context and symbol into
 /// `idx` (context << 8 | symbol), counted in `hist` (four histograms, element
 /// i in histogram i mod 4, so that repeated symbols do not wait on each
@@ -341,17 +359,18 @@ fn encode_w<const B: u32>(
 /// the unchanged elements. Run through `simd::forward`, in a function of
 /// its own, so that the bit writer's state stays in registers.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward_body<const B: u32>(
-    cur: &[u8],
-    reference: &[u8],
-    ctx_of: &[u8],
-    shift: u32,
-    emask: u32,
-    idx: &mut [u16],
-    raw: &mut [u8],
-    hist: &mut [u32],
+    f: &Forward<'_>,
+    o: &mut ForwardOut<'_>,
 ) -> (usize, usize) {
+    let Forward {
+        cur,
+        reference,
+        ctx_of,
+        shift,
+        emask,
+    } = *f;
+    let ForwardOut { idx, raw, hist } = o;
     let wb = B as usize / 8;
     let mask = u32::MAX >> (32 - B);
     let half = 1u32 << (B - 1);
@@ -457,9 +476,19 @@ fn encode_in<const B: u32>(
     let idx = &mut s.idx[..n];
     let raw = &mut s.raw[..];
     let mut hist = vec![0u32; 4 * (MAX_CONTEXTS << 8)];
-    let (raw_len, zeros) = simd::forward::<B>(
-        kernel, cur, reference, &ctx_of, shift, emask, idx, raw, &mut hist,
-    );
+    let f = Forward {
+        cur,
+        reference,
+        ctx_of: &ctx_of,
+        shift,
+        emask,
+    };
+    let mut o = ForwardOut {
+        idx,
+        raw,
+        hist: &mut hist,
+    };
+    let (raw_len, zeros) = simd::forward::<B>(kernel, &f, &mut o);
     let (h01, h23) = hist.split_at(2 << 12);
     let hists: Vec<[u64; 256]> = (0..MAX_CONTEXTS)
         .map(|g| {
