@@ -133,9 +133,9 @@ pub(super) fn symbols_pass1<const B: u32>(
         Kernel::Scalar => symbols::pass1_scalar::<B>(p, s, reference, sym),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
-            assert!(p.bounds_hold(), "symbols tables out of bounds");
+            assert!(p.in_bounds(), "symbols tables out of bounds");
             // SAFETY: `Kernel::Avx2` is only made where the processor has
-            // x86-64-v3 (`has_v3`), and `bounds_hold` was just checked,
+            // x86-64-v3 (`has_v3`), and `bounds_hold` held (just checked),
             // which is what the kernel's loads and gathers rely on.
             unsafe { avx2::pass1::<B>(p, s, reference, sym) }
         }
@@ -326,14 +326,15 @@ mod tests {
             for b in [16u32, 32] {
                 let wb = b as usize / 8;
                 let reference: Vec<u8> = (0..groups * 8 * wb).map(|_| next() as u8).collect();
-                let p = Pass1 {
-                    slots: &slots,
-                    ctx_off: &ctx_off,
-                    words: &words,
+                let p = Pass1::new(
+                    &slots,
+                    &ctx_off,
+                    &words,
                     nwords,
-                    shift: (next() % (b - bits + 1) as u64) as u32,
-                    emask: (1 << bits) - 1,
-                };
+                    (next() % (b - bits + 1) as u64) as u32,
+                    (1 << bits) - 1,
+                );
+                assert!(p.in_bounds());
                 let st: [u32; 8] = std::array::from_fn(|_| (next() as u32) | 1 << 16);
                 let start = Pass1State {
                     st,

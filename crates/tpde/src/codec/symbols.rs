@@ -647,6 +647,9 @@ pub(super) struct Pass1<'a> {
     pub(super) nwords: usize,
     pub(super) shift: u32,
     pub(super) emask: u32,
+    /// [`Pass1::bounds_hold`], checked once when made (the fields cannot
+    /// change after: the kernels see the tables through a shared borrow).
+    in_bounds: bool,
 }
 
 /// Where the symbol pass stands.
@@ -663,11 +666,37 @@ pub(super) struct Pass1State {
     pub(super) short: bool,
 }
 
-impl Pass1<'_> {
+impl<'a> Pass1<'a> {
+    pub(super) fn new(
+        slots: &'a [u32],
+        ctx_off: &'a [u32],
+        words: &'a [u16],
+        nwords: usize,
+        shift: u32,
+        emask: u32,
+    ) -> Self {
+        let mut p = Pass1 {
+            slots,
+            ctx_off,
+            words,
+            nwords,
+            shift,
+            emask,
+            in_bounds: false,
+        };
+        p.in_bounds = p.bounds_hold();
+        p
+    }
+
+    /// Whether [`Pass1::bounds_hold`] held when the tables were made.
+    pub(super) fn in_bounds(&self) -> bool {
+        self.in_bounds
+    }
+
     /// What the kernels' loads rely on: every offset plus a slot is within
     /// `slots`, every masked exponent has an offset, and eight words follow
     /// `nwords`.
-    pub(super) fn bounds_hold(&self) -> bool {
+    fn bounds_hold(&self) -> bool {
         self.ctx_off.len() == self.emask as usize + 1
             && self
                 .ctx_off
@@ -840,14 +869,14 @@ fn decode_w<const B: u32>(
     );
     let nwords = words.len();
     words.extend([0; STATES]);
-    let p = Pass1 {
+    let p = Pass1::new(
         slots,
-        ctx_off: &ctx_off,
-        words: &words,
+        &ctx_off,
+        &words,
         nwords,
-        shift: u32::from(window.shift),
-        emask: (1u32 << window.bits) - 1,
-    };
+        u32::from(window.shift),
+        (1u32 << window.bits) - 1,
+    );
     let info: [SymInfo; 256] = std::array::from_fn(sym_info);
     let mut raw = RawBits {
         bytes: raw_bytes,
