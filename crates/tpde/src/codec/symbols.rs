@@ -372,40 +372,91 @@ pub(super) fn forward_body<const B: u32>(
     } = *f;
     let ForwardOut { idx, raw, hist } = o;
     let wb = B as usize / 8;
-    let mask = u32::MAX >> (32 - B);
-    let half = 1u32 << (B - 1);
     let mut raw_at = 0usize;
     let (mut acc, mut fill) = (0u64, 0u32);
     let mut zeros = 0usize;
-    for (e, ((c, r), id)) in cur
+    // Per element of a block: symbol | raw bit count << 8 | masked
+    // reference exponent << 16, and the raw bits.
+    let mut sk = [0u32; FORWARD_BLOCK];
+    let mut low = [0u32; FORWARD_BLOCK];
+    let mut e = 0usize;
+    for ((cb, rb), ib) in cur
+        .chunks(FORWARD_BLOCK * wb)
+        .zip(reference.chunks(FORWARD_BLOCK * wb))
+        .zip(idx.chunks_mut(FORWARD_BLOCK))
+    {
+        let len = ib.len();
+        zeros += symbols_of::<B>(cb, rb, shift, emask, &mut sk[..len], &mut low[..len]);
+        for ((id, &x), &bits) in ib.iter_mut().zip(&sk[..len]).zip(&low[..len]) {
+            let g = ctx_of[(x >> 16) as usize] & (MAX_CONTEXTS as u8 - 1);
+            let i = usize::from(g) << 8 | (x & 0xff) as usize;
+            *id = i as u16;
+            hist[(e & 3) << 12 | i] += 1;
+            e += 1;
+            acc |= u64::from(bits) << fill;
+            fill += (x >> 8) & 0xff;
+            // Branch free: the low word is written every time, kept when full.
+            raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+            let full = u32::from(fill >= 32);
+            raw_at += 4 * full as usize;
+            acc >>= 32 * full;
+            fill -= 32 * full;
+        }
+    }
+    raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+    (raw_at + fill.div_ceil(8) as usize, zeros)
+}
+
+/// Elements per block of the forward pass (its per-element values stay in
+/// L1 between its two loops).
+const FORWARD_BLOCK: usize = 1024;
+
+/// The first loop of the forward pass, branch free and without table
+/// lookups so that the compiler vectorizes it: each element's symbol (as
+/// [`symbol`] makes it, from its arithmetic form), raw bit count and masked
+/// reference exponent into `sk`, its raw bits into `low`. Returns the
+/// unchanged elements.
+#[inline(always)]
+fn symbols_of<const B: u32>(
+    cur: &[u8],
+    reference: &[u8],
+    shift: u32,
+    emask: u32,
+    sk: &mut [u32],
+    low: &mut [u32],
+) -> usize {
+    let wb = B as usize / 8;
+    let mask = u32::MAX >> (32 - B);
+    let half = 1u32 << (B - 1);
+    let mut zeros = 0usize;
+    for (((c, r), x), l) in cur
         .chunks_exact(wb)
         .zip(reference.chunks_exact(wb))
-        .zip(idx.iter_mut())
-        .enumerate()
+        .zip(sk.iter_mut())
+        .zip(low.iter_mut())
     {
         let r = load::<B>(r, 0);
         let c = load::<B>(c, 0);
         let d = key::<B>(c).wrapping_sub(key::<B>(r)) & mask;
-        let g = ctx_of[((r >> shift) & emask) as usize] & (MAX_CONTEXTS as u8 - 1);
         zeros += usize::from(d == 0);
-        let negm = u32::from(d >= half).wrapping_neg();
+        let neg = u32::from(d >= half);
+        let negm = neg.wrapping_neg();
         let m = ((d ^ negm).wrapping_sub(negm)) & mask;
-        let (sy, k) = symbol(m, negm != 0);
-        let i = usize::from(g) << 8 | usize::from(sy);
-        *id = i as u16;
-        hist[(e & 3) << 12 | i] += 1;
-        // The low k bits of |d|.
-        acc |= u64::from(m & ((1u32 << k) - 1)) << fill;
-        fill += k;
-        // Branch free: the low word is written every time, kept when full.
-        raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
-        let full = u32::from(fill >= 32);
-        raw_at += 4 * full as usize;
-        acc >>= 32 * full;
-        fill -= 32 * full;
+        // Bit length n, raw bits k = max(n - 3, 0); from n = 2 on the
+        // symbol is 8n - 17 + 2 * (the two bits below the leading one) +
+        // sign, below that n + sign (0, or 1 and 2).
+        let n = 32 - m.leading_zeros();
+        let k = n.saturating_sub(3);
+        let top = (m >> k) & 3;
+        let sym = if n >= 2 {
+            (8 * n + 2 * top + neg).wrapping_sub(17)
+        } else {
+            n + neg
+        };
+        *x = sym | k << 8 | ((r >> shift) & emask) << 16;
+        *l = m & ((1u32 << k) - 1);
     }
-    raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
-    (raw_at + fill.div_ceil(8) as usize, zeros)
+    zeros
 }
 
 /// The encoder's backward pass: rANS, element i on state i mod 8, the
@@ -964,6 +1015,67 @@ mod tests {
                     assert_eq!(i.lead | (m & ((1 << k) - 1)), m, "m {m}");
                 }
             }
+        }
+    }
+
+    /// The forward pass's arithmetic symbols are `symbol`'s, for every
+    /// bit length, sign and the bits below the leading one, both widths.
+    #[test]
+    fn arithmetic_symbols_match_the_table() {
+        for b in [16u32, 32] {
+            let wb = b as usize / 8;
+            let mask = u32::MAX >> (32 - b);
+            let half = 1u32 << (b - 1);
+            let mut pairs = Vec::new();
+            for n in 0..b {
+                for low in [0u32, 1, 2, 3, 5, u32::MAX] {
+                    let m = if n == 0 {
+                        0
+                    } else {
+                        (1u32 << n) | (low & ((1u32 << n) - 1))
+                    };
+                    for neg in [false, true] {
+                        let d = if neg { m.wrapping_neg() & mask } else { m };
+                        pairs.push(d);
+                    }
+                }
+            }
+            pairs.extend([half, half - 1, half + 1, mask]);
+            // cur = unkey(key(r) + d) against r = the key of zero's value.
+            let r0 = unkey_w(b, 1 << (b - 1));
+            let mut cur = Vec::new();
+            let mut reference = Vec::new();
+            for &d in &pairs {
+                let c = unkey_w(b, (1u32 << (b - 1)).wrapping_add(d) & mask);
+                cur.extend_from_slice(&c.to_le_bytes()[..wb]);
+                reference.extend_from_slice(&r0.to_le_bytes()[..wb]);
+            }
+            let mut sk = vec![0u32; pairs.len()];
+            let mut low = vec![0u32; pairs.len()];
+            if b == 16 {
+                symbols_of::<16>(&cur, &reference, 0, 1, &mut sk, &mut low);
+            } else {
+                symbols_of::<32>(&cur, &reference, 0, 1, &mut sk, &mut low);
+            }
+            for ((&d, &x), &l) in pairs.iter().zip(&sk).zip(&low) {
+                let (s, k) = symbol_of(d, half, mask);
+                assert_eq!(
+                    (x & 0xff, (x >> 8) & 0xff),
+                    (u32::from(s), k),
+                    "width {b} d {d:#x}"
+                );
+                let negm = u32::from(d >= half).wrapping_neg();
+                let m = ((d ^ negm).wrapping_sub(negm)) & mask;
+                assert_eq!(l, m & ((1u32 << k) - 1), "width {b} d {d:#x}");
+            }
+        }
+    }
+
+    fn unkey_w(b: u32, k: u32) -> u32 {
+        if b == 16 {
+            unkey::<16>(k)
+        } else {
+            unkey::<32>(k)
         }
     }
 
