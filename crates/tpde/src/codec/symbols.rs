@@ -93,40 +93,28 @@ fn sym_info_unmasked(sym: usize) -> SymInfo {
     }
 }
 
-/// The symbol of magnitude `m` (not zero) with sign `neg`, and the number
-/// of raw low bits.
+/// The symbol of magnitude `m` (zero for no change) with sign `neg`, and
+/// the number of raw low bits. In arithmetic form, branch free and without
+/// tables, so that the loops calling it vectorize: bit length n, raw bits
+/// k = max(n - 3, 0); from n = 2 on the symbol is 8n - 17 + 2 * (the two
+/// bits below the leading one) + sign, below that n + sign (0, or 1 and 2).
 #[inline(always)]
-fn symbol(m: u32, neg: bool) -> (u8, u32) {
-    // Without branches (signs and lengths are unpredictable): the first
-    // symbol of each bit length, and the mask of the bits below the leading
-    // one that go into the symbol.
-    const BASE: [u8; 33] = {
-        let mut b = [0u8; 33];
-        b[1] = 1;
-        b[2] = 3;
-        let mut n = 3;
-        while n <= 32 {
-            b[n] = (7 + 8 * (n - 3)) as u8;
-            n += 1;
-        }
-        b
+fn symbol(m: u32, neg: bool) -> (u32, u32) {
+    let neg = u32::from(neg);
+    let n = 32 - m.leading_zeros();
+    let k = n.saturating_sub(3);
+    let top = (m >> k) & 3;
+    let sym = if n >= 2 {
+        (8 * n + 2 * top + neg).wrapping_sub(17)
+    } else {
+        n + neg
     };
-    const TOP: [u8; 33] = {
-        let mut t = [3u8; 33];
-        t[0] = 0;
-        t[1] = 0;
-        t[2] = 1;
-        t
-    };
-    let n = (32 - m.leading_zeros()) as usize;
-    let k = (n as u32).saturating_sub(3);
-    let t = (m >> k) & u32::from(TOP[n]);
-    (BASE[n] + 2 * t as u8 + u8::from(neg), k)
+    (sym, k)
 }
 
 /// The symbol and raw bit count of the `B`-bit difference `d`.
 #[inline(always)]
-fn symbol_of(d: u32, half: u32, mask: u32) -> (u8, u32) {
+fn symbol_of(d: u32, half: u32, mask: u32) -> (u32, u32) {
     let neg = d >= half;
     let negm = u32::from(neg).wrapping_neg();
     symbol(((d ^ negm).wrapping_sub(negm)) & mask, neg)
@@ -235,7 +223,7 @@ fn sample_bits_w<const B: u32>(cur: &[u8], reference: &[u8]) -> f64 {
     for i in 0..n {
         let d = key::<B>(load::<B>(cur, i)).wrapping_sub(key::<B>(load::<B>(reference, i))) & mask;
         let (s, k) = symbol_of(d, half, mask);
-        hist[usize::from(s)] += 1;
+        hist[s as usize] += 1;
         raw += u64::from(k);
     }
     (crate::codec::sample::entropy(&hist) * n as f64 + raw as f64) / n.max(1) as f64
@@ -412,8 +400,8 @@ pub(super) fn forward_body<const B: u32>(
 const FORWARD_BLOCK: usize = 1024;
 
 /// The first loop of the forward pass, branch free and without table
-/// lookups so that the compiler vectorizes it: each element's symbol (as
-/// [`symbol`] makes it, from its arithmetic form), raw bit count and masked
+/// lookups so that the compiler vectorizes it: each element's symbol (see
+/// [`symbol`]), raw bit count and masked
 /// reference exponent into `sk`, its raw bits into `low`. Returns the
 /// unchanged elements.
 #[inline(always)]
@@ -439,20 +427,10 @@ fn symbols_of<const B: u32>(
         let c = load::<B>(c, 0);
         let d = key::<B>(c).wrapping_sub(key::<B>(r)) & mask;
         zeros += usize::from(d == 0);
-        let neg = u32::from(d >= half);
-        let negm = neg.wrapping_neg();
+        let neg = d >= half;
+        let negm = u32::from(neg).wrapping_neg();
         let m = ((d ^ negm).wrapping_sub(negm)) & mask;
-        // Bit length n, raw bits k = max(n - 3, 0); from n = 2 on the
-        // symbol is 8n - 17 + 2 * (the two bits below the leading one) +
-        // sign, below that n + sign (0, or 1 and 2).
-        let n = 32 - m.leading_zeros();
-        let k = n.saturating_sub(3);
-        let top = (m >> k) & 3;
-        let sym = if n >= 2 {
-            (8 * n + 2 * top + neg).wrapping_sub(17)
-        } else {
-            n + neg
-        };
+        let (sym, k) = symbol(m, neg);
         *x = sym | k << 8 | ((r >> shift) & emask) << 16;
         *l = m & ((1u32 << k) - 1);
     }
@@ -540,16 +518,9 @@ fn encode_in<const B: u32>(
         hist: &mut hist,
     };
     let (raw_len, zeros) = simd::forward::<B>(kernel, &f, &mut o);
-    let (h01, h23) = hist.split_at(2 << 12);
     let hists: Vec<[u64; 256]> = (0..MAX_CONTEXTS)
         .map(|g| {
-            std::array::from_fn(|k| {
-                let i = g << 8 | k;
-                [h01[i], h01[1 << 12 | i], h23[i], h23[1 << 12 | i]]
-                    .iter()
-                    .map(|&c| u64::from(c))
-                    .sum()
-            })
+            std::array::from_fn(|k| (0..4).map(|c| u64::from(hist[c << 12 | g << 8 | k])).sum())
         })
         .collect();
     let present_hist = |h: &[u64; 256]| h.iter().any(|&c| c > 0);
@@ -1008,8 +979,8 @@ mod tests {
                 }
                 for neg in [false, true] {
                     let (s, k) = symbol(m, neg);
-                    assert!(usize::from(s) < symbol_count(b), "{m} {b}");
-                    let i = sym_info(usize::from(s));
+                    assert!((s as usize) < symbol_count(b), "{m} {b}");
+                    let i = sym_info(s as usize);
                     assert_eq!(i.raw, k);
                     assert_eq!(i.negm != 0, neg);
                     assert_eq!(i.lead | (m & ((1 << k) - 1)), m, "m {m}");
@@ -1018,8 +989,9 @@ mod tests {
         }
     }
 
-    /// The forward pass's arithmetic symbols are `symbol`'s, for every
-    /// bit length, sign and the bits below the leading one, both widths.
+    /// The forward pass's packed symbols, raw bit counts and raw bits are
+    /// `symbol_of`'s and the magnitude's low bits, for every bit length,
+    /// sign and the bits below the leading one, both widths.
     #[test]
     fn arithmetic_symbols_match_the_table() {
         for b in [16u32, 32] {
@@ -1059,11 +1031,7 @@ mod tests {
             }
             for ((&d, &x), &l) in pairs.iter().zip(&sk).zip(&low) {
                 let (s, k) = symbol_of(d, half, mask);
-                assert_eq!(
-                    (x & 0xff, (x >> 8) & 0xff),
-                    (u32::from(s), k),
-                    "width {b} d {d:#x}"
-                );
+                assert_eq!((x & 0xff, (x >> 8) & 0xff), (s, k), "width {b} d {d:#x}");
                 let negm = u32::from(d >= half).wrapping_neg();
                 let m = ((d ^ negm).wrapping_sub(negm)) & mask;
                 assert_eq!(l, m & ((1u32 << k) - 1), "width {b} d {d:#x}");
