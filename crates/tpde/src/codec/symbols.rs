@@ -328,7 +328,8 @@ fn encode_w<const B: u32>(
 pub(super) struct Forward<'a> {
     pub(super) cur: &'a [u8],
     pub(super) reference: &'a [u8],
-    pub(super) ctx_of: &'a [u8],
+    /// The context of every exponent value, padded to `MAX_EXP`.
+    pub(super) ctx_of: &'a [u8; MAX_EXP],
     pub(super) shift: u32,
     pub(super) emask: u32,
 }
@@ -337,7 +338,7 @@ pub(super) struct Forward<'a> {
 pub(super) struct ForwardOut<'a> {
     pub(super) idx: &'a mut [u16],
     pub(super) raw: &'a mut [u8],
-    pub(super) hist: &'a mut [u32],
+    pub(super) hist: &'a mut [u32; HIST],
 }
 
 /// The encoder's forward pass: each element's context and symbol into
@@ -367,7 +368,8 @@ pub(super) fn forward_body<const B: u32>(
     // reference exponent << 16, and the raw bits.
     let mut sk = [0u32; FORWARD_BLOCK];
     let mut low = [0u32; FORWARD_BLOCK];
-    let mut e = 0usize;
+    // The block's whole raw words (at most B - 3 bits per element).
+    let mut words = [0u32; FORWARD_BLOCK];
     for ((cb, rb), ib) in cur
         .chunks(FORWARD_BLOCK * wb)
         .zip(reference.chunks(FORWARD_BLOCK * wb))
@@ -375,25 +377,44 @@ pub(super) fn forward_body<const B: u32>(
     {
         let len = ib.len();
         zeros += symbols_of::<B>(cb, rb, shift, emask, &mut sk[..len], &mut low[..len]);
-        for ((id, &x), &bits) in ib.iter_mut().zip(&sk[..len]).zip(&low[..len]) {
-            let g = ctx_of[(x >> 16) as usize] & (MAX_CONTEXTS as u8 - 1);
+        // Contexts and histograms: fixed-size tables, masked indices (no
+        // bounds checks in the loop).
+        for (e, (id, &x)) in ib.iter_mut().zip(&sk[..len]).enumerate() {
+            let g = ctx_of[(x >> 16) as usize & (MAX_EXP - 1)];
             let i = usize::from(g) << 8 | (x & 0xff) as usize;
             *id = i as u16;
-            hist[(e & 3) << 12 | i] += 1;
-            e += 1;
+            hist[((e & 3) << 12 | i) & (HIST - 1)] += 1;
+        }
+        // The bit writer, with nothing else in its loop so that its state
+        // stays in registers: the low word is written every time, kept when
+        // full (branch free). A block fills fewer than FORWARD_BLOCK words.
+        let mut w = 0usize;
+        for (&x, &bits) in sk[..len].iter().zip(&low[..len]) {
             acc |= u64::from(bits) << fill;
             fill += (x >> 8) & 0xff;
-            // Branch free: the low word is written every time, kept when full.
-            raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+            words[w & (FORWARD_BLOCK - 1)] = acc as u32;
             let full = u32::from(fill >= 32);
-            raw_at += 4 * full as usize;
+            w += full as usize;
             acc >>= 32 * full;
             fill -= 32 * full;
         }
+        for (o, v) in raw[raw_at..raw_at + 4 * w]
+            .chunks_exact_mut(4)
+            .zip(&words[..w])
+        {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+        raw_at += 4 * w;
     }
     raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
     (raw_at + fill.div_ceil(8) as usize, zeros)
 }
+
+/// Entries of a context table: one per value of an exponent field of at
+/// most 11 bits.
+pub(super) const MAX_EXP: usize = 1 << 11;
+/// Entries of the forward pass's four histograms.
+pub(super) const HIST: usize = 4 * (MAX_CONTEXTS << 8);
 
 /// Elements per block of the forward pass (its per-element values stay in
 /// L1 between its two loops).
@@ -494,7 +515,8 @@ fn encode_in<const B: u32>(
 ) -> Option<Coded> {
     let wb = B as usize / 8;
     let n = cur.len() / wb;
-    let ctx_of = window.table();
+    let mut ctx_of = [0u8; MAX_EXP];
+    ctx_of[..1 << window.bits].copy_from_slice(&window.table());
     let emask = (1u32 << window.bits) - 1;
     let shift = u32::from(window.shift);
     // Forward pass: symbol and context of each element, their histograms,
@@ -504,7 +526,7 @@ fn encode_in<const B: u32>(
     grow(&mut s.raw, n * (B as usize - 3) / 8 + 8);
     let idx = &mut s.idx[..n];
     let raw = &mut s.raw[..];
-    let mut hist = vec![0u32; 4 * (MAX_CONTEXTS << 8)];
+    let mut hist = vec![0u32; HIST];
     let f = Forward {
         cur,
         reference,
@@ -515,7 +537,7 @@ fn encode_in<const B: u32>(
     let mut o = ForwardOut {
         idx,
         raw,
-        hist: &mut hist,
+        hist: (&mut hist[..]).try_into().expect("HIST entries"),
     };
     let (raw_len, zeros) = simd::forward::<B>(kernel, &f, &mut o);
     let hists: Vec<[u64; 256]> = (0..MAX_CONTEXTS)
