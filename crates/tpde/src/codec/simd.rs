@@ -9,7 +9,11 @@
 //!   eight interleaved rANS states in one vector, their table lookups as
 //!   gathers, the renormalization words spread to the states that take one
 //!   by a permutation.
-//! - [`forward`], [`backward`], [`differences`], [`values`]: the other
+//! - [`backward`]: the rANS pass of the symbols encoder: the eight states
+//!   in one vector, the constants of their symbols ([`Enc`], two words
+//!   each) gathered, the quotient by a 32-bit reciprocal multiply, a
+//!   group's renormalization words compressed into the output by a shuffle.
+//! - [`forward`], [`differences`], [`values`]: the other
 //!   passes of the symbols coder. Their one body (in `symbols`) is compiled
 //!   twice: for the baseline and for x86-64-v3 (AVX2, BMI1/2, LZCNT, FMA:
 //!   `lzcnt` for bit lengths, `shlx`/`bzhi` for the bit writer and reader,
@@ -74,7 +78,12 @@ pub(super) fn forward<const B: u32>(
     }
 }
 
-/// The symbols encoder's rANS pass (`symbols::backward_body`).
+/// Entries of the encoder's table of per-symbol constants: one per
+/// context and symbol (`context << 8 | symbol`).
+pub(super) const ENC_ENTRIES: usize = symbols::MAX_CONTEXTS << 8;
+
+/// The symbols encoder's rANS pass (`symbols::backward_body`): `enc` has
+/// [`ENC_ENTRIES`] entries and `rev` room for `idx.len() + 8` words.
 #[inline(never)]
 pub(super) fn backward(
     kernel: Kernel,
@@ -85,8 +94,16 @@ pub(super) fn backward(
     match kernel {
         Kernel::Scalar => symbols::backward_body(idx, enc, rev),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `forward`.
-        Kernel::Avx2 => unsafe { avx2::backward(idx, enc, rev) },
+        Kernel::Avx2 => {
+            assert!(
+                enc.len() == ENC_ENTRIES && rev.len() >= idx.len() + STATES,
+                "symbols encoder tables out of bounds"
+            );
+            // SAFETY: `Kernel::Avx2` is only made where the processor has
+            // x86-64-v3 (`has_v3`), and the lengths the kernel's gathers
+            // and stores rely on hold (just checked).
+            unsafe { avx2::backward(idx, enc, rev) }
+        }
     }
 }
 
@@ -163,10 +180,6 @@ mod avx2 {
             symbols::forward_body::<B>(f, o)
         }
 
-        pub(super) fn backward(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
-            symbols::backward_body(idx, enc, rev)
-        }
-
         pub(super) fn differences(
             bytes: &[u8],
             at: &mut usize,
@@ -199,6 +212,104 @@ mod avx2 {
         }
         t
     };
+
+    /// Byte j of entry m: the bytes of the 16-bit lanes set in m, from lane
+    /// 7 down to lane 0 (the renormalization words of one group in the
+    /// order the encoder writes them), then -1 (zero bytes).
+    static COMPRESS: [[i8; 16]; 256] = {
+        let mut t = [[-1i8; 16]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let mut k = 0;
+            let mut j = 8;
+            while j > 0 {
+                j -= 1;
+                if m >> j & 1 == 1 {
+                    t[m][k] = 2 * j as i8;
+                    t[m][k + 1] = 2 * j as i8 + 1;
+                    k += 2;
+                }
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// The encoder's backward pass (the twin of `symbols::backward_body`):
+    /// the tail in scalar code, then the eight states in one vector, the
+    /// constants of their symbols gathered, the renormalization words of a
+    /// group compressed into `rev` by a shuffle.
+    ///
+    /// # Safety
+    /// The processor has x86-64-v3, `enc` has `ENC_ENTRIES` entries and `rev`
+    /// room for `idx.len() + 8` words.
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma")]
+    pub(super) unsafe fn backward(
+        idx: &[u16],
+        enc: &[Enc],
+        rev: &mut [u16],
+    ) -> ([u32; STATES], usize) {
+        let mut st = [L; STATES];
+        let mut len = 0usize;
+        symbols::backward_tail(idx, enc, rev, &mut st, &mut len);
+        let entry = _mm256_set1_epi32((super::ENC_ENTRIES - 1) as i32);
+        let freq_mask = _mm256_set1_epi32(0x1fff);
+        let start_mask = _mm256_set1_epi32(0xfff);
+        let one = _mm256_set1_epi32(1);
+        let total = _mm256_set1_epi32(1 << SCALE_BITS);
+        // The low two bytes of each 32-bit lane to the low eight bytes of
+        // its half.
+        let low16 = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1,
+            -1, -1, -1, -1, -1, -1, -1,
+        );
+        let base = enc.as_ptr().cast::<i32>();
+        // SAFETY: `st` is 8 u32, 32 bytes; loadu has no alignment need.
+        let mut x = unsafe { _mm256_loadu_si256(st.as_ptr().cast()) };
+        for b in idx.chunks_exact(STATES).rev() {
+            // SAFETY: `b` is 8 u16, 16 bytes.
+            let i = _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(b.as_ptr().cast()) });
+            // Two 32-bit words per entry; the index masked into the table.
+            let w = _mm256_slli_epi32::<1>(_mm256_and_si256(i, entry));
+            // SAFETY: every lane of w is at most 2 (ENC_ENTRIES - 1), and enc
+            // has ENC_ENTRIES entries of two words (`Enc` is repr(C), 8
+            // bytes), so both words of the entry are within it.
+            let rcp = unsafe { _mm256_i32gather_epi32::<4>(base, w) };
+            // SAFETY: as above, the entry's second word.
+            let pk = unsafe { _mm256_i32gather_epi32::<4>(base.add(1), w) };
+            let freq = _mm256_and_si256(pk, freq_mask);
+            // Renormalize when x >> 20 >= freq.
+            let out = _mm256_cmpgt_epi32(_mm256_srli_epi32::<20>(x), _mm256_sub_epi32(freq, one));
+            let m = _mm256_movemask_ps(_mm256_castsi256_ps(out)) as usize;
+            let lo = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(x, low16));
+            // SAFETY: m < 256; COMPRESS entries are 16 bytes.
+            let sel = unsafe { _mm_loadu_si128(COMPRESS[m].as_ptr().cast()) };
+            let words = _mm_shuffle_epi8(_mm256_castsi256_si128(lo), sel);
+            // SAFETY: len is at most the symbols coded so far, fewer than
+            // idx.len(), and rev has room for idx.len() + 8 words.
+            unsafe { _mm_storeu_si128(rev.as_mut_ptr().add(len).cast(), words) };
+            len += m.count_ones() as usize;
+            x = _mm256_blendv_epi8(x, _mm256_srli_epi32::<16>(x), out);
+            // hi = x * rcp_lo >> 32 per lane (even and odd lanes apart).
+            let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(x, rcp));
+            let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(rcp));
+            let hi = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+            let s1 = _mm256_and_si256(_mm256_srli_epi32::<25>(pk), one);
+            let s2 = _mm256_srli_epi32::<26>(pk);
+            let q = _mm256_srlv_epi32(
+                _mm256_add_epi32(hi, _mm256_srlv_epi32(_mm256_sub_epi32(x, hi), s1)),
+                s2,
+            );
+            let start = _mm256_and_si256(_mm256_srli_epi32::<13>(pk), start_mask);
+            x = _mm256_add_epi32(
+                _mm256_add_epi32(x, _mm256_mullo_epi32(q, _mm256_sub_epi32(total, freq))),
+                start,
+            );
+        }
+        // SAFETY: as the load above.
+        unsafe { _mm256_storeu_si256(st.as_mut_ptr().cast(), x) };
+        (st, len)
+    }
 
     /// # Safety
     /// The processor has x86-64-v3, and `p.bounds_hold()`: every context offset
@@ -293,7 +404,43 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::codec::chunk::tests::rng;
+    use crate::codec::symbols::{Enc, STATES};
     use crate::codec::symbols::{Pass1, Pass1State, ABSENT};
+
+    /// Every backward kernel gives the scalar twin's states, words and word
+    /// count, on random tables (valid frequencies, random starts) and
+    /// random symbol indices, for every tail length.
+    #[test]
+    fn backward_kernels_match_the_scalar_twin() {
+        let mut next = rng(23);
+        for round in 0..300 {
+            let enc: Vec<Enc> = (0..ENC_ENTRIES)
+                .map(|_| {
+                    let f = 1 + (next() % 4096) as u32;
+                    // Small frequencies often: they renormalize most.
+                    let f = if next().is_multiple_of(2) {
+                        1 + f % 16
+                    } else {
+                        f
+                    };
+                    Enc::new(f, (next() as u32) % (4097 - f))
+                })
+                .collect();
+            let n = (next() % 700) as usize;
+            let idx: Vec<u16> = (0..n)
+                .map(|_| (next() % ENC_ENTRIES as u64) as u16)
+                .collect();
+            let run = |k: Kernel| {
+                let mut rev = vec![0u16; n + STATES];
+                let (st, len) = backward(k, &idx, &enc, &mut rev);
+                (st, rev[..len].to_vec())
+            };
+            let want = run(Kernel::Scalar);
+            for k in Kernel::all() {
+                assert_eq!(run(k), want, "round {round} n {n} kernel {k:?}");
+            }
+        }
+    }
 
     /// Every kernel gives the scalar twin's symbols, states, cursor and
     /// flags, on random tables, states, words and references (valid or

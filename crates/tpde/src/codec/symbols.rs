@@ -266,26 +266,51 @@ fn encode_with(
     }
 }
 
-/// Per-symbol constants of the encoder, packed (16 bytes): the division by
-/// the frequency is a multiplication by a reciprocal (see [`EncSym`]).
-#[derive(Clone, Copy, Default)]
+/// Per-symbol constants of the encoder, packed in 8 bytes (two 32-bit
+/// words, so that a vector kernel gathers them): the division by the
+/// frequency is a multiplication by its reciprocal. With `l = ceil(log2
+/// freq)`, `rcp = ceil(2^(32+l) / freq)` (see [`EncSym`]) lies in
+/// `[2^32, 2^33)`, so `x * rcp >> 32 = x + hi` with `hi = x * (rcp - 2^32)
+/// >> 32`, and the quotient `(x + hi) >> l` is computed without 33-bit
+/// values as `(hi + ((x - hi) >> s1)) >> s2`: `s1 = 1, s2 = l - 1`, or
+/// `s1 = s2 = 0` for `freq = 1` (then `hi = 0` and the quotient is `x`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub(super) struct Enc {
-    rcp: u64,
-    freq: u16,
-    start: u16,
-    /// The reciprocal's shift less 32: ceil(log2 freq).
-    shift: u32,
+    /// `rcp - 2^32`.
+    pub(super) rcp_lo: u32,
+    /// `freq | start << 13 | s1 << 25 | s2 << 26`.
+    pub(super) packed: u32,
 }
 
 impl Enc {
-    fn new(freq: u32, start: u32) -> Enc {
+    pub(super) fn new(freq: u32, start: u32) -> Enc {
         let e = EncSym::new(freq, start);
+        let l = e.shift() - 32;
+        let (s1, s2) = if l == 0 { (0, 0) } else { (1, l - 1) };
         Enc {
-            rcp: e.rcp(),
-            freq: freq as u16,
-            start: start as u16,
-            shift: e.shift() - 32,
+            rcp_lo: (e.rcp() - (1 << 32)) as u32,
+            packed: freq | start << 13 | s1 << 25 | s2 << 26,
         }
+    }
+
+    /// The frequency (1 to 2^12).
+    #[inline(always)]
+    pub(super) fn freq(self) -> u32 {
+        self.packed & 0x1fff
+    }
+
+    /// `x` coded: `(x / freq) << 12 + x mod freq + start`, as
+    /// `x + (x / freq) * (2^12 - freq) + start` (mod 2^32, the result fits).
+    #[inline(always)]
+    pub(super) fn code(self, x: u32) -> u32 {
+        let hi = ((u64::from(x) * u64::from(self.rcp_lo)) >> 32) as u32;
+        let s1 = (self.packed >> 25) & 1;
+        let s2 = self.packed >> 26;
+        let q = (hi + ((x - hi) >> s1)) >> s2;
+        let start = (self.packed >> 13) & 0xfff;
+        x.wrapping_add(q.wrapping_mul((1 << SCALE_BITS) - self.freq()))
+            .wrapping_add(start)
     }
 }
 
@@ -322,19 +347,17 @@ fn encode_w<const B: u32>(
     ENC_SCRATCH.with(|s| encode_in::<B>(kernel, &mut s.borrow_mut(), cur, reference, window, limit))
 }
 
-/// What the encoder's forward pass reads: the chunk, its reference, the
-/// context of each reference exponent and the exponent's field.
+/// What the encoder's forward pass reads: the chunk, its reference, and
+/// the reference exponent's field and window (`window` is valid).
 #[derive(Clone, Copy)]
 pub(super) struct Forward<'a> {
     pub(super) cur: &'a [u8],
     pub(super) reference: &'a [u8],
-    /// The context of every exponent value, padded to `MAX_EXP`.
-    pub(super) ctx_of: &'a [u8; MAX_EXP],
-    pub(super) shift: u32,
-    pub(super) emask: u32,
+    pub(super) window: Window,
 }
 
-/// What it writes (see [`forward_body`]).
+/// What the forward pass writes: each element's context and symbol, the
+/// raw bits (with room for 8 bytes past them) and the four histograms.
 pub(super) struct ForwardOut<'a> {
     pub(super) idx: &'a mut [u16],
     pub(super) raw: &'a mut [u8],
@@ -355,93 +378,80 @@ pub(super) fn forward_body<const B: u32>(
     let Forward {
         cur,
         reference,
-        ctx_of,
-        shift,
-        emask,
+        window,
     } = *f;
     let ForwardOut { idx, raw, hist } = o;
     let wb = B as usize / 8;
+    // The bit writer: `acc` holds `fill` (< 8) bits not yet whole bytes,
+    // the bytes before `raw_at` are done.
     let mut raw_at = 0usize;
     let (mut acc, mut fill) = (0u64, 0u32);
     let mut zeros = 0usize;
-    // Per element of a block: symbol | raw bit count << 8 | masked
-    // reference exponent << 16, and the raw bits.
-    let mut sk = [0u32; FORWARD_BLOCK];
+    // Per element of a block: its raw bit count and raw bits.
+    let mut kb = [0u32; FORWARD_BLOCK];
     let mut low = [0u32; FORWARD_BLOCK];
-    // The block's whole raw words (at most B - 3 bits per element).
-    let mut words = [0u32; FORWARD_BLOCK];
     for ((cb, rb), ib) in cur
         .chunks(FORWARD_BLOCK * wb)
         .zip(reference.chunks(FORWARD_BLOCK * wb))
         .zip(idx.chunks_mut(FORWARD_BLOCK))
     {
         let len = ib.len();
-        zeros += symbols_of::<B>(cb, rb, shift, emask, &mut sk[..len], &mut low[..len]);
-        // Contexts and histograms: fixed-size tables, masked indices (no
-        // bounds checks in the loop).
-        for (e, (id, &x)) in ib.iter_mut().zip(&sk[..len]).enumerate() {
-            let g = ctx_of[(x >> 16) as usize & (MAX_EXP - 1)];
-            let i = usize::from(g) << 8 | (x & 0xff) as usize;
-            *id = i as u16;
-            hist[((e & 3) << 12 | i) & (HIST - 1)] += 1;
+        zeros += symbols_of::<B>(cb, rb, window, ib, &mut kb[..len], &mut low[..len]);
+        // Histograms: a fixed-size table, masked indices (no bounds checks
+        // in the loop).
+        for (e, &i) in ib.iter().enumerate() {
+            hist[((e & 3) << 12 | usize::from(i)) & (HIST - 1)] += 1;
         }
         // The bit writer, with nothing else in its loop so that its state
-        // stays in registers: the low word is written every time, kept when
-        // full (branch free). A block fills fewer than FORWARD_BLOCK words.
-        let mut w = 0usize;
-        for (&x, &bits) in sk[..len].iter().zip(&low[..len]) {
+        // stays in registers: 8 bytes stored every time, the whole bytes
+        // kept (at most 7 + 29 bits are pending: they fit in 64).
+        for (&k, &bits) in kb[..len].iter().zip(&low[..len]) {
             acc |= u64::from(bits) << fill;
-            fill += (x >> 8) & 0xff;
-            words[w & (FORWARD_BLOCK - 1)] = acc as u32;
-            let full = u32::from(fill >= 32);
-            w += full as usize;
-            acc >>= 32 * full;
-            fill -= 32 * full;
+            fill += k;
+            raw[raw_at..raw_at + 8].copy_from_slice(&acc.to_le_bytes());
+            raw_at += (fill >> 3) as usize;
+            acc >>= fill & !7;
+            fill &= 7;
         }
-        for (o, v) in raw[raw_at..raw_at + 4 * w]
-            .chunks_exact_mut(4)
-            .zip(&words[..w])
-        {
-            o.copy_from_slice(&v.to_le_bytes());
-        }
-        raw_at += 4 * w;
     }
-    raw[raw_at..raw_at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+    raw[raw_at..raw_at + 8].copy_from_slice(&acc.to_le_bytes());
     (raw_at + fill.div_ceil(8) as usize, zeros)
 }
 
-/// Entries of a context table: one per value of an exponent field of at
-/// most 11 bits.
-pub(super) const MAX_EXP: usize = 1 << 11;
 /// Entries of the forward pass's four histograms.
 pub(super) const HIST: usize = 4 * (MAX_CONTEXTS << 8);
 
 /// Elements per block of the forward pass (its per-element values stay in
-/// L1 between its two loops).
+/// L1 between its loops).
 const FORWARD_BLOCK: usize = 1024;
 
 /// The first loop of the forward pass, branch free and without table
-/// lookups so that the compiler vectorizes it: each element's symbol (see
-/// [`symbol`]), raw bit count and masked
-/// reference exponent into `sk`, its raw bits into `low`. Returns the
-/// unchanged elements.
+/// lookups so that the compiler vectorizes it: each element's context and
+/// symbol (see [`symbol`]; the context computed as [`Window::table`] has
+/// it) into `idx`, its raw bit count into `kb` and its raw bits into `low`.
+/// Returns the unchanged elements.
 #[inline(always)]
 fn symbols_of<const B: u32>(
     cur: &[u8],
     reference: &[u8],
-    shift: u32,
-    emask: u32,
-    sk: &mut [u32],
+    window: Window,
+    idx: &mut [u16],
+    kb: &mut [u32],
     low: &mut [u32],
 ) -> usize {
     let wb = B as usize / 8;
     let mask = u32::MAX >> (32 - B);
     let half = 1u32 << (B - 1);
+    let shift = u32::from(window.shift);
+    let emask = (1u32 << window.bits) - 1;
+    let base = i32::from(window.base);
+    let top = i32::from(window.count) - 1;
     let mut zeros = 0usize;
-    for (((c, r), x), l) in cur
+    for ((((c, r), i), kk), l) in cur
         .chunks_exact(wb)
         .zip(reference.chunks_exact(wb))
-        .zip(sk.iter_mut())
+        .zip(idx.iter_mut())
+        .zip(kb.iter_mut())
         .zip(low.iter_mut())
     {
         let r = load::<B>(r, 0);
@@ -452,7 +462,9 @@ fn symbols_of<const B: u32>(
         let negm = u32::from(neg).wrapping_neg();
         let m = ((d ^ negm).wrapping_sub(negm)) & mask;
         let (sym, k) = symbol(m, neg);
-        *x = sym | k << 8 | ((r >> shift) & emask) << 16;
+        let g = (((r >> shift) & emask) as i32 - base).max(0).min(top) as u32;
+        *i = (g << 8 | sym) as u16;
+        *kk = k;
         *l = m & ((1u32 << k) - 1);
     }
     zeros
@@ -468,31 +480,13 @@ fn symbols_of<const B: u32>(
 pub(super) fn backward_body(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
     #[inline(always)]
     fn put(x: &mut u32, e: &Enc, rev: &mut [u16], len: &mut usize) {
-        rev[*len] = *x as u16;
-        // x stays below 2^32 after coding: renormalize while
-        // x >= (L >> SCALE_BITS << 16) * freq.
-        let out = u32::from(u64::from(*x) >= u64::from(e.freq) << (32 - SCALE_BITS));
-        *len += out as usize;
-        *x >>= 16 * out;
-        // The product's bits from 32 on fit in 64 bits (the reciprocal has
-        // at most 33), and e.shift is at most 12.
-        let q = (((u128::from(*x) * u128::from(e.rcp)) >> 32) as u64 >> (e.shift & 63)) as u32;
-        *x = (q << SCALE_BITS) + (*x - q * u32::from(e.freq)) + u32::from(e.start);
+        put_one(x, *e, rev, len)
     }
-    let n = idx.len();
     let mut len = 0usize;
     let mut st = [L; STATES];
-    let whole = n / STATES * STATES;
-    for i in (whole..n).rev() {
-        put(
-            &mut st[i % STATES],
-            &enc[usize::from(idx[i])],
-            rev,
-            &mut len,
-        );
-    }
+    backward_tail(idx, enc, rev, &mut st, &mut len);
     let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7] = st;
-    for b in idx[..whole].chunks_exact(STATES).rev() {
+    for b in idx.chunks_exact(STATES).rev() {
         put(&mut x7, &enc[usize::from(b[7])], rev, &mut len);
         put(&mut x6, &enc[usize::from(b[6])], rev, &mut len);
         put(&mut x5, &enc[usize::from(b[5])], rev, &mut len);
@@ -505,6 +499,33 @@ pub(super) fn backward_body(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32;
     ([x0, x1, x2, x3, x4, x5, x6, x7], len)
 }
 
+/// Codes one symbol on state `x`: first its renormalization word (written
+/// every time, kept when `x >= 2^20 freq`, so that x stays below 2^32
+/// after coding), then the coding step.
+#[inline(always)]
+pub(super) fn put_one(x: &mut u32, e: Enc, rev: &mut [u16], len: &mut usize) {
+    rev[*len] = *x as u16;
+    let out = u32::from(*x >> 20 >= e.freq());
+    *len += out as usize;
+    *x >>= 16 * out;
+    *x = e.code(*x);
+}
+
+/// The encoder's backward pass over the last `idx.len() % 8` elements
+/// (the first it codes), on the states `st` (element i on state i mod 8).
+pub(super) fn backward_tail(
+    idx: &[u16],
+    enc: &[Enc],
+    rev: &mut [u16],
+    st: &mut [u32; STATES],
+    len: &mut usize,
+) {
+    let n = idx.len();
+    for i in (n / STATES * STATES..n).rev() {
+        put_one(&mut st[i % STATES], enc[usize::from(idx[i])], rev, len);
+    }
+}
+
 fn encode_in<const B: u32>(
     kernel: Kernel,
     s: &mut EncScratch,
@@ -515,10 +536,6 @@ fn encode_in<const B: u32>(
 ) -> Option<Coded> {
     let wb = B as usize / 8;
     let n = cur.len() / wb;
-    let mut ctx_of = [0u8; MAX_EXP];
-    ctx_of[..1 << window.bits].copy_from_slice(&window.table());
-    let emask = (1u32 << window.bits) - 1;
-    let shift = u32::from(window.shift);
     // Forward pass: symbol and context of each element, their histograms,
     // the raw bits.
     grow(&mut s.idx, n);
@@ -530,9 +547,7 @@ fn encode_in<const B: u32>(
     let f = Forward {
         cur,
         reference,
-        ctx_of: &ctx_of,
-        shift,
-        emask,
+        window,
     };
     let mut o = ForwardOut {
         idx,
@@ -567,7 +582,7 @@ fn encode_in<const B: u32>(
         }
     }
     out.extend_from_slice(&present.to_le_bytes());
-    let mut enc = vec![Enc::default(); MAX_CONTEXTS << 8];
+    let mut enc = vec![Enc::default(); simd::ENC_ENTRIES];
     for (g, h) in hists.iter().enumerate() {
         if present >> g & 1 == 0 {
             continue;
@@ -580,9 +595,9 @@ fn encode_in<const B: u32>(
             start += f;
         }
     }
-    // Backward pass.
-    grow(&mut s.rev, n + 1);
-    let rev = &mut s.rev[..n + 1];
+    // Backward pass (a kernel stores eight words at a time).
+    grow(&mut s.rev, n + STATES);
+    let rev = &mut s.rev[..n + STATES];
     let (st, len) = simd::backward(kernel, idx, &enc, rev);
     for x in st {
         out.extend_from_slice(&x.to_le_bytes());
@@ -1014,6 +1029,28 @@ mod tests {
     /// The forward pass's packed symbols, raw bit counts and raw bits are
     /// `symbol_of`'s and the magnitude's low bits, for every bit length,
     /// sign and the bits below the leading one, both widths.
+    /// The packed encoder step is the rANS step by plain division, for
+    /// every frequency and states at the edges and at random (every state
+    /// the encoder can hold: below 2^20 freq once renormalized).
+    #[test]
+    fn packed_coding_step_divides_exactly() {
+        let mut next = crate::codec::chunk::tests::rng(5);
+        for freq in 1..=1u32 << SCALE_BITS {
+            let start = (next() as u32) % ((1 << SCALE_BITS) - freq + 1);
+            let e = Enc::new(freq, start);
+            assert_eq!(e.freq(), freq);
+            let top = ((u64::from(freq) << 20).min(1 << 32) - 1) as u32;
+            let xs = [0, 1, freq - 1, freq, freq + 1, L, top - 1, top];
+            for x in xs
+                .into_iter()
+                .chain((0..64).map(|_| (next() % (u64::from(top) + 1)) as u32))
+            {
+                let want = ((x / freq) << SCALE_BITS) + x % freq + start;
+                assert_eq!(e.code(x), want, "x {x} freq {freq} start {start}");
+            }
+        }
+    }
+
     #[test]
     fn arithmetic_symbols_match_the_table() {
         for b in [16u32, 32] {
@@ -1044,19 +1081,64 @@ mod tests {
                 cur.extend_from_slice(&c.to_le_bytes()[..wb]);
                 reference.extend_from_slice(&r0.to_le_bytes()[..wb]);
             }
-            let mut sk = vec![0u32; pairs.len()];
+            let mut idx = vec![0u16; pairs.len()];
+            let mut kb = vec![0u32; pairs.len()];
             let mut low = vec![0u32; pairs.len()];
+            let window = Window {
+                shift: 0,
+                bits: 1,
+                base: 0,
+                count: 1,
+            };
             if b == 16 {
-                symbols_of::<16>(&cur, &reference, 0, 1, &mut sk, &mut low);
+                symbols_of::<16>(&cur, &reference, window, &mut idx, &mut kb, &mut low);
             } else {
-                symbols_of::<32>(&cur, &reference, 0, 1, &mut sk, &mut low);
+                symbols_of::<32>(&cur, &reference, window, &mut idx, &mut kb, &mut low);
             }
-            for ((&d, &x), &l) in pairs.iter().zip(&sk).zip(&low) {
+            for (((&d, &i), &k2), &l) in pairs.iter().zip(&idx).zip(&kb).zip(&low) {
                 let (s, k) = symbol_of(d, half, mask);
-                assert_eq!((x & 0xff, (x >> 8) & 0xff), (s, k), "width {b} d {d:#x}");
+                assert_eq!((u32::from(i), k2), (s, k), "width {b} d {d:#x}");
                 let negm = u32::from(d >= half).wrapping_neg();
                 let m = ((d ^ negm).wrapping_sub(negm)) & mask;
                 assert_eq!(l, m & ((1u32 << k) - 1), "width {b} d {d:#x}");
+            }
+        }
+    }
+
+    /// The forward pass's arithmetic context is the window's table, for
+    /// every exponent value of random windows of both widths.
+    #[test]
+    fn arithmetic_contexts_match_the_table() {
+        let mut next = crate::codec::chunk::tests::rng(9);
+        for _ in 0..200 {
+            let b = if next().is_multiple_of(2) { 16u32 } else { 32 };
+            let wb = b as usize / 8;
+            let bits = 1 + (next() % 11) as u8;
+            let shift = (next() % u64::from(b - u32::from(bits) + 1)) as u8;
+            let window = Window {
+                shift,
+                bits,
+                base: (next() % (1 << bits)) as u16,
+                count: (1 + next() % 16).min(1 << bits) as u8,
+            };
+            assert!(window.valid(wb));
+            let n = 1usize << bits;
+            let mut reference = Vec::new();
+            for e in 0..n as u32 {
+                let other = (next() as u32) & !(((1u32 << bits) - 1) << shift);
+                let r = (e << shift | other) & (u32::MAX >> (32 - b));
+                reference.extend_from_slice(&r.to_le_bytes()[..wb]);
+            }
+            let cur = reference.clone();
+            let (mut idx, mut kb, mut low) = (vec![0u16; n], vec![0u32; n], vec![0u32; n]);
+            if b == 16 {
+                symbols_of::<16>(&cur, &reference, window, &mut idx, &mut kb, &mut low);
+            } else {
+                symbols_of::<32>(&cur, &reference, window, &mut idx, &mut kb, &mut low);
+            }
+            let table = window.table();
+            for (e, &i) in idx.iter().enumerate() {
+                assert_eq!(i, u16::from(table[e]) << 8, "{window:?} exponent {e}");
             }
         }
     }
