@@ -171,12 +171,13 @@ fn job_len(c: &Container<'_>, j: &Job<'_, '_>) -> usize {
     c.tensors[j.tensor].entry.chunks[j.chunk].raw_len as usize
 }
 
-/// Bytes of output decoded per parallel batch: bounds the memory held at
-/// once, as when encoding (with chunks of the default size).
+/// Bytes of output decoded per parallel batch: half the encoder's window
+/// (with chunks of the default size), because two batches are held at once
+/// (one written while the next decodes), so the memory held is the same.
 fn batch_bytes() -> usize {
     crate::container::encode::batch_bytes(
         crate::container::encode::EncodeOptions::default().chunk_size,
-    )
+    ) / 2
 }
 
 /// `jobs` in batches of at most [`batch_bytes`] decoded bytes (or one chunk).
@@ -333,6 +334,18 @@ pub(crate) fn decode_opened(
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<DecodeStats> {
+    decode_in_batches(c, reference, out, progress, batch_bytes())
+}
+
+/// [`decode_opened`] in batches of `batch_bytes` of decoded chunks (or one
+/// chunk).
+fn decode_in_batches(
+    c: &Container<'_>,
+    reference: Option<&[u8]>,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    batch_bytes: usize,
+) -> Result<DecodeStats> {
     let r = check_reference(c, reference, true)?;
     let mut w = HashingWriter {
         inner: out,
@@ -349,12 +362,11 @@ pub(crate) fn decode_opened(
         items.extend((first..jobs.len()).map(Item::Job));
     }
     items.push(Item::Block(c.tail.clone()));
-    // One buffer, reused by every batch of jobs.
-    let mut buf: Vec<u8> = Vec::new();
-    let batch_bytes = batch_bytes();
+    // The batches: the items up to `batch_bytes` of decoded chunks each,
+    // with their jobs and decoded bytes.
+    let mut plan: Vec<Batch> = Vec::new();
     let mut at = 0;
     while at < items.len() {
-        // A batch: the items up to `batch_bytes` of decoded chunks.
         let mut end = at;
         let mut bytes = 0usize;
         let mut first_job = None;
@@ -371,27 +383,53 @@ pub(crate) fn decode_opened(
             }
             end += 1;
         }
-        buf.resize(bytes, 0);
-        if let Some(first) = first_job {
-            decode_jobs(c, &jobs[first..jobs_end], &mut buf)?;
-        }
-        let mut pos = 0;
-        for item in &items[at..end] {
-            match item {
-                Item::Block(range) => w.emit(&c.index.header_block[range.clone()])?,
-                Item::Job(k) => {
-                    let len = job_len(c, &jobs[*k]);
-                    w.emit(&buf[pos..pos + len])?;
-                    pos += len;
-                    // Done with this window of the container and reference.
-                    release(std::slice::from_ref(&jobs[*k]));
+        plan.push(Batch {
+            items: at..end,
+            jobs: first_job.map_or(0..0, |f| f..jobs_end),
+            bytes,
+        });
+        at = end;
+    }
+    // Two buffers, reused: while the calling thread writes (and hashes) one
+    // batch, the thread pool decodes the next into the other, so that the
+    // decoding threads do not wait on the writes.
+    let mut bufs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let decode_into = |b: &Batch, buf: &mut Vec<u8>| -> Result<()> {
+        buf.resize(b.bytes, 0);
+        decode_jobs(c, &jobs[b.jobs.clone()], buf)
+    };
+    if let Some(first) = plan.first() {
+        decode_into(first, &mut bufs[0])?;
+    }
+    for (k, b) in plan.iter().enumerate() {
+        let [even, odd] = &mut bufs;
+        let (this, next) = if k % 2 == 0 { (even, odd) } else { (odd, even) };
+        let mut ahead: Result<()> = Ok(());
+        let written = rayon::in_place_scope(|scope| {
+            if let Some(nb) = plan.get(k + 1) {
+                let ahead = &mut ahead;
+                scope.spawn(move |_| *ahead = decode_into(nb, next));
+            }
+            let mut pos = 0;
+            for item in &items[b.items.clone()] {
+                match item {
+                    Item::Block(range) => w.emit(&c.index.header_block[range.clone()])?,
+                    Item::Job(k) => {
+                        let len = job_len(c, &jobs[*k]);
+                        w.emit(&this[pos..pos + len])?;
+                        pos += len;
+                        // Done with this window of the container and reference.
+                        release(std::slice::from_ref(&jobs[*k]));
+                    }
                 }
             }
-        }
+            Ok::<_, Error>(())
+        });
+        written?;
+        ahead?;
         if let Some(p) = progress {
             p(w.written);
         }
-        at = end;
     }
     if w.written != c.index.original_len || w.hasher.digest128() != c.index.original_digest {
         return Err(Error::corrupt(
@@ -596,6 +634,14 @@ enum Item {
     Job(usize),
 }
 
+/// A batch of the decoder's output: its items, the jobs among them and
+/// their decoded bytes.
+struct Batch {
+    items: std::ops::Range<usize>,
+    jobs: std::ops::Range<usize>,
+    bytes: usize,
+}
+
 struct HashingWriter<'w> {
     inner: &'w mut dyn Write,
     hasher: xxhash_rust::xxh3::Xxh3,
@@ -608,5 +654,65 @@ impl HashingWriter<'_> {
         self.written += bytes.len() as u64;
         self.inner.write_all(bytes)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::encode::{encode, EncodeOptions};
+
+    /// A delta of many small chunks (two F32 tensors) and its reference.
+    fn many_chunks() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let a: Vec<f32> = (0..40_000u64)
+            .map(|i| (i.wrapping_mul(2_654_435_761) % 1000) as f32 * 1e-3)
+            .collect();
+        let b: Vec<f32> = a.iter().map(|v| v + 1e-4).collect();
+        let reference = crate::container::encode::test_safetensors(&[("w", a.clone()), ("v", a)]);
+        let cur = crate::container::encode::test_safetensors(&[("w", b.clone()), ("v", b)]);
+        let opts = EncodeOptions {
+            chunk_size: 16 << 10,
+            ..EncodeOptions::default()
+        };
+        let mut packed = Vec::new();
+        encode(&cur, Some(&reference), &opts, &mut packed, None).unwrap();
+        (cur, reference, packed)
+    }
+
+    /// Decoding in batches of any size (many batches, each written while
+    /// the next decodes) gives the file, and a damaged chunk in a later
+    /// batch is an error, whichever batch it is in.
+    #[test]
+    fn batches_of_any_size_decode_the_same() {
+        let (cur, reference, packed) = many_chunks();
+        let c = Container::open(&packed).unwrap();
+        assert!(
+            c.tensors
+                .iter()
+                .map(|t| t.entry.chunks.len())
+                .sum::<usize>()
+                >= 10
+        );
+        for batch in [1, 20_000, 50_000, 1 << 30] {
+            let mut out = Vec::new();
+            decode_in_batches(&c, Some(&reference), &mut out, None, batch).unwrap();
+            assert!(out == cur, "batch {batch}");
+        }
+        // Damage the payload of the last chunk of the last tensor.
+        let t = c.tensors.last().unwrap();
+        let e = t.entry.chunks.last().unwrap();
+        let mut bad = packed.clone();
+        let at = e.payload_offset as usize + e.payload_len as usize / 2;
+        bad[at] ^= 0x10;
+        // The index is intact (it is after the payloads): open works.
+        let c = Container::open(&bad).unwrap();
+        for batch in [1, 50_000, 1 << 30] {
+            let mut out = Vec::new();
+            let err = decode_in_batches(&c, Some(&reference), &mut out, None, batch).unwrap_err();
+            assert!(
+                matches!(err, Error::Corrupt(_) | Error::ChecksumMismatch { .. }),
+                "batch {batch}: {err}"
+            );
+        }
     }
 }

@@ -180,7 +180,7 @@ fn test_data(path: &str) -> Vec<u8> {
 
 /// A safetensors file of F32 tensors `(name, values)`, for the unit tests.
 #[cfg(test)]
-fn test_safetensors(tensors: &[(&str, Vec<f32>)]) -> Vec<u8> {
+pub(crate) fn test_safetensors(tensors: &[(&str, Vec<f32>)]) -> Vec<u8> {
     let mut header = String::from("{");
     let mut data = Vec::new();
     for (i, (name, v)) in tensors.iter().enumerate() {
