@@ -171,13 +171,13 @@ fn job_len(c: &Container<'_>, j: &Job<'_, '_>) -> usize {
     c.tensors[j.tensor].entry.chunks[j.chunk].raw_len as usize
 }
 
-/// Bytes of output decoded per parallel batch: half the encoder's window
-/// (with chunks of the default size), because two batches are held at once
-/// (one written while the next decodes), so the memory held is the same.
+/// Bytes of output decoded per parallel batch: the encoder's window (with
+/// chunks of the default size); two batches are held at once, one written
+/// while the next decodes.
 fn batch_bytes() -> usize {
     crate::container::encode::batch_bytes(
         crate::container::encode::EncodeOptions::default().chunk_size,
-    ) / 2
+    )
 }
 
 /// `jobs` in batches of at most [`batch_bytes`] decoded bytes (or one chunk).

@@ -6,7 +6,8 @@
 //! the cache; every later pass over it (chunk checksums, duplicates, coding,
 //! the output digest) reads the copy, so that the container always agrees
 //! with the bytes that were coded. Identical chunks (same bytes, same
-//! reference bytes, same bound) share the payload of the first.
+//! reference bytes, same bound) share the payload of the first. The calling
+//! thread writes one window while the thread pool reads and codes the next.
 //!
 //! May call [`common`](crate::common), [`codec`](crate::codec) (coding one
 //! chunk) and [`format`](crate::container::format) (header, index, trailer).
@@ -79,37 +80,73 @@ pub(super) fn execute_in_windows(
                 chunks: Vec::new(),
             })
             .collect(),
-        seen: HashMap::new(),
         entry_of: vec![None; jobs.len()],
         digest: OutputDigest::new(&header_block[outside_from..]),
         changed: 0,
         max_error: 0.0,
         done: header_block.len() as u64,
     };
-    // The window's private copy of its input bytes.
-    let mut cur_buf: Vec<u8> = Vec::new();
+    // The windows of jobs.
+    let mut windows = Vec::new();
     let mut start = 0;
-    let mut window = 0;
     while start < jobs.len() {
         let end = window_end(&jobs, start, batch_bytes);
-        let hashes = copy_window(&jobs[start..end], &mut cur_buf);
-        // Every pass below reads the copies of the input.
-        let views = split_lens(&cur_buf, jobs[start..end].iter().map(|j| j.cur.len()));
-        let dup_of = s.find_duplicates(&jobs, start, &hashes);
-        let coded = code_window(&jobs[start..end], &views, &dup_of)?;
-        test_hooks::after_window(window);
-        window += 1;
-        for (i, (coded, (dup, (h, c)))) in (start..end).zip(
-            coded
-                .into_iter()
-                .zip(dup_of.iter().zip(hashes.iter().zip(views))),
-        ) {
-            s.write_chunk((i, &jobs[i]), coded, *dup, h, c)?;
-        }
+        windows.push(start..end);
+        start = end;
+    }
+    // Reads window k into `buf` (its private copy of its input bytes) and
+    // codes it: every pass reads the copy.
+    let prepare = |k: usize, buf: &mut Vec<u8>, seen: &mut Seen| -> Result<Window> {
+        let w = windows[k].clone();
+        let hashes = copy_window(&jobs[w.clone()], buf);
+        let views = split_lens(buf, jobs[w.clone()].iter().map(|j| j.cur.len()));
+        let dup_of = find_duplicates(seen, &jobs, w.start, &hashes);
+        let coded = code_window(&jobs[w], &views, &dup_of)?;
+        Ok(Window {
+            hashes,
+            dup_of,
+            coded,
+        })
+    };
+    // Two copies, reused: while the calling thread writes one window (and
+    // feeds the output digest), the thread pool reads and codes the next.
+    let mut bufs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut seen = Seen::new();
+    let mut ready = match windows.is_empty() {
+        true => None,
+        false => Some(prepare(0, &mut bufs[0], &mut seen)?),
+    };
+    for k in 0..windows.len() {
+        let Window {
+            hashes,
+            dup_of,
+            coded,
+        } = ready.take().expect("window k is coded");
+        test_hooks::after_window(k);
+        let [even, odd] = &mut bufs;
+        let (this, next) = if k % 2 == 0 { (even, odd) } else { (odd, even) };
+        let mut ahead = None;
+        let written = rayon::in_place_scope(|scope| {
+            if k + 1 < windows.len() {
+                let (ahead, seen, prepare) = (&mut ahead, &mut seen, &prepare);
+                scope.spawn(move |_| *ahead = Some(prepare(k + 1, next, seen)));
+            }
+            let w = windows[k].clone();
+            let views = split_lens(this, jobs[w.clone()].iter().map(|j| j.cur.len()));
+            for (i, (coded, (dup, (h, c)))) in w.zip(
+                coded
+                    .into_iter()
+                    .zip(dup_of.iter().zip(hashes.iter().zip(views))),
+            ) {
+                s.write_chunk((i, &jobs[i]), coded, *dup, h, c)?;
+            }
+            Ok::<_, crate::common::error::Error>(())
+        });
+        written?;
         if let Some(p) = progress {
             p(s.done);
         }
-        start = end;
+        ready = ahead.transpose()?;
     }
     // What decoding gives: the original, with the quantized chunks replaced by
     // their reconstructions.
@@ -220,18 +257,54 @@ fn code_window(
         .collect()
 }
 
+/// Identical chunks (same bytes, same reference bytes) share one payload:
+/// freshly initialized layers are often exact copies of each other. Maps
+/// (XXH3-128 of the bytes, length) to the first copies met so far: the
+/// bytes of earlier windows are gone, and reading them again from the input
+/// could give other bytes than were coded.
+type Seen = HashMap<(u128, usize), Vec<usize>>;
+
+/// A window read and coded: its chunks' hashes, the earlier job each is a
+/// duplicate of (if any), and the codings of the others.
+struct Window {
+    hashes: Vec<Hashes>,
+    dup_of: Vec<Option<usize>>,
+    coded: Vec<Option<Coded>>,
+}
+
+/// For each job of the window from `start`, the earlier job with the same
+/// bytes that it decodes like, if any.
+fn find_duplicates(
+    seen: &mut Seen,
+    jobs: &[Job],
+    start: usize,
+    hashes: &[Hashes],
+) -> Vec<Option<usize>> {
+    (start..)
+        .zip(hashes)
+        .map(|(i, h)| {
+            let j = &jobs[i];
+            let same = seen.entry((h.bytes, j.cur.len())).or_default();
+            // The same bytes quantized with another bound (or not at
+            // all: an integer tensor) decode to something else.
+            let first = same
+                .iter()
+                .copied()
+                .find(|&k| jobs[k].reference == j.reference && jobs[k].lossy == j.lossy);
+            if first.is_none() {
+                same.push(i);
+            }
+            first
+        })
+        .collect()
+}
+
 /// What the windows written so far leave for the next ones and the index.
 struct Written<'o, 'h> {
     w: CountingWriter<'o>,
     /// Where the input starts in memory (the jobs' bytes lie in it).
     cur_at: usize,
     tensors: Vec<TensorEntry>,
-    /// Identical chunks (same bytes, same reference bytes) share one
-    /// payload: freshly initialized layers are often exact copies of each
-    /// other. `seen` maps (XXH3-128 of the bytes, length) to the first copies
-    /// met so far: the bytes of earlier windows are gone, and reading them
-    /// again from the input could give other bytes than were coded.
-    seen: HashMap<(u128, usize), Vec<usize>>,
     /// The index entry of every job written.
     entry_of: Vec<Option<ChunkEntry>>,
     digest: OutputDigest<'h>,
@@ -242,33 +315,6 @@ struct Written<'o, 'h> {
 }
 
 impl Written<'_, '_> {
-    /// For each job of the window from `start`, the earlier job with the
-    /// same bytes that it decodes like, if any.
-    fn find_duplicates(
-        &mut self,
-        jobs: &[Job],
-        start: usize,
-        hashes: &[Hashes],
-    ) -> Vec<Option<usize>> {
-        (start..)
-            .zip(hashes)
-            .map(|(i, h)| {
-                let j = &jobs[i];
-                let same = self.seen.entry((h.bytes, j.cur.len())).or_default();
-                // The same bytes quantized with another bound (or not at
-                // all: an integer tensor) decode to something else.
-                let first = same
-                    .iter()
-                    .copied()
-                    .find(|&k| jobs[k].reference == j.reference && jobs[k].lossy == j.lossy);
-                if first.is_none() {
-                    same.push(i);
-                }
-                first
-            })
-            .collect()
-    }
-
     /// Writes job `i`, `j` (its copy `c`): its payload, or the entry of its
     /// first copy `dup`; feeds the output digest and counts what changed.
     fn write_chunk(

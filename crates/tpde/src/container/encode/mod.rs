@@ -96,10 +96,11 @@ pub struct EncodeStats {
 }
 
 /// Bytes of input coded per parallel batch, which bounds the memory held at
-/// once (the input's and the reference's window, the coded payloads, the
-/// workers' buffers): four chunks per worker thread, at least 16 MiB.
+/// once (two windows of the input and the reference, one written while the
+/// next is coded; their coded payloads; the workers' buffers): two chunks
+/// per worker thread, at least 8 MiB.
 pub(crate) fn batch_bytes(chunk_size: usize) -> usize {
-    (chunk_size * 4 * rayon::current_num_threads()).max(16 << 20)
+    (chunk_size * 2 * rayon::current_num_threads()).max(8 << 20)
 }
 
 /// Encodes `cur` against `reference` (a keyframe when `None`) and writes the
