@@ -27,6 +27,17 @@ impl Deref for Bytes {
     }
 }
 
+impl Bytes {
+    /// The bytes as a vector: the one it holds (no copy), or a copy of the
+    /// mapped file.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Bytes::Mapped(m) => m.to_vec(),
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A checkpoint to add: one file, or the files of a folder.
 pub struct Checkpoint {
     /// The file or folder name.

@@ -214,7 +214,7 @@ impl Store {
                 .files
                 .iter()
                 .map(|f| {
-                    let bytes = files.remove(&f.path).map(|b| b.to_vec());
+                    let bytes = files.remove(&f.path).map(Bytes::into_vec);
                     (f.path.clone(), bytes.unwrap_or_default())
                 })
                 .collect(),
