@@ -253,8 +253,8 @@ mod avx2 {
         let mut len = 0usize;
         symbols::backward_tail(idx, enc, rev, &mut st, &mut len);
         let entry = _mm256_set1_epi32((super::ENC_ENTRIES - 1) as i32);
-        let freq_mask = _mm256_set1_epi32(0x1fff);
-        let start_mask = _mm256_set1_epi32(0xfff);
+        let freq_mask = _mm256_set1_epi32(Enc::FREQ as i32);
+        let start_mask = _mm256_set1_epi32(MASK as i32);
         let one = _mm256_set1_epi32(1);
         let total = _mm256_set1_epi32(1 << SCALE_BITS);
         // The low two bytes of each 32-bit lane to the low eight bytes of
@@ -294,13 +294,14 @@ mod avx2 {
             let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(x, rcp));
             let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(rcp));
             let hi = _mm256_blend_epi32::<0b1010_1010>(even, odd);
-            let s1 = _mm256_and_si256(_mm256_srli_epi32::<25>(pk), one);
-            let s2 = _mm256_srli_epi32::<26>(pk);
+            let s1 = _mm256_and_si256(_mm256_srli_epi32::<{ Enc::S1 as i32 }>(pk), one);
+            let s2 = _mm256_srli_epi32::<{ Enc::S2 as i32 }>(pk);
             let q = _mm256_srlv_epi32(
                 _mm256_add_epi32(hi, _mm256_srlv_epi32(_mm256_sub_epi32(x, hi), s1)),
                 s2,
             );
-            let start = _mm256_and_si256(_mm256_srli_epi32::<13>(pk), start_mask);
+            let start =
+                _mm256_and_si256(_mm256_srli_epi32::<{ Enc::START as i32 }>(pk), start_mask);
             x = _mm256_add_epi32(
                 _mm256_add_epi32(x, _mm256_mullo_epi32(q, _mm256_sub_epi32(total, freq))),
                 start,

@@ -279,25 +279,32 @@ fn encode_with(
 pub(super) struct Enc {
     /// `rcp - 2^32`.
     pub(super) rcp_lo: u32,
-    /// `freq | start << 13 | s1 << 25 | s2 << 26`.
+    /// `freq | start << START | s1 << S1 | s2 << S2`.
     pub(super) packed: u32,
 }
 
 impl Enc {
+    /// The low bits of `packed`: the frequency (up to 2^12, 13 bits).
+    pub(super) const FREQ: u32 = 0x1fff;
+    /// Where the start (12 bits), `s1` (1 bit) and `s2` (4 bits) lie.
+    pub(super) const START: u32 = 13;
+    pub(super) const S1: u32 = 25;
+    pub(super) const S2: u32 = 26;
+
     pub(super) fn new(freq: u32, start: u32) -> Enc {
         let e = EncSym::new(freq, start);
         let l = e.shift() - 32;
         let (s1, s2) = if l == 0 { (0, 0) } else { (1, l - 1) };
         Enc {
             rcp_lo: (e.rcp() - (1 << 32)) as u32,
-            packed: freq | start << 13 | s1 << 25 | s2 << 26,
+            packed: freq | start << Self::START | s1 << Self::S1 | s2 << Self::S2,
         }
     }
 
     /// The frequency (1 to 2^12).
     #[inline(always)]
     pub(super) fn freq(self) -> u32 {
-        self.packed & 0x1fff
+        self.packed & Self::FREQ
     }
 
     /// `x` coded: `(x / freq) << 12 + x mod freq + start`, as
@@ -305,10 +312,10 @@ impl Enc {
     #[inline(always)]
     pub(super) fn code(self, x: u32) -> u32 {
         let hi = ((u64::from(x) * u64::from(self.rcp_lo)) >> 32) as u32;
-        let s1 = (self.packed >> 25) & 1;
-        let s2 = self.packed >> 26;
+        let s1 = (self.packed >> Self::S1) & 1;
+        let s2 = self.packed >> Self::S2;
         let q = (hi + ((x - hi) >> s1)) >> s2;
-        let start = (self.packed >> 13) & 0xfff;
+        let start = (self.packed >> Self::START) & MASK;
         x.wrapping_add(q.wrapping_mul((1 << SCALE_BITS) - self.freq()))
             .wrapping_add(start)
     }
@@ -478,23 +485,19 @@ fn symbols_of<const B: u32>(
 /// states stay in registers.
 #[inline(always)]
 pub(super) fn backward_body(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
-    #[inline(always)]
-    fn put(x: &mut u32, e: &Enc, rev: &mut [u16], len: &mut usize) {
-        put_one(x, *e, rev, len)
-    }
     let mut len = 0usize;
     let mut st = [L; STATES];
     backward_tail(idx, enc, rev, &mut st, &mut len);
     let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7] = st;
     for b in idx.chunks_exact(STATES).rev() {
-        put(&mut x7, &enc[usize::from(b[7])], rev, &mut len);
-        put(&mut x6, &enc[usize::from(b[6])], rev, &mut len);
-        put(&mut x5, &enc[usize::from(b[5])], rev, &mut len);
-        put(&mut x4, &enc[usize::from(b[4])], rev, &mut len);
-        put(&mut x3, &enc[usize::from(b[3])], rev, &mut len);
-        put(&mut x2, &enc[usize::from(b[2])], rev, &mut len);
-        put(&mut x1, &enc[usize::from(b[1])], rev, &mut len);
-        put(&mut x0, &enc[usize::from(b[0])], rev, &mut len);
+        put_one(&mut x7, enc[usize::from(b[7])], rev, &mut len);
+        put_one(&mut x6, enc[usize::from(b[6])], rev, &mut len);
+        put_one(&mut x5, enc[usize::from(b[5])], rev, &mut len);
+        put_one(&mut x4, enc[usize::from(b[4])], rev, &mut len);
+        put_one(&mut x3, enc[usize::from(b[3])], rev, &mut len);
+        put_one(&mut x2, enc[usize::from(b[2])], rev, &mut len);
+        put_one(&mut x1, enc[usize::from(b[1])], rev, &mut len);
+        put_one(&mut x0, enc[usize::from(b[0])], rev, &mut len);
     }
     ([x0, x1, x2, x3, x4, x5, x6, x7], len)
 }
@@ -1026,9 +1029,6 @@ mod tests {
         }
     }
 
-    /// The forward pass's packed symbols, raw bit counts and raw bits are
-    /// `symbol_of`'s and the magnitude's low bits, for every bit length,
-    /// sign and the bits below the leading one, both widths.
     /// The packed encoder step is the rANS step by plain division, for
     /// every frequency and states at the edges and at random (every state
     /// the encoder can hold: below 2^20 freq once renormalized).
@@ -1051,6 +1051,9 @@ mod tests {
         }
     }
 
+    /// The forward pass's symbols, raw bit counts and raw bits are
+    /// `symbol_of`'s and the magnitude's low bits, for every bit length,
+    /// sign and the bits below the leading one, both widths.
     #[test]
     fn arithmetic_symbols_match_the_table() {
         for b in [16u32, 32] {
