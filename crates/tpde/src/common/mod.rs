@@ -6,10 +6,12 @@
 //!   `mmap::guard`, the SIGBUS handler).
 //! - `safefs`: opens, folders and renames that never follow a symlink.
 //! - [`atomic`]: output files that appear whole or not at all.
+//! - `overlap`: a stream's making and using of items, side by side.
 //!
 //! May call: the standard library and crates only, never another stage.
 
 pub mod atomic;
 pub mod error;
 pub(crate) mod mmap;
+pub(crate) mod overlap;
 pub(crate) mod safefs;

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use crate::codec::chunk::{decode_chunk, Codec};
 use crate::common::error::{Error, Result};
 use crate::common::mmap;
+use crate::common::overlap::overlapped;
 use crate::container::format::{self, Container, RefMode, SourceKind, TensorView};
 use crate::source::safetensors::{self, Header};
 
@@ -390,47 +391,32 @@ fn decode_in_batches(
         });
         at = end;
     }
-    // Two buffers, reused: while the calling thread writes (and hashes) one
-    // batch, the thread pool decodes the next into the other, so that the
-    // decoding threads do not wait on the writes.
-    let mut bufs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let decode_into = |b: &Batch, buf: &mut Vec<u8>| -> Result<()> {
-        buf.resize(b.bytes, 0);
-        decode_jobs(c, &jobs[b.jobs.clone()], buf)
+    // The thread pool decodes batch k + 1 while the calling thread writes
+    // (and hashes) batch k, so that the decoding threads do not wait on
+    // the writes.
+    let decode_into = |k: usize, buf: &mut Vec<u8>| -> Result<()> {
+        buf.resize(plan[k].bytes, 0);
+        decode_jobs(c, &jobs[plan[k].jobs.clone()], buf)
     };
-    if let Some(first) = plan.first() {
-        decode_into(first, &mut bufs[0])?;
-    }
-    for (k, b) in plan.iter().enumerate() {
-        let [even, odd] = &mut bufs;
-        let (this, next) = if k % 2 == 0 { (even, odd) } else { (odd, even) };
-        let mut ahead: Result<()> = Ok(());
-        let written = rayon::in_place_scope(|scope| {
-            if let Some(nb) = plan.get(k + 1) {
-                let ahead = &mut ahead;
-                scope.spawn(move |_| *ahead = decode_into(nb, next));
-            }
-            let mut pos = 0;
-            for item in &items[b.items.clone()] {
-                match item {
-                    Item::Block(range) => w.emit(&c.index.header_block[range.clone()])?,
-                    Item::Job(k) => {
-                        let len = job_len(c, &jobs[*k]);
-                        w.emit(&this[pos..pos + len])?;
-                        pos += len;
-                        // Done with this window of the container and reference.
-                        release(std::slice::from_ref(&jobs[*k]));
-                    }
+    overlapped(plan.len(), decode_into, |k, (), buf| {
+        let mut pos = 0;
+        for item in &items[plan[k].items.clone()] {
+            match item {
+                Item::Block(range) => w.emit(&c.index.header_block[range.clone()])?,
+                Item::Job(j) => {
+                    let len = job_len(c, &jobs[*j]);
+                    w.emit(&buf[pos..pos + len])?;
+                    pos += len;
+                    // Done with this window of the container and reference.
+                    release(std::slice::from_ref(&jobs[*j]));
                 }
             }
-            Ok::<_, Error>(())
-        });
-        written?;
-        ahead?;
+        }
         if let Some(p) = progress {
             p(w.written);
         }
-    }
+        Ok(())
+    })?;
     if w.written != c.index.original_len || w.hasher.digest128() != c.index.original_digest {
         return Err(Error::corrupt(
             "decoded file differs from the original (length or digest)",

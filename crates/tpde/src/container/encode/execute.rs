@@ -23,6 +23,7 @@ use crate::codec::chunk::{encode_chunk, encode_quantized_chunk, ChunkCoding, Cod
 use crate::codec::lossy::{self, Quantized};
 use crate::common::error::Result;
 use crate::common::mmap;
+use crate::common::overlap::overlapped;
 use crate::container::format::{self, ChunkEntry, Index, RefId, TensorEntry};
 
 /// Codes the chunks of `plan` and writes the container to `out`. `progress`
@@ -94,60 +95,40 @@ pub(super) fn execute_in_windows(
         windows.push(start..end);
         start = end;
     }
-    // Reads window k into `buf` (its private copy of its input bytes) and
-    // codes it: every pass reads the copy.
-    let prepare = |k: usize, buf: &mut Vec<u8>, seen: &mut Seen| -> Result<Window> {
+    // The thread pool reads window k + 1 into a buffer (its private copy of
+    // its input bytes: every pass reads the copy) and codes it while the
+    // calling thread writes window k (and feeds the output digest).
+    let mut seen = Seen::new();
+    let prepare = |k: usize, buf: &mut Vec<u8>| -> Result<Window> {
         let w = windows[k].clone();
         let hashes = copy_window(&jobs[w.clone()], buf);
         let views = split_lens(buf, jobs[w.clone()].iter().map(|j| j.cur.len()));
-        let dup_of = find_duplicates(seen, &jobs, w.start, &hashes);
+        let dup_of = find_duplicates(&mut seen, &jobs, w.start, &hashes);
         let coded = code_window(&jobs[w], &views, &dup_of)?;
+        // The next window is read only after this returns.
+        test_hooks::after_window(k);
         Ok(Window {
             hashes,
             dup_of,
             coded,
         })
     };
-    // Two copies, reused: while the calling thread writes one window (and
-    // feeds the output digest), the thread pool reads and codes the next.
-    let mut bufs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut seen = Seen::new();
-    let mut ready = match windows.is_empty() {
-        true => None,
-        false => Some(prepare(0, &mut bufs[0], &mut seen)?),
-    };
-    for k in 0..windows.len() {
-        let Window {
-            hashes,
-            dup_of,
-            coded,
-        } = ready.take().expect("window k is coded");
-        test_hooks::after_window(k);
-        let [even, odd] = &mut bufs;
-        let (this, next) = if k % 2 == 0 { (even, odd) } else { (odd, even) };
-        let mut ahead = None;
-        let written = rayon::in_place_scope(|scope| {
-            if k + 1 < windows.len() {
-                let (ahead, seen, prepare) = (&mut ahead, &mut seen, &prepare);
-                scope.spawn(move |_| *ahead = Some(prepare(k + 1, next, seen)));
-            }
-            let w = windows[k].clone();
-            let views = split_lens(this, jobs[w.clone()].iter().map(|j| j.cur.len()));
-            for (i, (coded, (dup, (h, c)))) in w.zip(
-                coded
-                    .into_iter()
-                    .zip(dup_of.iter().zip(hashes.iter().zip(views))),
-            ) {
-                s.write_chunk((i, &jobs[i]), coded, *dup, h, c)?;
-            }
-            Ok::<_, crate::common::error::Error>(())
-        });
-        written?;
+    overlapped(windows.len(), prepare, |k, window, buf| {
+        let w = windows[k].clone();
+        let views = split_lens(buf, jobs[w.clone()].iter().map(|j| j.cur.len()));
+        for (i, (coded, (dup, (h, c)))) in w.zip(
+            window
+                .coded
+                .into_iter()
+                .zip(window.dup_of.iter().zip(window.hashes.iter().zip(views))),
+        ) {
+            s.write_chunk((i, &jobs[i]), coded, *dup, h, c)?;
+        }
         if let Some(p) = progress {
             p(s.done);
         }
-        ready = ahead.transpose()?;
-    }
+        Ok(())
+    })?;
     // What decoding gives: the original, with the quantized chunks replaced by
     // their reconstructions.
     let Written {
