@@ -112,14 +112,10 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
     encode_with(data, &histogram(data))
 }
 
-/// Per-symbol constants of the encoder: the division by the frequency is a
-/// multiplication by a precomputed reciprocal.
+/// The reciprocal of a frequency, which turns the encoder's division into
+/// a multiplication ([`Enc`] packs it for the coding step).
 #[derive(Clone, Copy, Default)]
 pub(super) struct EncSym {
-    pub(super) freq: u32,
-    pub(super) start: u32,
-    /// Renormalize while x >= x_max.
-    pub(super) x_max: u64,
     /// ceil(2^(32+l) / freq) with l = ceil(log2 freq): exact quotients for
     /// every 32-bit x (Granlund and Montgomery, 1994, theorem 4.2).
     rcp: u64,
@@ -127,14 +123,10 @@ pub(super) struct EncSym {
 }
 
 impl EncSym {
-    pub(super) fn new(freq: u32, start: u32) -> Self {
+    pub(super) fn new(freq: u32) -> Self {
         let l = 32 - (freq.max(1) - 1).leading_zeros(); // ceil(log2 freq)
         let shift = 32 + l;
         EncSym {
-            freq,
-            start,
-            // x stays below 2^32 after coding: x < (L >> SCALE_BITS << 16) * freq.
-            x_max: (u64::from(L >> SCALE_BITS) << 16) * u64::from(freq),
             rcp: ((1u128 << shift).div_ceil(u128::from(freq.max(1)))) as u64,
             shift,
         }
@@ -150,10 +142,78 @@ impl EncSym {
         self.shift
     }
 
-    #[inline(always)]
-    pub(super) fn quotient(&self, x: u32) -> u32 {
+    /// `x / freq`, by the reciprocal.
+    #[cfg(test)]
+    fn quotient(&self, x: u32) -> u32 {
         ((u128::from(x) * u128::from(self.rcp)) >> self.shift) as u32
     }
+}
+
+/// Per-symbol constants of the encoder, packed in 8 bytes (two 32-bit
+/// words, so that a vector kernel gathers them): the division by the
+/// frequency is a multiplication by its reciprocal. With `l = ceil(log2
+/// freq)`, `rcp = ceil(2^(32+l) / freq)` (see [`EncSym`]) lies in
+/// `[2^32, 2^33)`, so `x * rcp >> 32 = x + hi` with `hi = x * (rcp - 2^32)
+/// >> 32`, and the quotient `(x + hi) >> l` is computed without 33-bit
+/// values as `(hi + ((x - hi) >> s1)) >> s2`: `s1 = 1, s2 = l - 1`, or
+/// `s1 = s2 = 0` for `freq = 1` (then `hi = 0` and the quotient is `x`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub(super) struct Enc {
+    /// `rcp - 2^32`.
+    pub(super) rcp_lo: u32,
+    /// `freq | start << START | s1 << S1 | s2 << S2`.
+    pub(super) packed: u32,
+}
+
+impl Enc {
+    /// The low bits of `packed`: the frequency (up to 2^12, 13 bits).
+    pub(super) const FREQ: u32 = 0x1fff;
+    /// Where the start (12 bits), `s1` (1 bit) and `s2` (4 bits) lie.
+    pub(super) const START: u32 = 13;
+    pub(super) const S1: u32 = 25;
+    pub(super) const S2: u32 = 26;
+
+    pub(super) fn new(freq: u32, start: u32) -> Enc {
+        let e = EncSym::new(freq);
+        let l = e.shift() - 32;
+        let (s1, s2) = if l == 0 { (0, 0) } else { (1, l - 1) };
+        Enc {
+            rcp_lo: (e.rcp() - (1 << 32)) as u32,
+            packed: freq | start << Self::START | s1 << Self::S1 | s2 << Self::S2,
+        }
+    }
+
+    /// The frequency (1 to 2^12).
+    #[inline(always)]
+    pub(super) fn freq(self) -> u32 {
+        self.packed & Self::FREQ
+    }
+
+    /// `x` coded: `(x / freq) << 12 + x mod freq + start`, as
+    /// `x + (x / freq) * (2^12 - freq) + start` (mod 2^32, the result fits).
+    #[inline(always)]
+    pub(super) fn code(self, x: u32) -> u32 {
+        let hi = ((u64::from(x) * u64::from(self.rcp_lo)) >> 32) as u32;
+        let s1 = (self.packed >> Self::S1) & 1;
+        let s2 = self.packed >> Self::S2;
+        let q = (hi + ((x - hi) >> s1)) >> s2;
+        let start = (self.packed >> Self::START) & MASK;
+        x.wrapping_add(q.wrapping_mul((1 << SCALE_BITS) - self.freq()))
+            .wrapping_add(start)
+    }
+}
+
+/// Codes one symbol on state `x`: first its renormalization word (written
+/// every time, kept when `x >= 2^20 freq`, so that x stays below 2^32
+/// after coding), then the coding step.
+#[inline(always)]
+pub(super) fn put_one(x: &mut u32, e: Enc, rev: &mut [u16], len: &mut usize) {
+    rev[*len] = *x as u16;
+    let out = u32::from(*x >> 20 >= e.freq());
+    *len += out as usize;
+    *x >>= 16 * out;
+    *x = e.code(*x);
 }
 
 /// Codes `data` (not empty) whose histogram is `hist`.
@@ -169,45 +229,64 @@ pub fn encode_with(data: &[u8], hist: &[u64; 256]) -> Vec<u8> {
 pub fn encode_into(data: &[u8], hist: &[u64; 256], out: &mut Vec<u8>) -> usize {
     debug_assert!(!data.is_empty());
     let freq = normalize(hist);
-    let mut syms = [EncSym::default(); 256];
+    let mut syms = [Enc::default(); 256];
     let mut acc = 0;
     for (e, &f) in syms.iter_mut().zip(&freq) {
-        *e = EncSym::new(f, acc);
+        // Absent symbols keep a frequency of zero; they are never coded.
+        if f > 0 {
+            *e = Enc::new(f, acc);
+        }
         acc += f;
     }
-    // Renormalization words are produced back to front; symbol i goes to
-    // state i mod 4, so the tail beyond whole blocks of four is coded first.
-    let mut rev: Vec<u16> = Vec::with_capacity(data.len() / 4 + 16);
-    #[inline(always)]
-    fn put(x: &mut u32, e: &EncSym, rev: &mut Vec<u16>) {
-        if u64::from(*x) >= e.x_max {
-            rev.push(*x as u16);
-            *x >>= 16;
+    let start = out.len();
+    REV.with(|rev| {
+        let rev = &mut rev.borrow_mut();
+        // At most one renormalization word per symbol (written every time,
+        // kept when needed: branch free, as whether a state renormalizes is
+        // unpredictable).
+        if rev.len() < data.len() {
+            rev.resize(data.len(), 0);
         }
-        let q = e.quotient(*x);
-        *x = (q << SCALE_BITS) + (*x - q * e.freq) + e.start;
-    }
+        let (states, len) = encode_states(data, &syms, &mut rev[..data.len()]);
+        out.reserve(64 + 2 * len);
+        write_table(&freq, out);
+        for x in states {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend(rev[..len].iter().rev().flat_map(|w| w.to_le_bytes()));
+    });
+    out.len() - start
+}
+
+thread_local! {
+    /// The encoder's renormalization words, kept per thread across calls.
+    static REV: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The coding of `data` back to front, symbol i on state i mod 4 (so the
+/// tail beyond whole blocks of four is coded first): the final states,
+/// and the renormalization words in `rev` (as produced, back to front).
+#[inline(always)]
+fn encode_states(data: &[u8], syms: &[Enc; 256], rev: &mut [u16]) -> ([u32; STATES], usize) {
+    let mut len = 0usize;
     let mut states = [L; STATES];
     let whole = data.len() / STATES * STATES;
     for i in (whole..data.len()).rev() {
-        put(&mut states[i % STATES], &syms[data[i] as usize], &mut rev);
+        put_one(
+            &mut states[i % STATES],
+            syms[usize::from(data[i])],
+            rev,
+            &mut len,
+        );
     }
     let [mut s0, mut s1, mut s2, mut s3] = states;
     for b in data[..whole].chunks_exact(STATES).rev() {
-        put(&mut s3, &syms[b[3] as usize], &mut rev);
-        put(&mut s2, &syms[b[2] as usize], &mut rev);
-        put(&mut s1, &syms[b[1] as usize], &mut rev);
-        put(&mut s0, &syms[b[0] as usize], &mut rev);
+        put_one(&mut s3, syms[usize::from(b[3])], rev, &mut len);
+        put_one(&mut s2, syms[usize::from(b[2])], rev, &mut len);
+        put_one(&mut s1, syms[usize::from(b[1])], rev, &mut len);
+        put_one(&mut s0, syms[usize::from(b[0])], rev, &mut len);
     }
-    let states = [s0, s1, s2, s3];
-    let start = out.len();
-    out.reserve(64 + 2 * rev.len());
-    write_table(&freq, out);
-    for x in states {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.extend(rev.iter().rev().flat_map(|w| w.to_le_bytes()));
-    out.len() - start
+    ([s0, s1, s2, s3], len)
 }
 
 fn put_varint(mut v: u32, out: &mut Vec<u8>) {
@@ -363,25 +442,24 @@ pub fn decode(src: &[u8], out: &mut [u8]) -> Result<()> {
     // Fast path: while eight more bytes are surely there, a block of four
     // symbols (at most one word each) reads them without further checks.
     let mut i = 0;
+    // Branch free: the next word is read every time and taken when the
+    // state fell below L (which is unpredictable).
     while i + STATES <= out.len() && at + 2 * STATES <= words.len() {
-        let w = &words[at..at + 2 * STATES];
+        let w = u64::from_le_bytes(words[at..at + 8].try_into().expect("8 bytes"));
         let block = &mut out[i..i + STATES];
-        let mut k = 0;
+        let mut k = 0u32;
         for (x, o) in [&mut s0, &mut s1, &mut s2, &mut s3]
             .into_iter()
             .zip(block.iter_mut())
         {
             let (sym, nx) = decode_one(&slots, *x);
             *o = sym;
-            *x = if nx < L {
-                let v = nx << 16 | u32::from(u16::from_le_bytes([w[k], w[k + 1]]));
-                k += 2;
-                v
-            } else {
-                nx
-            };
+            let low = u32::from(nx < L);
+            let word = (w >> (8 * k)) as u32 & 0xffff;
+            *x = (nx << (16 * low)) | (word & low.wrapping_neg());
+            k += 2 * low;
         }
-        at += k;
+        at += k as usize;
         i += STATES;
     }
     // The rest with full checks; i is a multiple of four, so symbol i goes
@@ -453,6 +531,77 @@ mod tests {
         assert!(size < data.len() / 9, "{size}");
     }
 
+    /// The coder as first written: a branch on renormalization and plain
+    /// division, words pushed as they come.
+    fn encode_plain(data: &[u8], hist: &[u64; 256]) -> Vec<u8> {
+        let freq = normalize(hist);
+        let start: Vec<u32> = freq
+            .iter()
+            .scan(0, |acc, &f| {
+                let s = *acc;
+                *acc += f;
+                Some(s)
+            })
+            .collect();
+        let mut rev = Vec::new();
+        let mut st = [L; STATES];
+        for i in (0..data.len()).rev() {
+            let x = &mut st[i % STATES];
+            let s = usize::from(data[i]);
+            if u64::from(*x) >= (1u64 << 20) * u64::from(freq[s]) {
+                rev.push(*x as u16);
+                *x >>= 16;
+            }
+            *x = ((*x / freq[s]) << SCALE_BITS) + *x % freq[s] + start[s];
+        }
+        let mut out = Vec::new();
+        write_table(&freq, &mut out);
+        for x in st {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend(rev.iter().rev().flat_map(|w| w.to_le_bytes()));
+        out
+    }
+
+    #[test]
+    fn encoder_matches_the_plain_coder() {
+        let mut r = 0x0123_4567_89ab_cdefu64;
+        let mut next = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        for round in 0..60 {
+            let len = match round % 4 {
+                0 => 1 + (next() % 9) as usize,
+                1 => 1 + (next() % 2000) as usize,
+                _ => 10_000 + (next() % 60_000) as usize,
+            };
+            // From nearly constant to nearly uniform bytes.
+            let spread = 1 + round % 8;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    let v = next();
+                    ((v & 0xff) >> (8 - spread)) as u8
+                        ^ if v >> 60 == 0 { (v >> 40) as u8 } else { 0 }
+                })
+                .collect();
+            let hist = histogram(&data);
+            let mut got = vec![0xaa];
+            let n = encode_into(&data, &hist, &mut got);
+            assert_eq!(n, got.len() - 1);
+            assert_eq!(
+                got[1..],
+                encode_plain(&data, &hist)[..],
+                "round {round}, {len} bytes"
+            );
+            let mut back = vec![0u8; len];
+            decode(&got[1..], &mut back).unwrap();
+            assert_eq!(back, data, "round {round}");
+        }
+    }
+
     #[test]
     fn reciprocal_division_is_exact() {
         let mut xs: Vec<u32> = vec![0, 1, u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) - 1];
@@ -464,7 +613,7 @@ mod tests {
             xs.push(r as u32);
         }
         for f in 1..=TOTAL {
-            let e = EncSym::new(f, 0);
+            let e = EncSym::new(f);
             for &x in &xs {
                 assert_eq!(e.quotient(x), x / f, "{x} / {f}");
             }

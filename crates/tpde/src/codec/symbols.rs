@@ -27,7 +27,8 @@
 
 use std::cell::RefCell;
 
-use crate::codec::ans::{self, EncSym, L, MASK, SCALE_BITS};
+use crate::codec::ans::{self, L, MASK, SCALE_BITS};
+pub(super) use crate::codec::ans::{put_one, Enc};
 use crate::codec::groups::densest_window;
 use crate::codec::simd::{self, symbols_pass1, Kernel};
 use crate::common::error::{Error, Result};
@@ -266,61 +267,6 @@ fn encode_with(
     }
 }
 
-/// Per-symbol constants of the encoder, packed in 8 bytes (two 32-bit
-/// words, so that a vector kernel gathers them): the division by the
-/// frequency is a multiplication by its reciprocal. With `l = ceil(log2
-/// freq)`, `rcp = ceil(2^(32+l) / freq)` (see [`EncSym`]) lies in
-/// `[2^32, 2^33)`, so `x * rcp >> 32 = x + hi` with `hi = x * (rcp - 2^32)
-/// >> 32`, and the quotient `(x + hi) >> l` is computed without 33-bit
-/// values as `(hi + ((x - hi) >> s1)) >> s2`: `s1 = 1, s2 = l - 1`, or
-/// `s1 = s2 = 0` for `freq = 1` (then `hi = 0` and the quotient is `x`).
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub(super) struct Enc {
-    /// `rcp - 2^32`.
-    pub(super) rcp_lo: u32,
-    /// `freq | start << START | s1 << S1 | s2 << S2`.
-    pub(super) packed: u32,
-}
-
-impl Enc {
-    /// The low bits of `packed`: the frequency (up to 2^12, 13 bits).
-    pub(super) const FREQ: u32 = 0x1fff;
-    /// Where the start (12 bits), `s1` (1 bit) and `s2` (4 bits) lie.
-    pub(super) const START: u32 = 13;
-    pub(super) const S1: u32 = 25;
-    pub(super) const S2: u32 = 26;
-
-    pub(super) fn new(freq: u32, start: u32) -> Enc {
-        let e = EncSym::new(freq, start);
-        let l = e.shift() - 32;
-        let (s1, s2) = if l == 0 { (0, 0) } else { (1, l - 1) };
-        Enc {
-            rcp_lo: (e.rcp() - (1 << 32)) as u32,
-            packed: freq | start << Self::START | s1 << Self::S1 | s2 << Self::S2,
-        }
-    }
-
-    /// The frequency (1 to 2^12).
-    #[inline(always)]
-    pub(super) fn freq(self) -> u32 {
-        self.packed & Self::FREQ
-    }
-
-    /// `x` coded: `(x / freq) << 12 + x mod freq + start`, as
-    /// `x + (x / freq) * (2^12 - freq) + start` (mod 2^32, the result fits).
-    #[inline(always)]
-    pub(super) fn code(self, x: u32) -> u32 {
-        let hi = ((u64::from(x) * u64::from(self.rcp_lo)) >> 32) as u32;
-        let s1 = (self.packed >> Self::S1) & 1;
-        let s2 = self.packed >> Self::S2;
-        let q = (hi + ((x - hi) >> s1)) >> s2;
-        let start = (self.packed >> Self::START) & MASK;
-        x.wrapping_add(q.wrapping_mul((1 << SCALE_BITS) - self.freq()))
-            .wrapping_add(start)
-    }
-}
-
 /// Buffers of the encoder, kept per thread across chunks (no allocation
 /// and no zeroing per chunk once they have grown).
 #[derive(Default)]
@@ -500,18 +446,6 @@ pub(super) fn backward_body(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32;
         put_one(&mut x0, enc[usize::from(b[0])], rev, &mut len);
     }
     ([x0, x1, x2, x3, x4, x5, x6, x7], len)
-}
-
-/// Codes one symbol on state `x`: first its renormalization word (written
-/// every time, kept when `x >= 2^20 freq`, so that x stays below 2^32
-/// after coding), then the coding step.
-#[inline(always)]
-pub(super) fn put_one(x: &mut u32, e: Enc, rev: &mut [u16], len: &mut usize) {
-    rev[*len] = *x as u16;
-    let out = u32::from(*x >> 20 >= e.freq());
-    *len += out as usize;
-    *x >>= 16 * out;
-    *x = e.code(*x);
 }
 
 /// The encoder's backward pass over the last `idx.len() % 8` elements
