@@ -2,7 +2,7 @@
 # Short fuzzing pass over the tpde decoder, the safetensors parser (whole
 # files, and headers against a JSON-tree reading), the encode/decode round
 # trip, archive detection (small inputs, and inputs repeated to 4 MiB so
-# that quadratic time shows as a time-out), and the symbols coder (codec 5)
+# that quadratic time shows as a time-out), and the symbols coder (codecs 5, 6)
 # alone (cargo-fuzz project in fuzz/).
 #
 #   FUZZ_SECONDS=30 .ci/fuzz.sh            # all targets, 30 s each (default)

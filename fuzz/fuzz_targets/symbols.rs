@@ -1,5 +1,6 @@
-//! The symbols coder (codec 5) on its own: a float chunk of at least 4096
-//! elements, derived from the input, against a reference derived from it;
+//! The symbols coder (codecs 5 and 6: 8 or 32 states) on its own: a float
+//! chunk of at least 4096 elements (or, with the mode's top bit, enough for
+//! 32 states), derived from the input, against a reference derived from it;
 //! encoded with `encode_chunk` and decoded back byte for byte; then the
 //! payload mutated at positions the input gives, and the input's tail taken
 //! as a payload: decoding either must never panic.
@@ -21,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         1 => (2, (7, 8)),
         _ => (2, (10, 5)),
     };
-    let n = 4096 + usize::from(size) * 7;
+    let n = if mode & 0x80 != 0 {
+        140_000 + usize::from(size) * 7
+    } else {
+        4096 + usize::from(size) * 7
+    };
     // Weight-like references: small magnitudes around zero (a few bits
     // from the input change the scale), every sign.
     let mut x = u64::from(u16::from_le_bytes([seed0, seed1])) | 1 << 32;
@@ -77,13 +82,19 @@ fuzz_target!(|data: &[u8]| {
 
     // Mutations of a symbols payload, and the input's tail as one.
     let symbols = ChunkCoding {
-        codec: Codec::Symbols,
+        codec: if coding.codec.is_symbols() {
+            coding.codec
+        } else if mode & 0x40 != 0 {
+            Codec::Symbols32
+        } else {
+            Codec::Symbols
+        },
         transform: Transform::Ulp,
         positions: Positions::Dense,
         width: width as u8,
         nnz: coding.nnz,
     };
-    if coding.codec == Codec::Symbols && !payload.is_empty() {
+    if coding.codec.is_symbols() && !payload.is_empty() {
         let mut bad = payload.clone();
         for p in rest.chunks_exact(3).take(4) {
             let at = usize::from(u16::from_le_bytes([p[0], p[1]])) % bad.len();

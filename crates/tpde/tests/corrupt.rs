@@ -38,6 +38,26 @@ fn small_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     (pf, cf, packed)
 }
 
+/// (reference, current, container) of a dense F32 delta large enough for
+/// symbols on 32 states (codec 6, format version 5).
+fn small_dense_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut rng = Rng::new(101);
+    let prev = vec![Tensor::new(
+        "w",
+        "F32",
+        &[70_000],
+        rng.f32_weights(70_000, 0.02),
+    )];
+    let mut cur = prev.clone();
+    perturb_fraction(&mut rng, &mut cur[0].data, 4, 1.0);
+    let (pf, cf) = (safetensors(&prev, None), safetensors(&cur, None));
+    let packed = common::encode(&cf, Some(&pf), &tpde::EncodeOptions::default());
+    let r = tpde::container::inspect::inspect(&packed).unwrap();
+    assert_eq!(r.tensors[0].coding, "symbols ulp");
+    assert_eq!(common::decode(&packed, Some(&pf)).unwrap(), cf);
+    (pf, cf, packed)
+}
+
 fn tensor_names(file: &[u8]) -> Vec<(String, Vec<u8>)> {
     let h = tpde::source::safetensors::parse(file).unwrap();
     let hl = h.header_len as usize;
@@ -851,7 +871,24 @@ fn wrong_magic_and_unsupported_version() {
         common::decode(&v4, Some(&pf)).unwrap(),
         common::decode(&packed, Some(&pf)).unwrap()
     );
-    for version in [0u16, 5, 0x0100, u16::MAX] {
+    // Marked version 5, whose trailer checksum also covers the file header,
+    // it is refused; and a version 5 file marked otherwise is refused too.
+    let mut v5 = packed.clone();
+    v5[8..10].copy_from_slice(&5u16.to_le_bytes());
+    let err = common::decode(&v5, Some(&pf)).unwrap_err();
+    assert!(err.to_string().contains("index checksum"), "{err}");
+    let dense = small_dense_delta();
+    assert_eq!(u16::from_le_bytes([dense.2[8], dense.2[9]]), 5);
+    for version in [1u16, 3, 4] {
+        let mut v = dense.2.clone();
+        v[8..10].copy_from_slice(&version.to_le_bytes());
+        let err = common::decode(&v, Some(&dense.0)).unwrap_err();
+        assert!(
+            err.to_string().contains("index checksum"),
+            "{version}: {err}"
+        );
+    }
+    for version in [0u16, 6, 0x0100, u16::MAX] {
         let mut bad = packed.clone();
         bad[8..10].copy_from_slice(&version.to_le_bytes());
         match common::decode(&bad, Some(&pf)) {

@@ -106,11 +106,16 @@ fn version_4_is_checked_both_ways() {
     v4[8..10].copy_from_slice(&4u16.to_le_bytes());
     let err = decode(&v4, None).unwrap_err();
     assert!(err.to_string().contains("without reference data"), "{err}");
-    let mut v5 = key;
+    // From version 5 on, the trailer's checksum covers the file header.
+    let mut v5 = key.clone();
     v5[8..10].copy_from_slice(&5u16.to_le_bytes());
+    let err = decode(&v5, None).unwrap_err();
+    assert!(err.to_string().contains("index checksum"), "{err}");
+    let mut v6 = key;
+    v6[8..10].copy_from_slice(&6u16.to_le_bytes());
     assert!(matches!(
-        decode(&v5, None).unwrap_err(),
-        tpde::Error::UnsupportedVersion(5)
+        decode(&v6, None).unwrap_err(),
+        tpde::Error::UnsupportedVersion(6)
     ));
 }
 

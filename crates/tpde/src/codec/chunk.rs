@@ -62,7 +62,7 @@ fn build_sections(
 const SYMBOLS_MARGIN: f64 = 1.005;
 
 /// Whether a chunk of `len` bytes with these parameters may be coded with
-/// symbols (codec 5, format version 4) when it has reference data: a float
+/// symbols (codec 5 or 6, format version 4 on) when it has reference data: a float
 /// of 2 or 4 bytes with its exponent field known, and enough elements.
 pub fn symbols_eligible(len: usize, p: &ChunkParams) -> bool {
     p.family == Family::Float
@@ -151,7 +151,11 @@ pub(super) fn encode_chunk_with(
             let window = Window::choose(r, width, exponent);
             if let Some(c) = symbols::encode(cur, r, width, window, cur.len() / 10 * 9) {
                 let coding = ChunkCoding {
-                    codec: Codec::Symbols,
+                    codec: if c.states == symbols::WIDE {
+                        Codec::Symbols32
+                    } else {
+                        Codec::Symbols
+                    },
                     transform,
                     positions: Positions::Dense,
                     width: width as u8,
@@ -329,7 +333,7 @@ pub fn decode_chunk(
         Codec::Delta if c.transform == Transform::None => {
             return Err(Error::corrupt("delta chunk without a transform"));
         }
-        Codec::Symbols => {
+        Codec::Symbols | Codec::Symbols32 => {
             if c.transform != Transform::Ulp
                 || c.positions != Positions::Dense
                 || !matches!(width, 2 | 4)
@@ -341,7 +345,12 @@ pub fn decode_chunk(
             let r = reference
                 .filter(|r| r.len() == out.len())
                 .ok_or_else(|| Error::corrupt("symbols chunk without reference data"))?;
-            if symbols::decode(payload, r, width, out)? != c.nnz {
+            let states = if c.codec == Codec::Symbols32 {
+                symbols::WIDE
+            } else {
+                symbols::NARROW
+            };
+            if symbols::decode(payload, r, width, states, out)? != c.nnz {
                 return Err(Error::corrupt(
                     "changed count differs from the chunk's values",
                 ));

@@ -23,8 +23,11 @@ pub enum Codec {
     Quantized = 4,
     /// One symbol per element (sign, bit length and top bits of the ULP
     /// difference) rANS coded by the reference's exponent, and the low bits
-    /// raw (format version 4, see [`crate::codec::chunk`]).
+    /// raw, on 8 interleaved rANS states (format version 4 on, see
+    /// [`crate::codec::symbols`]).
     Symbols = 5,
+    /// As [`Codec::Symbols`], on 32 interleaved rANS states (format version 5).
+    Symbols32 = 6,
 }
 
 impl Codec {
@@ -36,6 +39,7 @@ impl Codec {
             3 => Codec::Delta,
             4 => Codec::Quantized,
             5 => Codec::Symbols,
+            6 => Codec::Symbols32,
             other => return Err(Error::corrupt(format!("unknown codec {other}"))),
         })
     }
@@ -43,7 +47,12 @@ impl Codec {
     /// Whether the chunk is coded against its reference data (which it
     /// then must have): the delta codecs.
     pub fn is_delta(self) -> bool {
-        matches!(self, Codec::Delta | Codec::Symbols)
+        matches!(self, Codec::Delta | Codec::Symbols | Codec::Symbols32)
+    }
+
+    /// Whether the chunk is coded with symbols (codec 5 or 6).
+    pub fn is_symbols(self) -> bool {
+        matches!(self, Codec::Symbols | Codec::Symbols32)
     }
 
     pub fn name(self) -> &'static str {
@@ -53,7 +62,7 @@ impl Codec {
             Codec::Planes => "planes",
             Codec::Delta => "delta",
             Codec::Quantized => "quantized",
-            Codec::Symbols => "symbols",
+            Codec::Symbols | Codec::Symbols32 => "symbols",
         }
     }
 }

@@ -5,14 +5,15 @@
 //! a `#[target_feature]` function may only be called where the feature is
 //! known to be present. Every block says why it is sound.
 //!
-//! - [`symbols_pass1`]: the symbol pass of the symbols decoder (codec 5):
-//!   eight interleaved rANS states in one vector, their table lookups as
-//!   gathers, the renormalization words spread to the states that take one
-//!   by a permutation.
-//! - [`backward`]: the rANS pass of the symbols encoder: the eight states
-//!   in one vector, the constants of their symbols ([`Enc`], two words
-//!   each) gathered, the quotient by a 32-bit reciprocal multiply, a
-//!   group's renormalization words compressed into the output by a shuffle.
+//! - [`symbols_pass1`]: the symbol pass of the symbols decoder (codecs 5
+//!   and 6): eight interleaved rANS states per vector (one vector, or four
+//!   whose chains overlap), their table lookups as gathers, the
+//!   renormalization words spread to the states that take one by a
+//!   permutation.
+//! - [`backward`]: the rANS pass of the symbols encoder: eight states per
+//!   vector, the constants of their symbols ([`Enc`], two words each)
+//!   gathered, the quotient by a 32-bit reciprocal multiply, a vector's
+//!   renormalization words compressed into the output by a shuffle.
 //! - [`forward`], [`differences`], [`values`]: the other
 //!   passes of the symbols coder. Their one body (in `symbols`) is compiled
 //!   twice: for the baseline and for x86-64-v3 (AVX2, BMI1/2, LZCNT, FMA:
@@ -20,7 +21,7 @@
 //!   AVX2 for the loops the compiler vectorizes). Same source, so the same
 //!   results; the tests check that too.
 
-use crate::codec::symbols::{self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo, STATES};
+use crate::codec::symbols::{self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo};
 
 /// Which kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,27 +83,30 @@ pub(super) fn forward<const B: u32>(
 /// context and symbol (`context << 8 | symbol`).
 pub(super) const ENC_ENTRIES: usize = symbols::MAX_CONTEXTS << 8;
 
-/// The symbols encoder's rANS pass (`symbols::backward_body`): `enc` has
-/// [`ENC_ENTRIES`] entries and `rev` room for `idx.len() + 8` words.
+/// The symbols encoder's rANS pass (`symbols::backward_body`) on `S`
+/// states (8 or 32): `enc` has [`ENC_ENTRIES`] entries and `rev` room for
+/// `idx.len() + 8` words.
 #[inline(never)]
-pub(super) fn backward(
+pub(super) fn backward<const S: usize>(
     kernel: Kernel,
     idx: &[u16],
     enc: &[Enc],
     rev: &mut [u16],
-) -> ([u32; STATES], usize) {
+) -> ([u32; S], usize) {
+    const { assert!(S == symbols::NARROW || S == symbols::WIDE) };
     match kernel {
-        Kernel::Scalar => symbols::backward_body(idx, enc, rev),
+        Kernel::Scalar => symbols::backward_body::<S>(idx, enc, rev),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             assert!(
-                enc.len() == ENC_ENTRIES && rev.len() >= idx.len() + STATES,
+                enc.len() == ENC_ENTRIES && rev.len() >= idx.len() + 8,
                 "symbols encoder tables out of bounds"
             );
             // SAFETY: `Kernel::Avx2` is only made where the processor has
-            // x86-64-v3 (`has_v3`), and the lengths the kernel's gathers
-            // and stores rely on hold (just checked).
-            unsafe { avx2::backward(idx, enc, rev) }
+            // x86-64-v3 (`has_v3`), S is 8 or 32 (checked at compile
+            // time), and the lengths the kernel's gathers and stores rely
+            // on hold (just checked).
+            unsafe { avx2::backward::<S>(idx, enc, rev) }
         }
     }
 }
@@ -137,24 +141,26 @@ pub(super) fn values<const B: u32>(kernel: Kernel, out: &mut [u8], reference: &[
 }
 
 /// Decodes the symbols of the elements of `reference` (a whole number of
-/// groups of eight, `B / 8` bytes each) into `sym` with `kernel`; see
-/// [`Pass1`] for the tables and what stopping early means.
-pub(super) fn symbols_pass1<const B: u32>(
+/// groups of `S`, 8 or 32, `B / 8` bytes each) into `sym` with `kernel`;
+/// see [`Pass1`] for the tables and what stopping early means.
+pub(super) fn symbols_pass1<const B: u32, const S: usize>(
     kernel: Kernel,
     p: &Pass1<'_>,
-    s: &mut Pass1State,
+    s: &mut Pass1State<S>,
     reference: &[u8],
     sym: &mut [u8],
 ) {
+    const { assert!(S == symbols::NARROW || S == symbols::WIDE) };
     match kernel {
-        Kernel::Scalar => symbols::pass1_scalar::<B>(p, s, reference, sym),
+        Kernel::Scalar => symbols::pass1_scalar::<B, S>(p, s, reference, sym),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             assert!(p.in_bounds(), "symbols tables out of bounds");
             // SAFETY: `Kernel::Avx2` is only made where the processor has
-            // x86-64-v3 (`has_v3`), and `bounds_hold` held (just checked),
-            // which is what the kernel's loads and gathers rely on.
-            unsafe { avx2::pass1::<B>(p, s, reference, sym) }
+            // x86-64-v3 (`has_v3`), S is 8 or 32 (checked at compile
+            // time), and `bounds_hold` held (just checked), which is what
+            // the kernel's loads and gathers rely on.
+            unsafe { avx2::pass1::<B, S>(p, s, reference, sym) }
         }
     }
 }
@@ -165,7 +171,7 @@ mod avx2 {
 
     use crate::codec::ans::{L, MASK, SCALE_BITS};
     use crate::codec::symbols::{
-        self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo, ABSENT, STATES,
+        self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo, ABSENT,
     };
 
     /// The features the `Avx2` kernels are compiled for (x86-64-v3).
@@ -235,21 +241,23 @@ mod avx2 {
         t
     };
 
-    /// The encoder's backward pass (the twin of `symbols::backward_body`):
-    /// the tail in scalar code, then the eight states in one vector, the
-    /// constants of their symbols gathered, the renormalization words of a
-    /// group compressed into `rev` by a shuffle.
+    /// The encoder's backward pass (the twin of `symbols::backward_body`)
+    /// on S states (8 or 32): the tail in scalar code, then eight states
+    /// per vector (S / 8 vectors), the constants of their symbols gathered,
+    /// the renormalization words of a vector compressed into `rev` by a
+    /// shuffle. Within a group the vectors go last to first and their lanes
+    /// 7 to 0, as the scalar twin codes states S - 1 to 0.
     ///
     /// # Safety
-    /// The processor has x86-64-v3, `enc` has `ENC_ENTRIES` entries and `rev`
-    /// room for `idx.len() + 8` words.
+    /// The processor has x86-64-v3, S is 8 or 32, `enc` has `ENC_ENTRIES`
+    /// entries and `rev` room for `idx.len() + 8` words.
     #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma")]
-    pub(super) unsafe fn backward(
+    pub(super) unsafe fn backward<const S: usize>(
         idx: &[u16],
         enc: &[Enc],
         rev: &mut [u16],
-    ) -> ([u32; STATES], usize) {
-        let mut st = [L; STATES];
+    ) -> ([u32; S], usize) {
+        let mut st = [L; S];
         let mut len = 0usize;
         symbols::backward_tail(idx, enc, rev, &mut st, &mut len);
         let entry = _mm256_set1_epi32((super::ENC_ENTRIES - 1) as i32);
@@ -264,63 +272,78 @@ mod avx2 {
             -1, -1, -1, -1, -1, -1, -1,
         );
         let base = enc.as_ptr().cast::<i32>();
-        // SAFETY: `st` is 8 u32, 32 bytes; loadu has no alignment need.
-        let mut x = unsafe { _mm256_loadu_si256(st.as_ptr().cast()) };
-        for b in idx.chunks_exact(STATES).rev() {
-            // SAFETY: `b` is 8 u16, 16 bytes.
-            let i = _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(b.as_ptr().cast()) });
-            // Two 32-bit words per entry; the index masked into the table.
-            let w = _mm256_slli_epi32::<1>(_mm256_and_si256(i, entry));
-            // SAFETY: every lane of w is at most 2 (ENC_ENTRIES - 1), and enc
-            // has ENC_ENTRIES entries of two words (`Enc` is repr(C), 8
-            // bytes), so both words of the entry are within it.
-            let rcp = unsafe { _mm256_i32gather_epi32::<4>(base, w) };
-            // SAFETY: as above, the entry's second word.
-            let pk = unsafe { _mm256_i32gather_epi32::<4>(base.add(1), w) };
-            let freq = _mm256_and_si256(pk, freq_mask);
-            // Renormalize when x >> 20 >= freq.
-            let out = _mm256_cmpgt_epi32(_mm256_srli_epi32::<20>(x), _mm256_sub_epi32(freq, one));
-            let m = _mm256_movemask_ps(_mm256_castsi256_ps(out)) as usize;
-            let lo = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(x, low16));
-            // SAFETY: m < 256; COMPRESS entries are 16 bytes.
-            let sel = unsafe { _mm_loadu_si128(COMPRESS[m].as_ptr().cast()) };
-            let words = _mm_shuffle_epi8(_mm256_castsi256_si128(lo), sel);
-            // SAFETY: len is at most the symbols coded so far, fewer than
-            // idx.len(), and rev has room for idx.len() + 8 words.
-            unsafe { _mm_storeu_si128(rev.as_mut_ptr().add(len).cast(), words) };
-            len += m.count_ones() as usize;
-            x = _mm256_blendv_epi8(x, _mm256_srli_epi32::<16>(x), out);
-            // hi = x * rcp_lo >> 32 per lane (even and odd lanes apart).
-            let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(x, rcp));
-            let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(rcp));
-            let hi = _mm256_blend_epi32::<0b1010_1010>(even, odd);
-            let s1 = _mm256_and_si256(_mm256_srli_epi32::<{ Enc::S1 as i32 }>(pk), one);
-            let s2 = _mm256_srli_epi32::<{ Enc::S2 as i32 }>(pk);
-            let q = _mm256_srlv_epi32(
-                _mm256_add_epi32(hi, _mm256_srlv_epi32(_mm256_sub_epi32(x, hi), s1)),
-                s2,
-            );
-            let start =
-                _mm256_and_si256(_mm256_srli_epi32::<{ Enc::START as i32 }>(pk), start_mask);
-            x = _mm256_add_epi32(
-                _mm256_add_epi32(x, _mm256_mullo_epi32(q, _mm256_sub_epi32(total, freq))),
-                start,
-            );
+        let mut x = [_mm256_setzero_si256(); 4];
+        for (v, xv) in x.iter_mut().enumerate().take(S / 8) {
+            // SAFETY: `st` has S >= 8 (v + 1) u32; loadu has no alignment need.
+            *xv = unsafe { _mm256_loadu_si256(st.as_ptr().add(8 * v).cast()) };
         }
-        // SAFETY: as the load above.
-        unsafe { _mm256_storeu_si256(st.as_mut_ptr().cast(), x) };
+        for b in idx.chunks_exact(S).rev() {
+            for v in (0..S / 8).rev() {
+                // SAFETY: `b` is S u16, and 8 v + 8 <= S: 16 bytes.
+                let i =
+                    _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(b.as_ptr().add(8 * v).cast()) });
+                // Two 32-bit words per entry; the index masked into the table.
+                let w = _mm256_slli_epi32::<1>(_mm256_and_si256(i, entry));
+                // SAFETY: every lane of w is at most 2 (ENC_ENTRIES - 1), and
+                // enc has ENC_ENTRIES entries of two words (`Enc` is repr(C),
+                // 8 bytes), so both words of the entry are within it.
+                let rcp = unsafe { _mm256_i32gather_epi32::<4>(base, w) };
+                // SAFETY: as above, the entry's second word.
+                let pk = unsafe { _mm256_i32gather_epi32::<4>(base.add(1), w) };
+                let freq = _mm256_and_si256(pk, freq_mask);
+                let xv = x[v];
+                // Renormalize when x >> 20 >= freq.
+                let out =
+                    _mm256_cmpgt_epi32(_mm256_srli_epi32::<20>(xv), _mm256_sub_epi32(freq, one));
+                let m = _mm256_movemask_ps(_mm256_castsi256_ps(out)) as usize;
+                let lo = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(xv, low16));
+                // SAFETY: m < 256; COMPRESS entries are 16 bytes.
+                let sel = unsafe { _mm_loadu_si128(COMPRESS[m].as_ptr().cast()) };
+                let words = _mm_shuffle_epi8(_mm256_castsi256_si128(lo), sel);
+                // SAFETY: len is at most the symbols coded so far, fewer
+                // than idx.len(), and rev has room for idx.len() + 8 words.
+                unsafe { _mm_storeu_si128(rev.as_mut_ptr().add(len).cast(), words) };
+                len += m.count_ones() as usize;
+                let xv = _mm256_blendv_epi8(xv, _mm256_srli_epi32::<16>(xv), out);
+                // hi = x * rcp_lo >> 32 per lane (even and odd lanes apart).
+                let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(xv, rcp));
+                let odd =
+                    _mm256_mul_epu32(_mm256_srli_epi64::<32>(xv), _mm256_srli_epi64::<32>(rcp));
+                let hi = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+                let s1 = _mm256_and_si256(_mm256_srli_epi32::<{ Enc::S1 as i32 }>(pk), one);
+                let s2 = _mm256_srli_epi32::<{ Enc::S2 as i32 }>(pk);
+                let q = _mm256_srlv_epi32(
+                    _mm256_add_epi32(hi, _mm256_srlv_epi32(_mm256_sub_epi32(xv, hi), s1)),
+                    s2,
+                );
+                let start =
+                    _mm256_and_si256(_mm256_srli_epi32::<{ Enc::START as i32 }>(pk), start_mask);
+                x[v] = _mm256_add_epi32(
+                    _mm256_add_epi32(xv, _mm256_mullo_epi32(q, _mm256_sub_epi32(total, freq))),
+                    start,
+                );
+            }
+        }
+        for (v, xv) in x.iter().enumerate().take(S / 8) {
+            // SAFETY: as the load above.
+            unsafe { _mm256_storeu_si256(st.as_mut_ptr().add(8 * v).cast(), *xv) };
+        }
         (st, len)
     }
 
+    /// The symbol pass on S states (8 or 32), eight per vector: a group's
+    /// vectors decode their symbols (their gathers overlap), then take
+    /// their renormalization words in state order.
+    ///
     /// # Safety
-    /// The processor has x86-64-v3, and `p.bounds_hold()`: every context offset
-    /// (without ABSENT) plus a slot is within `p.slots`, `p.ctx_off` has an
-    /// entry for every masked exponent, and `p.words` has eight words past
-    /// `p.nwords`.
+    /// The processor has x86-64-v3, S is 8 or 32, and `p.bounds_hold()`:
+    /// every context offset (without ABSENT) plus a slot is within
+    /// `p.slots`, `p.ctx_off` has an entry for every masked exponent, and
+    /// `p.words` has 32 words past `p.nwords`.
     #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma")]
-    pub(super) unsafe fn pass1<const B: u32>(
+    pub(super) unsafe fn pass1<const B: u32, const S: usize>(
         p: &Pass1<'_>,
-        s: &mut Pass1State,
+        s: &mut Pass1State<S>,
         reference: &[u8],
         sym: &mut [u8],
     ) {
@@ -337,62 +360,77 @@ mod avx2 {
             3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1,
             -1, -1, -1, -1, -1, -1, -1, -1, -1,
         );
-        // SAFETY: `s.st` is 8 u32, 32 bytes; loadu has no alignment need.
-        let mut x = unsafe { _mm256_loadu_si256(s.st.as_ptr().cast()) };
+        let mut x = [_mm256_setzero_si256(); 4];
+        for (v, xv) in x.iter_mut().enumerate().take(S / 8) {
+            // SAFETY: `s.st` has S >= 8 (v + 1) u32; loadu has no alignment need.
+            *xv = unsafe { _mm256_loadu_si256(s.st.as_ptr().add(8 * v).cast()) };
+        }
         let mut absent = _mm256_setzero_si256();
         let mut at = s.at;
         let ctx = p.ctx_off.as_ptr().cast::<i32>();
         let slots = p.slots.as_ptr().cast::<i32>();
-        for (r8, s8) in reference
-            .chunks_exact(STATES * wb)
-            .zip(sym.chunks_exact_mut(STATES))
-        {
+        for (rg, sg) in reference.chunks_exact(S * wb).zip(sym.chunks_exact_mut(S)) {
             if at > p.nwords {
                 s.short = true;
                 break;
             }
-            let r = if B == 16 {
-                // SAFETY: `r8` is 16 bytes (8 two-byte elements).
-                _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(r8.as_ptr().cast()) })
-            } else {
-                // SAFETY: `r8` is 32 bytes (8 four-byte elements).
-                unsafe { _mm256_loadu_si256(r8.as_ptr().cast()) }
-            };
-            let e_idx = _mm256_and_si256(_mm256_srl_epi32(r, shift), emask);
-            // SAFETY: every lane of e_idx is at most p.emask, and ctx_off
-            // has emask + 1 entries (`bounds_hold`).
-            let o = unsafe { _mm256_i32gather_epi32::<4>(ctx, e_idx) };
-            absent = _mm256_or_si256(absent, o);
-            let slot = _mm256_or_si256(_mm256_and_si256(o, not_absent), _mm256_and_si256(x, mask));
-            // SAFETY: an offset without ABSENT plus a slot (< TOTAL) is
-            // within p.slots (`bounds_hold`).
-            let e = unsafe { _mm256_i32gather_epi32::<4>(slots, slot) };
-            let freq = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32::<12>(e), mask), one);
-            x = _mm256_add_epi32(
-                _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ SCALE_BITS as i32 }>(x)),
-                _mm256_and_si256(e, mask),
-            );
-            let t = _mm256_shuffle_epi8(e, top);
-            let lo = _mm256_cvtsi256_si32(t) as u32;
-            let hi = _mm256_extract_epi32::<4>(t) as u32;
-            s8.copy_from_slice(&(u64::from(lo) | u64::from(hi) << 32).to_le_bytes());
+            for (v, (r8, s8)) in rg
+                .chunks_exact(8 * wb)
+                .zip(sg.chunks_exact_mut(8))
+                .enumerate()
+            {
+                let r = if B == 16 {
+                    // SAFETY: `r8` is 16 bytes (8 two-byte elements).
+                    _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(r8.as_ptr().cast()) })
+                } else {
+                    // SAFETY: `r8` is 32 bytes (8 four-byte elements).
+                    unsafe { _mm256_loadu_si256(r8.as_ptr().cast()) }
+                };
+                let e_idx = _mm256_and_si256(_mm256_srl_epi32(r, shift), emask);
+                // SAFETY: every lane of e_idx is at most p.emask, and
+                // ctx_off has emask + 1 entries (`bounds_hold`).
+                let o = unsafe { _mm256_i32gather_epi32::<4>(ctx, e_idx) };
+                absent = _mm256_or_si256(absent, o);
+                let xv = x[v];
+                let slot =
+                    _mm256_or_si256(_mm256_and_si256(o, not_absent), _mm256_and_si256(xv, mask));
+                // SAFETY: an offset without ABSENT plus a slot (< TOTAL) is
+                // within p.slots (`bounds_hold`).
+                let e = unsafe { _mm256_i32gather_epi32::<4>(slots, slot) };
+                let freq =
+                    _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32::<12>(e), mask), one);
+                x[v] = _mm256_add_epi32(
+                    _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ SCALE_BITS as i32 }>(xv)),
+                    _mm256_and_si256(e, mask),
+                );
+                let t = _mm256_shuffle_epi8(e, top);
+                let lo = _mm256_cvtsi256_si32(t) as u32;
+                let hi = _mm256_extract_epi32::<4>(t) as u32;
+                s8.copy_from_slice(&(u64::from(lo) | u64::from(hi) << 32).to_le_bytes());
+            }
             // Renormalization: the states below L (unsigned) take the next
-            // words, in lane order.
-            let low = _mm256_cmpgt_epi32(low_bound, _mm256_xor_si256(x, bias));
-            let m = _mm256_movemask_ps(_mm256_castsi256_ps(low)) as usize;
-            // SAFETY: at <= p.nwords (checked above) and p.words has eight
-            // words past p.nwords.
-            let w =
-                _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(p.words.as_ptr().add(at).cast()) });
-            // SAFETY: m < 256 (eight mask bits); PERM entries are 32 bytes.
-            let perm = unsafe { _mm256_loadu_si256(PERM[m].as_ptr().cast()) };
-            let w = _mm256_permutevar8x32_epi32(w, perm);
-            let shifted = _mm256_or_si256(_mm256_slli_epi32::<16>(x), w);
-            x = _mm256_blendv_epi8(x, shifted, low);
-            at += m.count_ones() as usize;
+            // words, in state order.
+            for xv in x.iter_mut().take(S / 8) {
+                let low = _mm256_cmpgt_epi32(low_bound, _mm256_xor_si256(*xv, bias));
+                let m = _mm256_movemask_ps(_mm256_castsi256_ps(low)) as usize;
+                // SAFETY: at <= p.nwords + 8 v (checked at the group's start,
+                // at most eight words per vector before this one) and p.words
+                // has 32 words past p.nwords, so the eight read are within it.
+                let w = _mm256_cvtepu16_epi32(unsafe {
+                    _mm_loadu_si128(p.words.as_ptr().add(at).cast())
+                });
+                // SAFETY: m < 256 (eight mask bits); PERM entries are 32 bytes.
+                let perm = unsafe { _mm256_loadu_si256(PERM[m].as_ptr().cast()) };
+                let w = _mm256_permutevar8x32_epi32(w, perm);
+                let shifted = _mm256_or_si256(_mm256_slli_epi32::<16>(*xv), w);
+                *xv = _mm256_blendv_epi8(*xv, shifted, low);
+                at += m.count_ones() as usize;
+            }
         }
-        // SAFETY: as the load above.
-        unsafe { _mm256_storeu_si256(s.st.as_mut_ptr().cast(), x) };
+        for (v, xv) in x.iter().enumerate().take(S / 8) {
+            // SAFETY: as the load above.
+            unsafe { _mm256_storeu_si256(s.st.as_mut_ptr().add(8 * v).cast(), *xv) };
+        }
         let mut a = [0u32; 8];
         // SAFETY: `a` is 32 bytes.
         unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), absent) };
@@ -405,7 +443,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::codec::chunk::tests::rng;
-    use crate::codec::symbols::{Enc, STATES};
+    use crate::codec::symbols::{Enc, NARROW, WIDE};
     use crate::codec::symbols::{Pass1, Pass1State, ABSENT};
 
     /// Every backward kernel gives the scalar twin's states, words and word
@@ -431,14 +469,26 @@ mod tests {
             let idx: Vec<u16> = (0..n)
                 .map(|_| (next() % ENC_ENTRIES as u64) as u16)
                 .collect();
-            let run = |k: Kernel| {
-                let mut rev = vec![0u16; n + STATES];
-                let (st, len) = backward(k, &idx, &enc, &mut rev);
+            let run = |k: Kernel, wide: bool| {
+                let mut rev = vec![0u16; n + 8];
+                let (st, len) = if wide {
+                    let (st, len) = backward::<WIDE>(k, &idx, &enc, &mut rev);
+                    (st.to_vec(), len)
+                } else {
+                    let (st, len) = backward::<NARROW>(k, &idx, &enc, &mut rev);
+                    (st.to_vec(), len)
+                };
                 (st, rev[..len].to_vec())
             };
-            let want = run(Kernel::Scalar);
-            for k in Kernel::all() {
-                assert_eq!(run(k), want, "round {round} n {n} kernel {k:?}");
+            for wide in [false, true] {
+                let want = run(Kernel::Scalar, wide);
+                for k in Kernel::all() {
+                    assert_eq!(
+                        run(k, wide),
+                        want,
+                        "round {round} n {n} wide {wide} kernel {k:?}"
+                    );
+                }
             }
         }
     }
@@ -469,11 +519,11 @@ mod tests {
                 .collect();
             let nwords = (next() % 300) as usize;
             let mut words: Vec<u16> = (0..nwords).map(|_| next() as u16).collect();
-            words.extend([0; 8]);
+            words.extend([0; WIDE]);
             let groups = 1 + (next() % 40) as usize;
             for b in [16u32, 32] {
                 let wb = b as usize / 8;
-                let reference: Vec<u8> = (0..groups * 8 * wb).map(|_| next() as u8).collect();
+                let reference: Vec<u8> = (0..groups * WIDE * wb).map(|_| next() as u8).collect();
                 let p = Pass1::new(
                     &slots,
                     &ctx_off,
@@ -483,26 +533,50 @@ mod tests {
                     (1 << bits) - 1,
                 );
                 assert!(p.in_bounds());
-                let st: [u32; 8] = std::array::from_fn(|_| (next() as u32) | 1 << 16);
-                let start = Pass1State {
-                    st,
-                    at: (next() % (nwords as u64 + 1)) as usize,
-                    absent: 0,
-                    short: false,
-                };
-                let run = |k: Kernel| {
-                    let mut s = start.clone();
-                    let mut sym = vec![0u8; groups * 8];
+                let st: [u32; WIDE] = std::array::from_fn(|_| (next() as u32) | 1 << 16);
+                let at = (next() % (nwords as u64 + 1)) as usize;
+                let narrow = |k: Kernel| {
+                    let mut s = Pass1State::<NARROW> {
+                        st: st[..NARROW].try_into().unwrap(),
+                        at,
+                        absent: 0,
+                        short: false,
+                    };
+                    let mut sym = vec![0u8; groups * WIDE];
                     if b == 16 {
-                        symbols_pass1::<16>(k, &p, &mut s, &reference, &mut sym);
+                        symbols_pass1::<16, NARROW>(k, &p, &mut s, &reference, &mut sym);
                     } else {
-                        symbols_pass1::<32>(k, &p, &mut s, &reference, &mut sym);
+                        symbols_pass1::<32, NARROW>(k, &p, &mut s, &reference, &mut sym);
                     }
-                    (s, sym)
+                    (s.st.to_vec(), s.at, s.absent, s.short, sym)
                 };
-                let want = run(Kernel::Scalar);
+                let wide = |k: Kernel| {
+                    let mut s = Pass1State::<WIDE> {
+                        st,
+                        at,
+                        absent: 0,
+                        short: false,
+                    };
+                    let mut sym = vec![0u8; groups * WIDE];
+                    if b == 16 {
+                        symbols_pass1::<16, WIDE>(k, &p, &mut s, &reference, &mut sym);
+                    } else {
+                        symbols_pass1::<32, WIDE>(k, &p, &mut s, &reference, &mut sym);
+                    }
+                    (s.st.to_vec(), s.at, s.absent, s.short, sym)
+                };
+                let (want_narrow, want_wide) = (narrow(Kernel::Scalar), wide(Kernel::Scalar));
                 for k in Kernel::all() {
-                    assert_eq!(run(k), want, "round {round} width {b} kernel {k:?}");
+                    assert_eq!(
+                        narrow(k),
+                        want_narrow,
+                        "round {round} width {b} kernel {k:?}"
+                    );
+                    assert_eq!(
+                        wide(k),
+                        want_wide,
+                        "round {round} width {b} wide kernel {k:?}"
+                    );
                 }
             }
         }

@@ -1,12 +1,14 @@
-//! Codec 5 (format version 4): a float delta chunk coded one symbol per
-//! element, in one pass each way.
+//! Codecs 5 (format version 4) and 6 (version 5): a float delta chunk coded
+//! one symbol per element, in one pass each way.
 //!
 //! The byte planes of codec 3 spend an entropy-coder step on every byte of
 //! every element. Here the ULP difference `d = key(c) - key(r)` of an element
 //! becomes one symbol: its sign, its bit length `n` and the (up to) two bits
 //! below its leading one. The `n - 3` bits below those are close to uniform
-//! and go raw into a bit stream. The symbols are rANS coded, eight
-//! interleaved states, with one frequency table per *context*: the group of
+//! and go raw into a bit stream. The symbols are rANS coded, 8 interleaved
+//! states (codec 5) or 32 (codec 6: four vectors of eight whose table
+//! lookups overlap; payloads of [`WIDE_MIN`] bytes and more), with one
+//! frequency table per *context*: the group of
 //! the reference element's exponent (as in grouped sections), because the
 //! size of a change counted in units in the last place follows the float's
 //! magnitude. The encoder runs one forward pass (transform, symbol, context,
@@ -19,7 +21,7 @@
 //! u8 shift, u8 bits, u16 base, u8 count   the reference exponent's field and the window
 //! u16 present                              bit g set: context g has a frequency table
 //! tables                                   one rANS frequency table per present context
-//! 8 x u32 states                           the decoder's initial states
+//! S x u32 states                           the decoder's initial states (S = 8 or 32)
 //! u32 raw_len                              bytes of the raw bit stream
 //! raw_len bytes                            the raw low bits, LSB first
 //! u16 words                                rANS renormalization words, read front to back
@@ -38,8 +40,16 @@ use crate::common::error::{Error, Result};
 pub(super) const MIN_ELEMENTS: usize = 4096;
 /// Contexts at most.
 pub(super) const MAX_CONTEXTS: usize = 16;
-/// Interleaved rANS states.
-pub(super) const STATES: usize = 8;
+/// Interleaved rANS states of codec 5 (format version 4, and small
+/// chunks since).
+pub(super) const NARROW: usize = 8;
+/// Interleaved rANS states of codec 6 (format version 5): four vectors of
+/// eight, whose table lookups overlap.
+pub(super) const WIDE: usize = 32;
+/// Payload bytes (as estimated before the rANS pass) from which a chunk is
+/// coded on [`WIDE`] states: the 96 bytes of the extra states are then
+/// under 0.08% of it.
+pub(super) const WIDE_MIN: usize = 128 << 10;
 /// Bytes of the payload before the tables.
 const HEAD: usize = 7;
 
@@ -235,6 +245,8 @@ pub(super) struct Coded {
     pub(super) payload: Vec<u8>,
     /// Elements whose bits differ from the reference's.
     pub(super) nnz: u64,
+    /// Interleaved states: [`NARROW`] (codec 5) or [`WIDE`] (codec 6).
+    pub(super) states: usize,
 }
 
 /// Codes `cur` against `reference` (same length, `width` 2 or 4, at least
@@ -423,43 +435,41 @@ fn symbols_of<const B: u32>(
     zeros
 }
 
-/// The encoder's backward pass: rANS, element i on state i mod 8, the
+/// The encoder's backward pass: rANS, element i on state i mod S, the
 /// renormalization words into `rev` back to front (at most one per symbol;
 /// written every time, kept when needed: whether a state renormalizes is
 /// unpredictable). Returns the final states and the words written. Run
-/// through `simd::backward`, in a function of its own, so that the eight
-/// states stay in registers.
+/// through `simd::backward`, in a function of its own, so that the states
+/// stay in registers.
 #[inline(always)]
-pub(super) fn backward_body(idx: &[u16], enc: &[Enc], rev: &mut [u16]) -> ([u32; STATES], usize) {
-    let mut len = 0usize;
-    let mut st = [L; STATES];
-    backward_tail(idx, enc, rev, &mut st, &mut len);
-    let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7] = st;
-    for b in idx.chunks_exact(STATES).rev() {
-        put_one(&mut x7, enc[usize::from(b[7])], rev, &mut len);
-        put_one(&mut x6, enc[usize::from(b[6])], rev, &mut len);
-        put_one(&mut x5, enc[usize::from(b[5])], rev, &mut len);
-        put_one(&mut x4, enc[usize::from(b[4])], rev, &mut len);
-        put_one(&mut x3, enc[usize::from(b[3])], rev, &mut len);
-        put_one(&mut x2, enc[usize::from(b[2])], rev, &mut len);
-        put_one(&mut x1, enc[usize::from(b[1])], rev, &mut len);
-        put_one(&mut x0, enc[usize::from(b[0])], rev, &mut len);
-    }
-    ([x0, x1, x2, x3, x4, x5, x6, x7], len)
-}
-
-/// The encoder's backward pass over the last `idx.len() % 8` elements
-/// (the first it codes), on the states `st` (element i on state i mod 8).
-pub(super) fn backward_tail(
+pub(super) fn backward_body<const S: usize>(
     idx: &[u16],
     enc: &[Enc],
     rev: &mut [u16],
-    st: &mut [u32; STATES],
+) -> ([u32; S], usize) {
+    let mut len = 0usize;
+    let mut st = [L; S];
+    backward_tail(idx, enc, rev, &mut st, &mut len);
+    for b in idx.chunks_exact(S).rev() {
+        for j in (0..S).rev() {
+            put_one(&mut st[j], enc[usize::from(b[j])], rev, &mut len);
+        }
+    }
+    (st, len)
+}
+
+/// The encoder's backward pass over the last `idx.len() % S` elements
+/// (the first it codes), on the states `st` (element i on state i mod S).
+pub(super) fn backward_tail<const S: usize>(
+    idx: &[u16],
+    enc: &[Enc],
+    rev: &mut [u16],
+    st: &mut [u32; S],
     len: &mut usize,
 ) {
     let n = idx.len();
-    for i in (n / STATES * STATES..n).rev() {
-        put_one(&mut st[i % STATES], enc[usize::from(idx[i])], rev, len);
+    for i in (n / S * S..n).rev() {
+        put_one(&mut st[i % S], enc[usize::from(idx[i])], rev, len);
     }
 }
 
@@ -504,7 +514,9 @@ fn encode_in<const B: u32>(
         .filter(|h| present_hist(h))
         .map(|h| ans::estimate(h) - 9)
         .sum();
-    if HEAD + tables_est + 4 * STATES + 4 + raw_len >= limit {
+    let estimate = HEAD + tables_est + 4 * NARROW + 4 + raw_len;
+    let states = if estimate >= WIDE_MIN { WIDE } else { NARROW };
+    if estimate + 4 * (states - NARROW) >= limit {
         return None;
     }
 
@@ -533,12 +545,19 @@ fn encode_in<const B: u32>(
         }
     }
     // Backward pass (a kernel stores eight words at a time).
-    grow(&mut s.rev, n + STATES);
-    let rev = &mut s.rev[..n + STATES];
-    let (st, len) = simd::backward(kernel, idx, &enc, rev);
-    for x in st {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
+    grow(&mut s.rev, n + WIDE);
+    let rev = &mut s.rev[..n + WIDE];
+    let len = if states == WIDE {
+        let (st, len) = simd::backward::<WIDE>(kernel, idx, &enc, rev);
+        st.iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+        len
+    } else {
+        let (st, len) = simd::backward::<NARROW>(kernel, idx, &enc, rev);
+        st.iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+        len
+    };
     out.extend_from_slice(&(raw_len as u32).to_le_bytes());
     out.extend_from_slice(&raw[..raw_len]);
     out.reserve(len * 2);
@@ -546,6 +565,7 @@ fn encode_in<const B: u32>(
     (out.len() < limit).then_some(Coded {
         payload: out,
         nnz: (n - zeros) as u64,
+        states,
     })
 }
 
@@ -637,7 +657,7 @@ pub(super) struct Pass1<'a> {
     /// [`ABSENT`] set when the context has no table (the offset is then
     /// that of a table that does exist, or 0).
     pub(super) ctx_off: &'a [u32],
-    /// The renormalization words, then eight zeros.
+    /// The renormalization words, then [`WIDE`] zeros.
     pub(super) words: &'a [u16],
     /// Words before the zeros.
     pub(super) nwords: usize,
@@ -648,16 +668,16 @@ pub(super) struct Pass1<'a> {
     in_bounds: bool,
 }
 
-/// Where the symbol pass stands.
+/// Where the symbol pass stands, on `S` interleaved states.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Pass1State {
-    pub(super) st: [u32; STATES],
+pub(super) struct Pass1State<const S: usize> {
+    pub(super) st: [u32; S],
     /// The next word.
     pub(super) at: usize,
     /// The OR of the context offsets used (ABSENT set: a context had no
     /// table).
     pub(super) absent: u32,
-    /// The words ran out: a group of eight started past the last word (the
+    /// The words ran out: a group of `S` started past the last word (the
     /// pass stopped there).
     pub(super) short: bool,
 }
@@ -690,21 +710,26 @@ impl<'a> Pass1<'a> {
     }
 
     /// What the kernels' loads rely on: every offset plus a slot is within
-    /// `slots`, every masked exponent has an offset, and eight words follow
-    /// `nwords`.
+    /// `slots`, every masked exponent has an offset, and [`WIDE`] words
+    /// follow `nwords`.
     fn bounds_hold(&self) -> bool {
         self.ctx_off.len() == self.emask as usize + 1
             && self
                 .ctx_off
                 .iter()
                 .all(|&o| ((o & !ABSENT) as usize) + (MASK as usize) < self.slots.len())
-            && self.words.len() >= self.nwords + STATES
+            && self.words.len() >= self.nwords + WIDE
     }
 
     /// One element's symbol on state `j`: the table lookup and the state's
     /// update (the renormalization comes after, in element order).
     #[inline(always)]
-    pub(super) fn step<const B: u32>(&self, s: &mut Pass1State, r: &[u8], j: usize) -> u8 {
+    pub(super) fn step<const B: u32, const S: usize>(
+        &self,
+        s: &mut Pass1State<S>,
+        r: &[u8],
+        j: usize,
+    ) -> u8 {
         let r = load::<B>(r, 0);
         let o = self.ctx_off[((r >> self.shift) & self.emask) as usize];
         s.absent |= o;
@@ -717,7 +742,7 @@ impl<'a> Pass1<'a> {
     /// State `j` takes the next word when it is below L (branch free: the
     /// word is read every time; past the end it reads zero).
     #[inline(always)]
-    pub(super) fn renorm(&self, s: &mut Pass1State, j: usize) {
+    pub(super) fn renorm<const S: usize>(&self, s: &mut Pass1State<S>, j: usize) {
         let x = s.st[j];
         let low = u32::from(x < L);
         let w = u32::from(self.words.get(s.at).copied().unwrap_or(0));
@@ -727,27 +752,26 @@ impl<'a> Pass1<'a> {
 }
 
 /// The scalar kernel of the symbol pass (the twin of the SIMD ones in
-/// `simd`): the symbols of `reference`'s elements (whole groups of eight)
-/// into `sym`, stopping at a group that starts past the last word.
-pub(super) fn pass1_scalar<const B: u32>(
+/// `simd`): the symbols of `reference`'s elements (whole groups of `S`)
+/// into `sym`, stopping at a group that starts past the last word. A
+/// group's symbols are decoded first, then its states renormalize in
+/// state order.
+pub(super) fn pass1_scalar<const B: u32, const S: usize>(
     p: &Pass1<'_>,
-    s: &mut Pass1State,
+    s: &mut Pass1State<S>,
     reference: &[u8],
     sym: &mut [u8],
 ) {
     let wb = B as usize / 8;
-    for (r8, s8) in reference
-        .chunks_exact(STATES * wb)
-        .zip(sym.chunks_exact_mut(STATES))
-    {
+    for (rg, sg) in reference.chunks_exact(S * wb).zip(sym.chunks_exact_mut(S)) {
         if s.at > p.nwords {
             s.short = true;
             return;
         }
-        for (j, y) in s8.iter_mut().enumerate() {
-            *y = p.step::<B>(s, &r8[j * wb..], j);
+        for (j, y) in sg.iter_mut().enumerate() {
+            *y = p.step::<B, S>(s, &rg[j * wb..], j);
         }
-        for j in 0..STATES {
+        for j in 0..S {
             p.renorm(s, j);
         }
     }
@@ -757,15 +781,18 @@ pub(super) fn pass1_scalar<const B: u32>(
 /// first (into a buffer that stays in L1), then its values.
 const BLOCK: usize = 2048;
 
-/// Decodes a payload of [`encode`] against `reference` into `out` (same
-/// length, `width` 2 or 4); returns the number of changed elements.
+/// Decodes a payload of [`encode`] with `states` interleaved states
+/// ([`NARROW`] for codec 5, [`WIDE`] for codec 6) against `reference` into
+/// `out` (same length, `width` 2 or 4); returns the number of changed
+/// elements.
 pub(super) fn decode(
     payload: &[u8],
     reference: &[u8],
     width: usize,
+    states: usize,
     out: &mut [u8],
 ) -> Result<u64> {
-    decode_with(Kernel::best(), payload, reference, width, out)
+    decode_with(Kernel::best(), payload, reference, width, states, out)
 }
 
 /// [`decode`] with the symbol pass's `kernel`.
@@ -774,19 +801,22 @@ fn decode_with(
     payload: &[u8],
     reference: &[u8],
     width: usize,
+    states: usize,
     out: &mut [u8],
 ) -> Result<u64> {
     DEC_SCRATCH.with(|s| {
         let slots = &mut s.borrow_mut();
-        if width == 2 {
-            decode_w::<16>(kernel, slots, payload, reference, out)
-        } else {
-            decode_w::<32>(kernel, slots, payload, reference, out)
+        match (width, states) {
+            (2, NARROW) => decode_w::<16, NARROW>(kernel, slots, payload, reference, out),
+            (2, WIDE) => decode_w::<16, WIDE>(kernel, slots, payload, reference, out),
+            (_, NARROW) => decode_w::<32, NARROW>(kernel, slots, payload, reference, out),
+            (_, WIDE) => decode_w::<32, WIDE>(kernel, slots, payload, reference, out),
+            _ => Err(corrupt("bad number of states")),
         }
     })
 }
 
-fn decode_w<const B: u32>(
+fn decode_w<const B: u32, const S: usize>(
     kernel: Kernel,
     slots: &mut Vec<u32>,
     payload: &[u8],
@@ -842,7 +872,7 @@ fn decode_w<const B: u32>(
         .map(|&g| offset[usize::from(g) & (MAX_CONTEXTS - 1)])
         .collect();
     let slots = &slots[..(k.max(1)) << SCALE_BITS];
-    let st: [u32; STATES] = ans::read_states(payload, &mut pos).map_err(corrupt)?;
+    let st: [u32; S] = ans::read_states(payload, &mut pos).map_err(corrupt)?;
     let raw_len = payload
         .get(pos..pos + 4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4")) as usize)
@@ -856,15 +886,16 @@ fn decode_w<const B: u32>(
     if !word_bytes.len().is_multiple_of(2) {
         return Err(corrupt("odd number of renormalization bytes"));
     }
-    // The words, then eight zeros (a kernel reads eight at a time).
-    let mut words: Vec<u16> = Vec::with_capacity(word_bytes.len() / 2 + STATES);
+    // The words, then WIDE zeros (a kernel reads eight at a time, for each
+    // of up to four vectors of a group).
+    let mut words: Vec<u16> = Vec::with_capacity(word_bytes.len() / 2 + WIDE);
     words.extend(
         word_bytes
             .chunks_exact(2)
             .map(|w| u16::from_le_bytes([w[0], w[1]])),
     );
     let nwords = words.len();
-    words.extend([0; STATES]);
+    words.extend([0; WIDE]);
     let p = Pass1::new(
         slots,
         &ctx_off,
@@ -889,15 +920,15 @@ fn decode_w<const B: u32>(
     let mut diff = [0u32; BLOCK];
     for (ob, rb) in out.chunks_mut(BLOCK * wb).zip(reference.chunks(BLOCK * wb)) {
         let cnt = rb.len() / wb;
-        // Pass 1: the symbols, eight states at a time.
-        let whole = cnt / STATES * STATES;
-        symbols_pass1::<B>(kernel, &p, &mut s, &rb[..whole * wb], &mut sym[..whole]);
+        // Pass 1: the symbols, a group of S states at a time.
+        let whole = cnt / S * S;
+        symbols_pass1::<B, S>(kernel, &p, &mut s, &rb[..whole * wb], &mut sym[..whole]);
         if s.short {
             return Err(corrupt("renormalization words end early"));
         }
-        // Only the chunk's last block has a partial group of eight.
+        // Only the chunk's last block has a partial group.
         for j in 0..cnt - whole {
-            sym[whole + j] = p.step::<B>(&mut s, &rb[(whole + j) * wb..], j);
+            sym[whole + j] = p.step::<B, S>(&mut s, &rb[(whole + j) * wb..], j);
             p.renorm(&mut s, j);
         }
         // Pass 2: each element's difference, from its symbol and raw bits
@@ -921,7 +952,7 @@ fn decode_w<const B: u32>(
     if s.at > nwords {
         return Err(corrupt("renormalization words end early"));
     }
-    if s.st != [L; STATES] || s.at != nwords {
+    if s.st != [L; S] || s.at != nwords {
         return Err(corrupt("final state or length mismatch"));
     }
     if raw.at.div_ceil(8) != raw_bytes.len() {
@@ -1102,18 +1133,40 @@ mod tests {
         }
         for kernel in Kernel::all() {
             let mut out = vec![0u8; cur.len()];
-            let nnz = decode_with(kernel, &coded.payload, reference, width, &mut out).unwrap();
+            let nnz = decode_with(
+                kernel,
+                &coded.payload,
+                reference,
+                width,
+                coded.states,
+                &mut out,
+            )
+            .unwrap();
             assert!(out == cur, "width {width} {kernel:?}: decoded bytes differ");
             assert_eq!(nnz, coded.nnz);
         }
+        // The wide states from an estimated WIDE_MIN bytes on (the estimate
+        // is within 2% of the payload).
+        let narrow_len = coded.payload.len() - 4 * (coded.states - NARROW);
+        if narrow_len > WIDE_MIN + WIDE_MIN / 50 {
+            assert_eq!(coded.states, WIDE, "{narrow_len} bytes");
+        }
+        if narrow_len < WIDE_MIN - WIDE_MIN / 50 {
+            assert_eq!(coded.states, NARROW, "{narrow_len} bytes");
+        }
+        WIDE_SEEN.with(|w| w.set(w.get() || coded.states == WIDE));
         Some(coded.payload.len())
+    }
+
+    thread_local! {
+        static WIDE_SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     #[test]
     fn round_trips_every_bit_pattern() {
         let mut next = rng(5);
         for width in [2usize, 4] {
-            for n in [1usize, 7, 8, 9, 1000, 4099] {
+            for n in [1usize, 7, 8, 9, 31, 33, 1000, 4099, WIDE_MIN / 2 + 4099] {
                 // Random bits against random bits: every sign, NaN
                 // payloads, infinities, subnormals, -0.0 and wrap-arounds.
                 let a: Vec<u8> = (0..n * width).map(|_| next() as u8).collect();
@@ -1139,6 +1192,10 @@ mod tests {
                 round_trip(width, &lo, &hi).unwrap();
             }
         }
+        assert!(
+            WIDE_SEEN.with(|w| w.get()),
+            "no payload was coded on 32 states"
+        );
     }
 
     #[test]
@@ -1158,8 +1215,14 @@ mod tests {
 
     #[test]
     fn corrupt_payloads_are_errors_not_panics() {
+        // Every cut and every 7th bit flip on 8 states; on 32, a few hundred
+        // of each.
+        corrupt_payloads(5000, 1, 7, NARROW);
+        corrupt_payloads(WIDE_MIN, 401, 4001, WIDE);
+    }
+
+    fn corrupt_payloads(n: usize, cut_step: usize, bit_step: usize, want_states: usize) {
         let mut next = rng(3);
-        let n = 5000;
         let r: Vec<u8> = (0..n * 4).map(|_| next() as u8).collect();
         let mut c = r.clone();
         for e in c.chunks_exact_mut(4) {
@@ -1169,19 +1232,21 @@ mod tests {
         let window = Window::choose(&r, 4, (23, 8));
         let coded = encode(&c, &r, 4, window, usize::MAX).unwrap();
         let z = coded.payload;
-        for cut in 0..z.len() {
+        let states = coded.states;
+        assert_eq!(states, want_states);
+        for cut in (0..z.len()).step_by(cut_step) {
             // Every cut with the kernel that runs, every 7th with the others.
             for kernel in Kernel::all() {
                 if kernel != Kernel::best() && cut % 7 != 0 {
                     continue;
                 }
                 let mut out = vec![0u8; c.len()];
-                let got = decode_with(kernel, &z[..cut], &r, 4, &mut out);
+                let got = decode_with(kernel, &z[..cut], &r, 4, states, &mut out);
                 assert!(got.is_err(), "cut {cut} {kernel:?}");
             }
         }
         let mut caught = 0;
-        for bit in (0..z.len() * 8).step_by(7) {
+        for bit in (0..z.len() * 8).step_by(bit_step) {
             let mut bad = z.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             // Every kernel reaches the same verdict.
@@ -1189,12 +1254,20 @@ mod tests {
                 .into_iter()
                 .map(|kernel| {
                     let mut out = vec![0u8; c.len()];
-                    decode_with(kernel, &bad, &r, 4, &mut out).ok().map(|_| out)
+                    decode_with(kernel, &bad, &r, 4, states, &mut out)
+                        .ok()
+                        .map(|_| out)
                 })
                 .collect();
             assert!(verdicts.windows(2).all(|w| w[0] == w[1]), "bit {bit}");
             caught += usize::from(verdicts[0].as_ref() != Some(&c));
         }
         assert!(caught > 0);
+        // Decoded on the other number of states, the payload is refused
+        // or decodes to other bytes.
+        let other = if states == WIDE { NARROW } else { WIDE };
+        let mut out = vec![0u8; c.len()];
+        let got = decode_with(Kernel::best(), &z, &r, 4, other, &mut out);
+        assert!(got.is_err() || out != c);
     }
 }

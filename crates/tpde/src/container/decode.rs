@@ -275,7 +275,9 @@ fn jobs_against<'a, 'r>(
                 })
         };
         let reference = match e.coding.codec {
-            Codec::Delta | Codec::Symbols => Some(slice(tref.ok_or(Error::MissingReference)?)?),
+            Codec::Delta | Codec::Symbols | Codec::Symbols32 => {
+                Some(slice(tref.ok_or(Error::MissingReference)?)?)
+            }
             // Quantized against the reference data when the tensor has some.
             Codec::Quantized => tref.map(slice).transpose()?,
             _ => None,

@@ -78,7 +78,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
                         changed += k.nnz;
                         format!("delta {}/{}", k.transform.name(), k.positions.name())
                     }
-                    Codec::Symbols => {
+                    Codec::Symbols | Codec::Symbols32 => {
                         delta_elements += u64::from(e.raw_len) / u64::from(k.width);
                         changed += k.nnz;
                         format!("symbols {}", k.transform.name())

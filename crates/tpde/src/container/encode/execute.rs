@@ -155,7 +155,7 @@ pub(super) fn execute_in_windows(
     let index_bytes = index.to_bytes()?;
     let index_offset = w.written;
     w.write_all(&index_bytes)?;
-    w.write_all(&format::trailer(index_offset, &index_bytes))?;
+    w.write_all(&format::trailer(version, index_offset, &index_bytes))?;
     w.flush()?;
     Ok(EncodeStats {
         original_len: cur.len() as u64,
@@ -350,7 +350,7 @@ impl Written<'_, '_> {
         self.changed += match (entry.coding.codec, r) {
             // Counted above, from the bins.
             (Codec::Quantized, _) => 0,
-            (Codec::Delta | Codec::Symbols, _) => entry.coding.nnz,
+            (Codec::Delta | Codec::Symbols | Codec::Symbols32, _) => entry.coding.nnz,
             // Coded without its reference (it did not help): count the
             // elements that differ from it all the same.
             (_, Some(r)) => {

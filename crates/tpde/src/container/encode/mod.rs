@@ -264,7 +264,7 @@ mod identity_tests {
                 "v1/cur-b.safetensors",
                 Some("v1/ref-b.safetensors"),
                 Auto,
-                "25da6dd48078e03a2da2235ffa7fe85d",
+                "861e6fc40d9f7764dd94b9bdbb30c015",
             ),
             (
                 "v1/cur.safetensors",

@@ -93,7 +93,7 @@ impl Plan<'_> {
         self.jobs.iter().any(|j| j.lossy.is_some())
     }
 
-    /// The format version the container is written with: 4 when some chunk
+    /// The format version the container is written with: 5 when some chunk
     /// may be coded with symbols (a float chunk with reference data, see
     /// [`symbols_eligible`]); else 3 when lossy; else the source kind's.
     pub fn version(&self) -> u16 {
@@ -102,7 +102,7 @@ impl Plan<'_> {
             .iter()
             .any(|j| j.reference.is_some() && symbols_eligible(j.cur.len(), &j.params));
         if symbols {
-            4
+            5
         } else if self.lossy() {
             3
         } else {

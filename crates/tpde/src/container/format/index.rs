@@ -306,7 +306,7 @@ fn check_coding(c: &ChunkEntry) -> Result<()> {
         }
         Codec::Planes => k.transform == Transform::None && k.nnz <= elements,
         Codec::Delta => k.transform != Transform::None && k.nnz <= elements,
-        Codec::Symbols => {
+        Codec::Symbols | Codec::Symbols32 => {
             matches!(width, 2 | 4)
                 && k.transform == Transform::Ulp
                 && k.positions == Positions::Dense

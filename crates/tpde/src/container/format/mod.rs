@@ -1,4 +1,4 @@
-//! The `.tpde` container, versions 1 to 4, byte by byte as in `docs/FORMAT.md`.
+//! The `.tpde` container, versions 1 to 5, byte by byte as in `docs/FORMAT.md`.
 //!
 //! ```text
 //! +-----------------------+ 0
@@ -8,7 +8,7 @@
 //! +-----------------------+ index_offset
 //! | index                 |  flags, digests, header block, tensor entries
 //! +-----------------------+ len - 32
-//! | trailer, 32 bytes     |  index_offset, index_len, xxh3_64(index), "TPDEEND\0"
+//! | trailer, 32 bytes     |  index_offset, index_len, xxh3_64([header,] index), "TPDEEND\0"
 //! +-----------------------+ len
 //! ```
 //!
@@ -36,10 +36,11 @@ pub const MAGIC: [u8; 8] = *b"\x89TPDE\r\n\x1a";
 pub const END_MAGIC: [u8; 8] = *b"TPDEEND\0";
 /// The newest format version this build reads. A file is written with the
 /// lowest version that has the features it uses: 1; 2 for a torch.save
-/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); 4
-/// when some chunk may be coded with symbols (codec 5: a float chunk coded
-/// against reference data); so that older readers still read the rest.
-pub const VERSION: u16 = 4;
+/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); 5
+/// when some chunk may be coded with symbols (codec 5 or 6: a float chunk
+/// coded against reference data); so that older readers still read the
+/// rest. Version 4 (symbols on 8 states only) is read, no longer written.
+pub const VERSION: u16 = 5;
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 pub(crate) const TRAILER_LEN: u64 = 32;
 const CHUNK_ENTRY_LEN: usize = 48;
@@ -153,13 +154,26 @@ pub(crate) fn file_header(version: u16) -> [u8; 16] {
     h
 }
 
-pub(crate) fn trailer(index_offset: u64, index: &[u8]) -> [u8; 32] {
+pub(crate) fn trailer(version: u16, index_offset: u64, index: &[u8]) -> [u8; 32] {
     let mut t = [0u8; 32];
     t[..8].copy_from_slice(&index_offset.to_le_bytes());
     t[8..16].copy_from_slice(&(index.len() as u64).to_le_bytes());
-    t[16..24].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(index).to_le_bytes());
+    t[16..24].copy_from_slice(&index_hash(&file_header(version), index).to_le_bytes());
     t[24..].copy_from_slice(&END_MAGIC);
     t
+}
+
+/// The trailer's checksum: XXH3-64 of the index, and from version 5 on of
+/// the file header before it (so that a changed version is caught too).
+fn index_hash(header: &[u8; 16], index: &[u8]) -> u64 {
+    let version = u16::from_le_bytes([header[8], header[9]]);
+    if version < 5 {
+        return xxhash_rust::xxh3::xxh3_64(index);
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(header);
+    h.update(index);
+    h.digest()
 }
 
 /// A parsed and validated `.tpde` file held in memory.
@@ -220,14 +234,16 @@ impl<'a> Container<'a> {
             ));
         }
         let index_bytes = &bytes[index_offset as usize..(len - TRAILER_LEN) as usize];
-        if xxhash_rust::xxh3::xxh3_64(index_bytes) != index_hash {
+        let header: &[u8; 16] = bytes[..16].try_into().expect("16 bytes");
+        if self::index_hash(header, index_bytes) != index_hash {
             return Err(Error::corrupt("index checksum mismatch"));
         }
         let index = index::parse_index(index_bytes, index_offset)?;
         // Versions 1 to 3 are exactly the lowest one with the features used.
-        // Version 4 is written before the chunks are coded, when some chunk
-        // may come out as symbols (codec 5): any file with reference data
-        // may be version 4, and only version 4 may hold codec 5.
+        // Versions 4 and 5 are written before the chunks are coded, when
+        // some chunk may come out as symbols: any file with reference data
+        // may be version 4 or 5; codec 5 needs version 4 or later, codec 6
+        // version 5.
         if index.lossy && version < 3 {
             return Err(Error::corrupt(format!(
                 "the lossy flag in a version {version} file"
@@ -239,6 +255,18 @@ impl<'a> Container<'a> {
                 index.source_kind as u8
             )));
         }
+        let has = |codec: Codec| {
+            index
+                .tensors
+                .iter()
+                .flat_map(|t| &t.chunks)
+                .any(|c| c.coding.codec == codec)
+        };
+        if version == 4 && has(Codec::Symbols32) {
+            return Err(Error::corrupt(
+                "a symbols chunk on 32 states (codec 6) in a version 4 file",
+            ));
+        }
         if version >= 4 {
             if index.reference.is_none() {
                 return Err(Error::corrupt(format!(
@@ -246,15 +274,12 @@ impl<'a> Container<'a> {
                 )));
             }
         } else {
-            let symbols = index
-                .tensors
-                .iter()
-                .flat_map(|t| &t.chunks)
-                .any(|c| c.coding.codec == Codec::Symbols);
-            if symbols {
-                return Err(Error::corrupt(format!(
-                    "a symbols chunk (codec 5) in a version {version} file"
-                )));
+            for (codec, number) in [(Codec::Symbols, 5), (Codec::Symbols32, 6)] {
+                if has(codec) {
+                    return Err(Error::corrupt(format!(
+                        "a symbols chunk (codec {number}) in a version {version} file"
+                    )));
+                }
             }
             let expected = if index.lossy {
                 3
