@@ -14,14 +14,17 @@
 //!   vector, the constants of their symbols ([`Enc`], two words each)
 //!   gathered, the quotient by a 32-bit reciprocal multiply, a vector's
 //!   renormalization words compressed into the output by a shuffle.
-//! - [`forward`], [`differences`], [`values`]: the other
+//! - [`differences`]: the raw-bits pass of the symbols decoder: eight
+//!   elements at a time, their bit offsets by a prefix sum, their bits out
+//!   of 32 bytes by dword permutations.
+//! - [`forward`], [`values`]: the other
 //!   passes of the symbols coder. Their one body (in `symbols`) is compiled
 //!   twice: for the baseline and for x86-64-v3 (AVX2, BMI1/2, LZCNT, FMA:
 //!   `lzcnt` for bit lengths, `shlx`/`bzhi` for the bit writer and reader,
 //!   AVX2 for the loops the compiler vectorizes). Same source, so the same
 //!   results; the tests check that too.
 
-use crate::codec::symbols::{self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo};
+use crate::codec::symbols::{self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymTable};
 
 /// Which kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,15 +120,16 @@ pub(super) fn differences(
     kernel: Kernel,
     bytes: &[u8],
     at: &mut usize,
-    info: &[SymInfo; 256],
+    table: &SymTable,
     sym: &[u8],
     diff: &mut [u32],
 ) {
     match kernel {
-        Kernel::Scalar => symbols::differences_body(bytes, at, info, sym, diff),
+        Kernel::Scalar => symbols::differences_body(bytes, at, table, sym, diff),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `forward`.
-        Kernel::Avx2 => unsafe { avx2::differences(bytes, at, info, sym, diff) },
+        // SAFETY: `Kernel::Avx2` is only made where the processor has
+        // x86-64-v3 (`has_v3`); the kernel checks the bounds of its loads.
+        Kernel::Avx2 => unsafe { avx2::differences(bytes, at, table, sym, diff) },
     }
 }
 
@@ -171,7 +175,7 @@ mod avx2 {
 
     use crate::codec::ans::{L, MASK, SCALE_BITS};
     use crate::codec::symbols::{
-        self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymInfo, ABSENT,
+        self, Enc, Forward, ForwardOut, Pass1, Pass1State, SymTable, ABSENT,
     };
 
     /// The features the `Avx2` kernels are compiled for (x86-64-v3).
@@ -186,19 +190,79 @@ mod avx2 {
             symbols::forward_body::<B>(f, o)
         }
 
-        pub(super) fn differences(
-            bytes: &[u8],
-            at: &mut usize,
-            info: &[SymInfo; 256],
-            sym: &[u8],
-            diff: &mut [u32],
-        ) {
-            symbols::differences_body(bytes, at, info, sym, diff)
-        }
-
         pub(super) fn values<const B: u32>(out: &mut [u8], reference: &[u8], diff: &[u32]) {
             symbols::values_body::<B>(out, reference, diff)
         }
+    }
+
+    /// The raw-bits pass (the twin of `symbols::differences_body`), eight
+    /// elements at a time: their symbols' packed words gathered, the bit
+    /// offsets of their raw bits by a prefix sum of the raw bit counts, and
+    /// each lane's bits taken out of the 32 bytes at the cursor's byte (a
+    /// group's raw bits span at most 7 + 8 x 31 bits: they lie within) by
+    /// two dword permutations and shifts. Where fewer than 32 bytes are left
+    /// after the cursor's byte, and for the last `sym.len() % 8` elements,
+    /// the scalar body finishes.
+    ///
+    /// # Safety
+    /// The processor has x86-64-v3.
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma")]
+    pub(super) unsafe fn differences(
+        bytes: &[u8],
+        at: &mut usize,
+        table: &SymTable,
+        sym: &[u8],
+        diff: &mut [u32],
+    ) {
+        let n = sym.len().min(diff.len());
+        let mut a = *at;
+        let mut done = 0usize;
+        let tab = table.packed.as_ptr().cast::<i32>();
+        let zero = _mm256_setzero_si256();
+        let one = _mm256_set1_epi32(1);
+        let three = _mm256_set1_epi32(3);
+        let seven = _mm256_set1_epi32(7);
+        let low5 = _mm256_set1_epi32(31);
+        let thirty_two = _mm256_set1_epi32(32);
+        while done + 8 <= n && (a >> 3) + 32 <= bytes.len() {
+            // SAFETY: done + 8 <= n <= sym.len(): eight bytes.
+            let y = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(sym.as_ptr().add(done).cast()) });
+            // SAFETY: every lane of y is below 256, the table's length.
+            let p = unsafe { _mm256_i32gather_epi32::<4>(tab, y) };
+            let raw = _mm256_and_si256(_mm256_srli_epi32::<8>(p), low5);
+            // Inclusive prefix sum of the raw bit counts over the lanes.
+            let mut s = _mm256_add_epi32(raw, _mm256_slli_si256::<4>(raw));
+            s = _mm256_add_epi32(s, _mm256_slli_si256::<8>(s));
+            let carry = _mm256_permutevar8x32_epi32(s, three);
+            s = _mm256_add_epi32(s, _mm256_blend_epi32::<0b1111_0000>(zero, carry));
+            // Each lane's bit offset into the 32 bytes at the cursor's byte:
+            // below 7 + 7 x 31 + 1, and with its bits below 256.
+            let rel = _mm256_add_epi32(_mm256_set1_epi32((a & 7) as i32), _mm256_sub_epi32(s, raw));
+            // SAFETY: (a >> 3) + 32 <= bytes.len(): 32 bytes.
+            let v = unsafe { _mm256_loadu_si256(bytes.as_ptr().add(a >> 3).cast()) };
+            let d = _mm256_srli_epi32::<5>(rel);
+            let r = _mm256_and_si256(rel, low5);
+            // Dword d shifted down by r, and the next dword's low bits above
+            // it (a shift by 32 gives zero; past dword 7 the bits are masked
+            // off, as a lane's bits end below bit 256).
+            let lo = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(v, d), r);
+            let hi = _mm256_sllv_epi32(
+                _mm256_permutevar8x32_epi32(v, _mm256_add_epi32(d, one)),
+                _mm256_sub_epi32(thirty_two, r),
+            );
+            let bits = _mm256_or_si256(lo, hi);
+            let mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, raw), one);
+            let lead = _mm256_sllv_epi32(_mm256_and_si256(p, seven), raw);
+            let m = _mm256_or_si256(lead, _mm256_and_si256(bits, mask));
+            let negm = _mm256_sub_epi32(zero, _mm256_and_si256(_mm256_srli_epi32::<16>(p), one));
+            let dv = _mm256_sub_epi32(_mm256_xor_si256(m, negm), negm);
+            // SAFETY: done + 8 <= n <= diff.len(): 32 bytes.
+            unsafe { _mm256_storeu_si256(diff.as_mut_ptr().add(done).cast(), dv) };
+            a += _mm256_extract_epi32::<7>(s) as u32 as usize;
+            done += 8;
+        }
+        symbols::differences_body(bytes, &mut a, table, &sym[done..n], &mut diff[done..n]);
+        *at = a;
     }
 
     /// Lane j of entry m: how many of the lanes below j are set in m (the
@@ -444,7 +508,7 @@ mod tests {
     use super::*;
     use crate::codec::chunk::tests::rng;
     use crate::codec::symbols::{Enc, NARROW, WIDE};
-    use crate::codec::symbols::{Pass1, Pass1State, ABSENT};
+    use crate::codec::symbols::{Pass1, Pass1State, SymTable, ABSENT};
 
     /// Every backward kernel gives the scalar twin's states, words and word
     /// count, on random tables (valid frequencies, random starts) and
@@ -489,6 +553,45 @@ mod tests {
                         "round {round} n {n} wide {wide} kernel {k:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Every raw-bits kernel gives the scalar twin's differences and
+    /// cursor, on random bit streams, symbols a payload can hold (below
+    /// 247, small ones often: no raw bits) and cursors, near the stream's
+    /// end too.
+    #[test]
+    fn differences_kernels_match_the_scalar_twin() {
+        let table = SymTable::new();
+        for (y, &p) in table.packed.iter().enumerate().take(247) {
+            let (top, raw, neg) = (p & 7, (p >> 8) & 31, (p >> 16) & 1);
+            assert_eq!(top << raw, table.info[y].lead, "symbol {y}");
+            assert_eq!(raw, table.info[y].raw, "symbol {y}");
+            assert_eq!(neg.wrapping_neg(), table.info[y].negm, "symbol {y}");
+        }
+        let mut next = rng(29);
+        for round in 0..400 {
+            let len = (next() % 3000) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let n = (next() % 700) as usize;
+            let sym: Vec<u8> = (0..n)
+                .map(|_| {
+                    let v = next();
+                    let m = if v.is_multiple_of(3) { 16 } else { 247 };
+                    ((v >> 8) % m) as u8
+                })
+                .collect();
+            let at0 = (next() % (len as u64 * 8 + 1)) as usize;
+            let run = |k: Kernel| {
+                let mut at = at0;
+                let mut diff = vec![0u32; n];
+                differences(k, &bytes, &mut at, &table, &sym, &mut diff);
+                (at, diff)
+            };
+            let want = run(Kernel::Scalar);
+            for k in Kernel::all() {
+                assert_eq!(run(k), want, "round {round} kernel {k:?}");
             }
         }
     }

@@ -62,12 +62,31 @@ fn symbol_count(b: u32) -> usize {
 /// low bits, how many raw bits follow, and its sign.
 #[derive(Clone, Copy, Default)]
 pub(super) struct SymInfo {
-    lead: u32,
-    raw: u32,
+    pub(super) lead: u32,
+    pub(super) raw: u32,
     /// The low `raw` bits set.
     mask: u32,
     /// All ones for a negative difference, else zero.
-    negm: u32,
+    pub(super) negm: u32,
+}
+
+/// What the raw-bits pass reads per symbol: [`SymInfo`], and for a vector
+/// kernel the same in one word (`top | raw << 8 | neg << 16`, with `lead =
+/// top << raw`), so that eight are one gather.
+pub(super) struct SymTable {
+    pub(super) info: [SymInfo; 256],
+    pub(super) packed: [u32; 256],
+}
+
+impl SymTable {
+    pub(super) fn new() -> SymTable {
+        let info: [SymInfo; 256] = std::array::from_fn(sym_info);
+        let packed = std::array::from_fn(|y| {
+            let i = info[y];
+            (i.lead.checked_shr(i.raw).unwrap_or(0)) | i.raw << 8 | (i.negm & 1) << 16
+        });
+        SymTable { info, packed }
+    }
 }
 
 fn sym_info(sym: usize) -> SymInfo {
@@ -587,13 +606,13 @@ struct RawBits<'a> {
 pub(super) fn differences_body(
     bytes: &[u8],
     at: &mut usize,
-    info: &[SymInfo; 256],
+    table: &SymTable,
     sym: &[u8],
     diff: &mut [u32],
 ) {
     let mut a = *at;
     for (dv, &y) in diff.iter_mut().zip(sym) {
-        let s = info[usize::from(y)];
+        let s = table.info[usize::from(y)];
         let byte = a >> 3;
         let word = match bytes.get(byte..byte + 8) {
             Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
@@ -904,7 +923,7 @@ fn decode_w<const B: u32, const S: usize>(
         u32::from(window.shift),
         (1u32 << window.bits) - 1,
     );
-    let info: [SymInfo; 256] = std::array::from_fn(sym_info);
+    let table = SymTable::new();
     let mut raw = RawBits {
         bytes: raw_bytes,
         at: 0,
@@ -937,7 +956,7 @@ fn decode_w<const B: u32, const S: usize>(
             kernel,
             raw.bytes,
             &mut raw.at,
-            &info,
+            &table,
             &sym[..cnt],
             &mut diff[..cnt],
         );
