@@ -323,7 +323,9 @@ impl Store {
             let mut files = vec![("tensors.safetensors".to_string(), file)];
             files.extend(extra.iter().map(|(p, b)| (p.clone(), b.to_vec())));
             let ck = tpde::store::Checkpoint::from_files(&name, files)?;
-            self.inner.add_checkpoint(&ck, step, lossy, &mut |_| {})
+            // Handed over: kept as the next step's reference without a copy.
+            self.inner
+                .add_checkpoint_owned(ck, step, lossy, &mut |_| {})
         })
         .map(|_| ())
         .map_err(err)

@@ -380,6 +380,63 @@ fn bad_requests_get_clear_errors() {
     check_steps(&store, &run, &run.steps);
 }
 
+/// Moves the files of the tree `from` into the tree `to`.
+fn merge_into(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            merge_into(&e.path(), &target);
+        } else {
+            std::fs::rename(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Checkpoints handed over (`add_checkpoint_owned`, what the Python
+/// package's save does) give the store that borrowed ones give, and the
+/// next step is coded against the kept files.
+#[test]
+fn checkpoints_handed_over_code_the_same_bytes() {
+    let run = Run::new(6, 9);
+    let files_of = |s: u64| -> Vec<(String, Vec<u8>)> {
+        ["extra/notes.txt", "model.safetensors", "trainer_state.json"]
+            .iter()
+            .map(|p| (p.to_string(), std::fs::read(run.path(s).join(p)).unwrap()))
+            .collect()
+    };
+    let ck = |s: u64| tpde::store::Checkpoint::from_files(&format!("checkpoint-{s}"), files_of(s));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let borrowed = Store::init(da.path(), 4).unwrap();
+    let owned = Store::init(db.path(), 4).unwrap().keep_latest();
+    for &s in &run.steps {
+        borrowed
+            .add_checkpoint(&ck(s).unwrap(), s, None, &mut |_| {})
+            .unwrap();
+        let objects = owned.root().join("objects");
+        let moved = db.path().join("moved");
+        if s > run.steps[0] {
+            // The reference comes from memory: the content files are away.
+            std::fs::rename(&objects, &moved).unwrap();
+            std::fs::create_dir(&objects).unwrap();
+        }
+        owned
+            .add_checkpoint_owned(ck(s).unwrap(), s, None, &mut |_| {})
+            .unwrap();
+        if s > run.steps[0] {
+            merge_into(&objects, &moved);
+            std::fs::remove_dir_all(&objects).unwrap();
+            std::fs::rename(&moved, &objects).unwrap();
+        }
+    }
+    assert_eq!(owned.manifest().unwrap(), borrowed.manifest().unwrap());
+    for &s in &run.steps {
+        let r = owned.restore(s).unwrap();
+        assert!(r.files == files_of(s), "step {s}");
+    }
+}
+
 #[test]
 fn keeping_the_latest_in_memory_codes_the_same_bytes() {
     let run = Run::new(8, 8);

@@ -85,8 +85,13 @@ impl Store {
             .and_then(|(a, p)| a.files.get(p))
             .map(|b| &**b);
         let (object, stats) = self
-            .write_object(txn, |w| {
-                crate::container::encode::encode(bytes, ref_bytes, opts, w, None)
+            .write_object(txn, |w| match bytes {
+                // The step's own memory, which nothing else changes meanwhile:
+                // coded in place.
+                Bytes::Owned(v) => {
+                    crate::container::encode::encode_private(v, ref_bytes, opts, w, None)
+                }
+                Bytes::Mapped(m) => crate::container::encode::encode(m, ref_bytes, opts, w, None),
             })
             .map_err(|e| match e {
                 // Typed, and naming the file already.
@@ -286,8 +291,51 @@ impl Store {
     ) -> Result<StepRecord> {
         let txn = self.begin_write()?;
         let started = txn.started();
-        self.add_in(txn, ck, step, lossy, progress)
-            .map_err(|e| self.lost_race(&started, e))
+        let (rec, newest) = self
+            .add_in(txn, ck, step, lossy, progress)
+            .map_err(|e| self.lost_race(&started, e))?;
+        if self.keeps(ck, newest) {
+            let files = ck
+                .files
+                .iter()
+                .map(|(p, b)| (p.clone(), Bytes::Owned(b.to_vec())))
+                .collect();
+            self.keep(step, files);
+        }
+        Ok(rec)
+    }
+
+    /// [`Store::add_checkpoint`] of a checkpoint handed over: kept by
+    /// [`Store::keep_latest`] without a copy of its bytes.
+    pub fn add_checkpoint_owned(
+        &self,
+        ck: Checkpoint,
+        step: u64,
+        lossy: Option<Bound>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<StepRecord> {
+        let txn = self.begin_write()?;
+        let started = txn.started();
+        let (rec, newest) = self
+            .add_in(txn, &ck, step, lossy, progress)
+            .map_err(|e| self.lost_race(&started, e))?;
+        if self.keeps(&ck, newest) {
+            self.keep(step, ck.files.into_iter().collect());
+        }
+        Ok(rec)
+    }
+
+    /// Whether [`Store::keep_latest`] keeps `ck`, just added (as the
+    /// `newest` step or not): the newest, and not too large.
+    fn keeps(&self, ck: &Checkpoint, newest: bool) -> bool {
+        self.latest.is_some() && newest && ck.len() <= KEEP_LATEST_MAX
+    }
+
+    /// Keeps `files` as those of step `step` (see [`Store::keeps`]).
+    fn keep(&self, step: u64, files: Files) {
+        if let Some(Ok(mut slot)) = self.latest.as_ref().map(|l| l.lock()) {
+            *slot = Some((step, files));
+        }
     }
 
     fn add_in(
@@ -297,7 +345,7 @@ impl Store {
         step: u64,
         lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<StepRecord> {
+    ) -> Result<(StepRecord, bool)> {
         let mut m = txn.base.clone();
         if m.get(step).is_some() {
             return Err(self.err(format!(
@@ -329,19 +377,8 @@ impl Store {
         m.put(rec);
         m.fix_depths();
         self.commit(txn, &m)?;
-        if let Some(slot) = &self.latest {
-            if m.steps.last().is_some_and(|s| s.step == step) && ck.len() <= KEEP_LATEST_MAX {
-                let files = ck
-                    .files
-                    .iter()
-                    .map(|(p, b)| (p.clone(), Bytes::Owned(b.to_vec())))
-                    .collect();
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some((step, files));
-                }
-            }
-        }
-        Ok(m.get(step).expect("just added").clone())
+        let newest = m.steps.last().is_some_and(|s| s.step == step);
+        Ok((m.get(step).expect("just added").clone(), newest))
     }
 }
 

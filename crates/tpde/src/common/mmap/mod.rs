@@ -331,6 +331,12 @@ pub(crate) fn check_unchanged(bytes: &[u8]) -> Result<()> {
     source.map_or(Ok(()), |s| s.check())
 }
 
+/// Whether `bytes` lie in a live [`FileBytes`] (a file map or a file's
+/// bytes read into memory).
+pub(crate) fn is_mapped(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && sources().iter().any(|s| s.contains(bytes))
+}
+
 /// Lets go of the memory pages holding `bytes` when they lie in a file
 /// mapped by [`FileBytes`]: they stop counting as this process's memory, and
 /// reading them again reads the file again (from the page cache, usually).

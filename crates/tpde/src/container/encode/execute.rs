@@ -40,7 +40,28 @@ pub fn execute(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
     let window = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(plan.chunk_size));
-    execute_in_windows(plan, out, progress, window)
+    execute_in_windows(plan, out, progress, window, Input::Copied)
+}
+
+/// [`execute`] for an input that nothing else can change while it is coded
+/// (memory the caller owns and holds borrowed, not a file map): its
+/// windows are hashed and coded in place, without the copy.
+pub(crate) fn execute_private(
+    plan: Plan<'_>,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<EncodeStats> {
+    let window = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(plan.chunk_size));
+    execute_in_windows(plan, out, progress, window, Input::InPlace)
+}
+
+/// How the input's windows are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Input {
+    /// Copied once, every pass reading the copy (a file map may change).
+    Copied,
+    /// Read in place (the input cannot change while it is coded).
+    InPlace,
 }
 
 /// [`execute`] with windows of `batch_bytes` of input.
@@ -49,6 +70,7 @@ pub(super) fn execute_in_windows(
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
     batch_bytes: usize,
+    input: Input,
 ) -> Result<EncodeStats> {
     // Lossy when some float tensor may be quantized (the chunks of a tensor
     // may still come out exact); files without float tensors stay lossless.
@@ -101,8 +123,11 @@ pub(super) fn execute_in_windows(
     let mut seen = Seen::new();
     let prepare = |k: usize, buf: &mut Vec<u8>| -> Result<Window> {
         let w = windows[k].clone();
-        let hashes = copy_window(&jobs[w.clone()], buf);
-        let views = split_lens(buf, jobs[w.clone()].iter().map(|j| j.cur.len()));
+        let hashes = match input {
+            Input::Copied => copy_window(&jobs[w.clone()], buf),
+            Input::InPlace => hash_window(&jobs[w.clone()]),
+        };
+        let views = window_views(input, &jobs[w.clone()], buf);
         let dup_of = find_duplicates(&mut seen, &jobs, w.start, &hashes);
         let coded = code_window(&jobs[w], &views, &dup_of)?;
         // The next window is read only after this returns.
@@ -115,7 +140,7 @@ pub(super) fn execute_in_windows(
     };
     overlapped(windows.len(), prepare, |k, window, buf| {
         let w = windows[k].clone();
-        let views = split_lens(buf, jobs[w.clone()].iter().map(|j| j.cur.len()));
+        let views = window_views(input, &jobs[w.clone()], buf);
         for (i, (coded, (dup, (h, c)))) in w.zip(
             window
                 .coded
@@ -192,6 +217,30 @@ fn copy_window(batch: &[Job], buf: &mut Vec<u8>) -> Vec<Hashes> {
         .map(|(j, copy)| {
             let h = copy_hashed(j.cur, copy);
             mmap::release(j.cur);
+            Hashes {
+                checksum: h.digest(),
+                bytes: h.digest128(),
+            }
+        })
+        .collect()
+}
+
+/// The input bytes of the jobs of a window: their pieces of `buf` (the
+/// window's copy), or read in place.
+fn window_views<'b>(input: Input, batch: &'b [Job<'_>], buf: &'b [u8]) -> Vec<&'b [u8]> {
+    match input {
+        Input::Copied => split_lens(buf, batch.iter().map(|j| j.cur.len())),
+        Input::InPlace => batch.iter().map(|j| j.cur).collect(),
+    }
+}
+
+/// The hashes of the input bytes of `batch`, read in place (in parallel).
+fn hash_window(batch: &[Job]) -> Vec<Hashes> {
+    batch
+        .par_iter()
+        .map(|j| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(j.cur);
             Hashes {
                 checksum: h.digest(),
                 bytes: h.digest128(),
@@ -516,18 +565,22 @@ mod tests {
                     lossy,
                     ..EncodeOptions::default()
                 };
-                let run = |window: usize| {
+                let run = |window: usize, how: Input| {
                     let p = plan(cur, reference.as_deref(), &opts).unwrap();
                     let mut out = Vec::new();
-                    let stats = execute_in_windows(p, &mut out, None, window).unwrap();
+                    let stats = execute_in_windows(p, &mut out, None, window, how).unwrap();
                     (out, stats)
                 };
-                let whole = run(usize::MAX);
-                for window in [1, 100, 1000] {
-                    assert!(
-                        run(window) == whole,
-                        "{input:?} {lossy:?}, windows of {window}"
-                    );
+                let whole = run(usize::MAX, Input::Copied);
+                // Read in place or copied, in windows of any size: the same
+                // container.
+                for window in [1, 100, 1000, usize::MAX] {
+                    for how in [Input::Copied, Input::InPlace] {
+                        assert!(
+                            run(window, how) == whole,
+                            "{input:?} {lossy:?}, windows of {window}, {how:?}"
+                        );
+                    }
                 }
             }
         }

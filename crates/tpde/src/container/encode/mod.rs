@@ -133,6 +133,25 @@ pub fn encode(
     result
 }
 
+/// [`encode`] of an input that nothing else can change while it is coded
+/// (memory the caller owns, not a file map): read in place, without the
+/// copy that guards against a file changing under the encoder.
+pub(crate) fn encode_private(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<EncodeStats> {
+    debug_assert!(!mmap::is_mapped(cur), "a file map is not private memory");
+    let result =
+        plan(cur, reference, opts).and_then(|p| execute::execute_private(p, out, progress));
+    if let Some(r) = reference {
+        mmap::check_unchanged(r)?;
+    }
+    result
+}
+
 /// Hooks for the tests of inputs that change while they are read: not part
 /// of the API.
 #[doc(hidden)]
