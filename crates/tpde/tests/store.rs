@@ -643,6 +643,17 @@ fn files_decoded_to_temporary_files() {
         store.add(&run.path(s), s).unwrap();
     }
     check_steps(&store, &run, &run.steps);
+    // Restored into memory, every link of the chain is decoded in memory
+    // whatever the threshold.
+    for s in [10, 40, 80] {
+        let r = store.restore(s).unwrap();
+        for (path, bytes) in &r.files {
+            assert!(
+                *bytes == std::fs::read(run.path(s).join(path)).unwrap(),
+                "{s} {path}"
+            );
+        }
+    }
     let report = store.verify().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     store.check_against(30, &run.path(30)).unwrap();

@@ -221,23 +221,29 @@ fn decode_jobs(c: &Container<'_>, jobs: &[Job<'_, '_>], out: &mut [u8]) -> Resul
         slices.push(head);
         rest = tail;
     }
-    jobs.par_iter().zip(slices).try_for_each(|(j, out)| {
-        let t = &c.tensors[j.tensor];
-        let e = &t.entry.chunks[j.chunk];
-        decode_chunk(&e.coding, j.payload, j.reference, out).map_err(|err| match err {
-            Error::Corrupt(m) => {
-                Error::Corrupt(format!("tensor {:?}, chunk {}: {m}", t.info.name, j.chunk))
-            }
-            other => other,
-        })?;
-        if xxhash_rust::xxh3::xxh3_64(out) != e.checksum {
-            return Err(Error::ChecksumMismatch {
-                tensor: t.info.name.clone(),
-                chunk: j.chunk,
-            });
+    jobs.par_iter()
+        .zip(slices)
+        .try_for_each(|(j, out)| decode_job(c, j, out))
+}
+
+/// Decodes the chunk of `j` into `out` (its decoded length), checking its
+/// checksum.
+fn decode_job(c: &Container<'_>, j: &Job<'_, '_>, out: &mut [u8]) -> Result<()> {
+    let t = &c.tensors[j.tensor];
+    let e = &t.entry.chunks[j.chunk];
+    decode_chunk(&e.coding, j.payload, j.reference, out).map_err(|err| match err {
+        Error::Corrupt(m) => {
+            Error::Corrupt(format!("tensor {:?}, chunk {}: {m}", t.info.name, j.chunk))
         }
-        Ok(())
-    })
+        other => other,
+    })?;
+    if xxhash_rust::xxh3::xxh3_64(out) != e.checksum {
+        return Err(Error::ChecksumMismatch {
+            tensor: t.info.name.clone(),
+            chunk: j.chunk,
+        });
+    }
+    Ok(())
 }
 
 /// Lists the decode jobs of tensor `ti`.
@@ -430,6 +436,71 @@ fn decode_in_batches(
         encoded_len: c.len(),
         output_digest: c.index.original_digest,
     })
+}
+
+/// [`decode`] into memory, of a container that decodes to exactly `len`
+/// bytes (refused otherwise, before anything is allocated): every chunk is
+/// decoded in parallel straight into its place in the output (no batch
+/// buffer copied out), then the whole output is checked against the
+/// container's digest.
+pub(crate) fn decode_to_vec(
+    container: &[u8],
+    reference: Option<&[u8]>,
+    len: u64,
+) -> Result<(Vec<u8>, DecodeStats)> {
+    let c = Container::open(container)?;
+    if c.index.original_len != len {
+        return Err(Error::corrupt(format!(
+            "decodes to {} bytes, not the {len} expected",
+            c.index.original_len
+        )));
+    }
+    let r = check_reference(&c, reference, true)?;
+    let mut jobs = Vec::new();
+    let mut pieces = Vec::new();
+    for (ti, t) in c.tensors.iter().enumerate() {
+        pieces.push(Item::Block(t.gap.clone()));
+        let first = jobs.len();
+        tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+        pieces.extend((first..jobs.len()).map(Item::Job));
+    }
+    pieces.push(Item::Block(c.tail.clone()));
+    let piece_len = |item: &Item| match item {
+        Item::Block(range) => range.len(),
+        Item::Job(j) => job_len(&c, &jobs[*j]),
+    };
+    let total: u64 = pieces.iter().map(|i| piece_len(i) as u64).sum();
+    if total != len {
+        return Err(Error::corrupt(
+            "decoded file differs from the original (length or digest)",
+        ));
+    }
+    let mut out = vec![0u8; len as usize];
+    let mut slices = Vec::with_capacity(jobs.len());
+    let mut rest = &mut out[..];
+    for item in &pieces {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece_len(item));
+        match item {
+            Item::Block(range) => head.copy_from_slice(&c.index.header_block[range.clone()]),
+            Item::Job(_) => slices.push(head),
+        }
+        rest = tail;
+    }
+    jobs.par_iter()
+        .zip(slices)
+        .try_for_each(|(j, out)| decode_job(&c, j, out))?;
+    release(&jobs);
+    if xxhash_rust::xxh3::xxh3_128(&out) != c.index.original_digest {
+        return Err(Error::corrupt(
+            "decoded file differs from the original (length or digest)",
+        ));
+    }
+    let stats = DecodeStats {
+        original_len: len,
+        encoded_len: c.len(),
+        output_digest: c.index.original_digest,
+    };
+    Ok((out, stats))
 }
 
 /// Decodes one tensor of a safetensors container, without the rest. The
@@ -648,7 +719,7 @@ impl HashingWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::encode::{encode, EncodeOptions};
+    use crate::container::encode::{encode, EncodeOptions, InputKind};
 
     /// A delta of many small chunks (two F32 tensors) and its reference.
     fn many_chunks() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
@@ -702,5 +773,48 @@ mod tests {
                 "batch {batch}: {err}"
             );
         }
+    }
+
+    /// Decoding into memory gives the file: the header block's pieces and
+    /// every chunk in place; another length, a damaged chunk, a wrong or
+    /// missing reference are errors.
+    #[test]
+    fn decoding_into_memory_gives_the_file() {
+        let (cur, reference, packed) = many_chunks();
+        let n = cur.len() as u64;
+        let (out, stats) = decode_to_vec(&packed, Some(&reference), n).unwrap();
+        assert!(out == cur);
+        assert_eq!(stats.original_len, n);
+        // A keyframe, and a file of opaque bytes.
+        for (file, r) in [(&cur, None), (&reference, Some(&cur))] {
+            for input in [InputKind::Safetensors, InputKind::Opaque] {
+                let opts = EncodeOptions {
+                    input,
+                    chunk_size: 4096,
+                    ..EncodeOptions::default()
+                };
+                let mut p = Vec::new();
+                encode(file, r.map(|r| &r[..]), &opts, &mut p, None).unwrap();
+                let (out, _) = decode_to_vec(&p, r.map(|r| &r[..]), file.len() as u64).unwrap();
+                assert!(out == *file, "{input:?}");
+            }
+        }
+        for len in [0, n - 1, n + 1, u64::MAX] {
+            let err = decode_to_vec(&packed, Some(&reference), len).unwrap_err();
+            assert!(err.to_string().contains("expected"), "{len}: {err}");
+        }
+        let c = Container::open(&packed).unwrap();
+        let e = c.tensors.last().unwrap().entry.chunks.last().unwrap();
+        let mut bad = packed.clone();
+        bad[e.payload_offset as usize + e.payload_len as usize / 2] ^= 0x10;
+        let err = decode_to_vec(&bad, Some(&reference), n).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt(_) | Error::ChecksumMismatch { .. }),
+            "{err}"
+        );
+        let err = decode_to_vec(&packed, Some(&cur), n).unwrap_err();
+        assert!(matches!(err, Error::WrongReference { .. }), "{err}");
+        let err = decode_to_vec(&packed, None, n).unwrap_err();
+        assert!(matches!(err, Error::MissingReference), "{err}");
     }
 }

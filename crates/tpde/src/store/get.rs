@@ -39,9 +39,7 @@ impl Store {
         reference: Option<&[u8]>,
     ) -> Result<Bytes> {
         if f.len <= self.spill_bytes.load(Ordering::Relaxed) {
-            let mut out = Vec::with_capacity(f.len as usize);
-            self.decode_file_to(step, f, reference, &mut out)?;
-            return Ok(Bytes::Owned(out));
+            return self.decode_file_in_memory(step, f, reference);
         }
         let dir = self.backend.spill_dir();
         let what = |e: std::io::Error| {
@@ -57,6 +55,33 @@ impl Store {
         w.flush().map_err(what)?;
         drop(w);
         FileBytes::from_file(&file, &dir).map(Bytes::Mapped)
+    }
+
+    /// [`Store::decode_file`] in memory: the chunks decoded straight into
+    /// the file's bytes.
+    fn decode_file_in_memory(
+        &self,
+        step: u64,
+        f: &FileRecord,
+        reference: Option<&[u8]>,
+    ) -> Result<Bytes> {
+        let path = self.backend.object_display(&f.object);
+        let what = |e: &dyn std::fmt::Display| {
+            self.err(format!(
+                "step {step}, file {}: content file {path}: {e}",
+                f.path
+            ))
+        };
+        let bytes = self.backend.get_object(&f.object).map_err(|e| match e {
+            Error::Io { err: source, .. } => what(&source),
+            e => what(&e),
+        })?;
+        let (out, stats) = crate::container::decode::decode_to_vec(&bytes, reference, f.len)
+            .map_err(|e| what(&e))?;
+        if format::digest_hex(stats.output_digest) != f.digest {
+            return Err(what(&"decodes to a file other than the one stored"));
+        }
+        Ok(Bytes::Owned(out))
     }
 
     /// Decodes the content file of `f` into `out`, checking that what comes
@@ -169,6 +194,10 @@ impl Store {
                     Sink::Discard if i == last => {
                         self.decode_file_to(rec.step, f, reference, &mut std::io::sink())?
                     }
+                    Sink::Memory => {
+                        let bytes = self.decode_file_in_memory(rec.step, f, reference)?;
+                        next.insert(f.path.clone(), bytes);
+                    }
                     _ => {
                         let bytes = self.decode_file(rec.step, f, reference)?;
                         next.insert(f.path.clone(), bytes);
@@ -206,7 +235,7 @@ impl Store {
         let rec = m
             .get(step)
             .ok_or_else(|| self.err(format!("no step {step} (stored: {})", list_steps(&m))))?;
-        let mut files = self.restore_files(&m, step, None, Sink::Keep)?;
+        let mut files = self.restore_files(&m, step, None, Sink::Memory)?;
         Ok(Restored {
             name: rec.name.clone(),
             kind: rec.kind,

@@ -21,6 +21,10 @@ use crate::common::safefs;
 pub(crate) enum Sink<'a> {
     /// Returned, in memory or memory-mapped.
     Keep,
+    /// Returned in memory, as every link of the chain before it is decoded
+    /// (the caller holds the whole step: the links take at most as much
+    /// again), never spilled to temporary files.
+    Memory,
     /// Written under this folder.
     Dir(&'a Path),
     /// The one file of a single-file step, written to this file.
@@ -49,7 +53,7 @@ pub fn write_restored(r: &Restored, out: &Path) -> Result<()> {
             }
             Ok(())
         }
-        Sink::Keep | Sink::Discard => Ok(()),
+        Sink::Keep | Sink::Memory | Sink::Discard => Ok(()),
     })
 }
 
