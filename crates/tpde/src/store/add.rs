@@ -289,11 +289,7 @@ impl Store {
         lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
-        let txn = self.begin_write()?;
-        let started = txn.started();
-        let (rec, newest) = self
-            .add_in(txn, ck, step, lossy, progress)
-            .map_err(|e| self.lost_race(&started, e))?;
+        let (rec, newest) = self.add_locked(ck, step, lossy, progress)?;
         if self.keeps(ck, newest) {
             let files = ck
                 .files
@@ -314,15 +310,26 @@ impl Store {
         lossy: Option<Bound>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StepRecord> {
-        let txn = self.begin_write()?;
-        let started = txn.started();
-        let (rec, newest) = self
-            .add_in(txn, &ck, step, lossy, progress)
-            .map_err(|e| self.lost_race(&started, e))?;
+        let (rec, newest) = self.add_locked(&ck, step, lossy, progress)?;
         if self.keeps(&ck, newest) {
             self.keep(step, ck.files.into_iter().collect());
         }
         Ok(rec)
+    }
+
+    /// Adds `ck` as step `step` in a write transaction; returns its record
+    /// and whether it is the newest step.
+    fn add_locked(
+        &self,
+        ck: &Checkpoint,
+        step: u64,
+        lossy: Option<Bound>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(StepRecord, bool)> {
+        let txn = self.begin_write()?;
+        let started = txn.started();
+        self.add_in(txn, ck, step, lossy, progress)
+            .map_err(|e| self.lost_race(&started, e))
     }
 
     /// Whether [`Store::keep_latest`] keeps `ck`, just added (as the

@@ -57,6 +57,30 @@ impl Store {
         FileBytes::from_file(&file, &dir).map(Bytes::Mapped)
     }
 
+    /// An error about the content file of `f` (of step `step`), naming both.
+    fn content_error<'a>(
+        &'a self,
+        step: u64,
+        f: &'a FileRecord,
+    ) -> impl Fn(&dyn std::fmt::Display) -> Error + 'a {
+        let path = self.backend.object_display(&f.object);
+        move |e| {
+            self.err(format!(
+                "step {step}, file {}: content file {path}: {e}",
+                f.path
+            ))
+        }
+    }
+
+    /// The bytes of the content file of `f` (of step `step`).
+    fn content_file(&self, step: u64, f: &FileRecord) -> Result<FileBytes> {
+        let what = self.content_error(step, f);
+        self.backend.get_object(&f.object).map_err(|e| match e {
+            Error::Io { err: source, .. } => what(&source),
+            e => what(&e),
+        })
+    }
+
     /// [`Store::decode_file`] in memory: the chunks decoded straight into
     /// the file's bytes.
     fn decode_file_in_memory(
@@ -65,17 +89,8 @@ impl Store {
         f: &FileRecord,
         reference: Option<&[u8]>,
     ) -> Result<Bytes> {
-        let path = self.backend.object_display(&f.object);
-        let what = |e: &dyn std::fmt::Display| {
-            self.err(format!(
-                "step {step}, file {}: content file {path}: {e}",
-                f.path
-            ))
-        };
-        let bytes = self.backend.get_object(&f.object).map_err(|e| match e {
-            Error::Io { err: source, .. } => what(&source),
-            e => what(&e),
-        })?;
+        let what = self.content_error(step, f);
+        let bytes = self.content_file(step, f)?;
         let (out, stats) = crate::container::decode::decode_to_vec(&bytes, reference, f.len)
             .map_err(|e| what(&e))?;
         if format::digest_hex(stats.output_digest) != f.digest {
@@ -93,17 +108,8 @@ impl Store {
         reference: Option<&[u8]>,
         out: &mut dyn Write,
     ) -> Result<()> {
-        let path = self.backend.object_display(&f.object);
-        let what = |e: &dyn std::fmt::Display| {
-            self.err(format!(
-                "step {step}, file {}: content file {path}: {e}",
-                f.path
-            ))
-        };
-        let bytes = self.backend.get_object(&f.object).map_err(|e| match e {
-            Error::Io { err: source, .. } => what(&source),
-            e => what(&e),
-        })?;
+        let what = self.content_error(step, f);
+        let bytes = self.content_file(step, f)?;
         // `decode` checks the whole output against the container's digest.
         let stats = crate::container::decode::decode(&bytes, reference, out, None).map_err(
             |e| match e {

@@ -39,20 +39,20 @@ pub fn execute(
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
-    let window = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(plan.chunk_size));
-    execute_in_windows(plan, out, progress, window, Input::Copied)
+    execute_as(plan, out, progress, Input::Copied)
 }
 
-/// [`execute`] for an input that nothing else can change while it is coded
-/// (memory the caller owns and holds borrowed, not a file map): its
-/// windows are hashed and coded in place, without the copy.
-pub(crate) fn execute_private(
+/// [`execute`], its windows read as `input` says: [`Input::InPlace`] only
+/// for an input that nothing else can change while it is coded (memory the
+/// caller owns and holds borrowed, not a file map).
+pub(super) fn execute_as(
     plan: Plan<'_>,
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
+    input: Input,
 ) -> Result<EncodeStats> {
     let window = test_hooks::batch_bytes().unwrap_or_else(|| batch_bytes(plan.chunk_size));
-    execute_in_windows(plan, out, progress, window, Input::InPlace)
+    execute_in_windows(plan, out, progress, window, input)
 }
 
 /// How the input's windows are read.

@@ -22,6 +22,7 @@ mod plan;
 mod summary;
 
 pub use execute::execute;
+use execute::{execute_as, Input};
 pub use plan::{plan, Plan, PlannedTensor};
 pub use summary::{DtypeBytes, PlanSummary};
 
@@ -123,7 +124,19 @@ pub fn encode(
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
-    let result = plan(cur, reference, opts).and_then(|p| execute(p, out, progress));
+    encode_as(cur, reference, opts, out, progress, Input::Copied)
+}
+
+/// [`encode`], the input's windows read as `input` says.
+fn encode_as(
+    cur: &[u8],
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    out: &mut dyn Write,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+    input: Input,
+) -> Result<EncodeStats> {
+    let result = plan(cur, reference, opts).and_then(|p| execute_as(p, out, progress, input));
     // A file that changed while it was read: say so, whatever else went wrong
     // meanwhile (bytes cut short may not even parse any more).
     mmap::check_unchanged(cur)?;
@@ -144,12 +157,7 @@ pub(crate) fn encode_private(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<EncodeStats> {
     debug_assert!(!mmap::is_mapped(cur), "a file map is not private memory");
-    let result =
-        plan(cur, reference, opts).and_then(|p| execute::execute_private(p, out, progress));
-    if let Some(r) = reference {
-        mmap::check_unchanged(r)?;
-    }
-    result
+    encode_as(cur, reference, opts, out, progress, Input::InPlace)
 }
 
 /// Hooks for the tests of inputs that change while they are read: not part
