@@ -24,7 +24,7 @@ pub enum Codec {
     /// One symbol per element (sign, bit length and top bits of the ULP
     /// difference) rANS coded by the reference's exponent, and the low bits
     /// raw, on 8 interleaved rANS states (format version 4 on, see
-    /// [`crate::codec::symbols`]).
+    /// `codec::symbols`).
     Symbols = 5,
     /// As [`Codec::Symbols`], on 32 interleaved rANS states (format version 5).
     Symbols32 = 6,
