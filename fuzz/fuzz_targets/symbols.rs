@@ -74,6 +74,7 @@ fuzz_target!(|data: &[u8]| {
         family: Family::Float,
         level: 1,
         exponent: Some(exponent),
+        fine_classes: true,
     };
     let (coding, payload) = encode_chunk(&cur, Some(&reference), params).expect("encode");
     let mut out = vec![0u8; cur.len()];

@@ -871,15 +871,18 @@ fn wrong_magic_and_unsupported_version() {
         common::decode(&v4, Some(&pf)).unwrap(),
         common::decode(&packed, Some(&pf)).unwrap()
     );
-    // Marked version 5, whose trailer checksum also covers the file header,
-    // it is refused; and a version 5 file marked otherwise is refused too.
-    let mut v5 = packed.clone();
-    v5[8..10].copy_from_slice(&5u16.to_le_bytes());
-    let err = common::decode(&v5, Some(&pf)).unwrap_err();
-    assert!(err.to_string().contains("index checksum"), "{err}");
+    // Marked version 5 or 6, whose trailer checksum also covers the file
+    // header, it is refused; and a version 6 file marked otherwise is
+    // refused too.
+    for version in [5u16, 6] {
+        let mut v = packed.clone();
+        v[8..10].copy_from_slice(&version.to_le_bytes());
+        let err = common::decode(&v, Some(&pf)).unwrap_err();
+        assert!(err.to_string().contains("index checksum"), "{err}");
+    }
     let dense = small_dense_delta();
-    assert_eq!(u16::from_le_bytes([dense.2[8], dense.2[9]]), 5);
-    for version in [1u16, 3, 4] {
+    assert_eq!(u16::from_le_bytes([dense.2[8], dense.2[9]]), 6);
+    for version in [1u16, 3, 4, 5] {
         let mut v = dense.2.clone();
         v[8..10].copy_from_slice(&version.to_le_bytes());
         let err = common::decode(&v, Some(&dense.0)).unwrap_err();
@@ -888,7 +891,7 @@ fn wrong_magic_and_unsupported_version() {
             "{version}: {err}"
         );
     }
-    for version in [0u16, 6, 0x0100, u16::MAX] {
+    for version in [0u16, 7, 0x0100, u16::MAX] {
         let mut bad = packed.clone();
         bad[8..10].copy_from_slice(&version.to_le_bytes());
         match common::decode(&bad, Some(&pf)) {

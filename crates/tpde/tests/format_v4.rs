@@ -111,11 +111,11 @@ fn version_4_is_checked_both_ways() {
     v5[8..10].copy_from_slice(&5u16.to_le_bytes());
     let err = decode(&v5, None).unwrap_err();
     assert!(err.to_string().contains("index checksum"), "{err}");
-    let mut v6 = key;
-    v6[8..10].copy_from_slice(&6u16.to_le_bytes());
+    let mut v7 = key;
+    v7[8..10].copy_from_slice(&7u16.to_le_bytes());
     assert!(matches!(
-        decode(&v6, None).unwrap_err(),
-        tpde::Error::UnsupportedVersion(6)
+        decode(&v7, None).unwrap_err(),
+        tpde::Error::UnsupportedVersion(7)
     ));
 }
 

@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::codec::ans;
-use crate::codec::bits::BitReader;
 use crate::codec::groups::{groups_for, put_plane, GroupContext, Groups};
 use crate::codec::positions::{
-    bitmap, changed_positions, classes_estimate, elias_gaps, gap_classes, gaps_bits, gather_planes,
-    read_gaps,
+    bitmap, changed_positions, classes_estimates, elias_gaps, fine_gap_classes, gap_classes,
+    gaps_bits, gather_planes, read_classes, read_gaps,
 };
 use crate::codec::quantized::decode_quantized;
 use crate::codec::sample::{entropy, Sample, Sampled, RAW_ENTROPY};
@@ -70,6 +69,12 @@ pub fn symbols_eligible(len: usize, p: &ChunkParams) -> bool {
         && p.exponent.is_some()
         && len / p.width >= symbols::MIN_ELEMENTS
 }
+
+/// Share of changed elements up to which positions are chosen while they
+/// cost at most [`SPARSE_SLACK`] more than dense planes.
+const FAST_SPARSE: f64 = 0.25;
+/// See [`FAST_SPARSE`]: 0.5% of the chunk's size.
+const SPARSE_SLACK: f64 = 0.005;
 
 /// Elements of a chunk at most for which both the dense and the sparse
 /// coding are built when their estimates are close.
@@ -186,16 +191,40 @@ pub(super) fn encode_chunk_with(
     // chosen by exact order-0 costs and only the chosen one built. An
     // unchanged element is zero in every plane, so a plane's histogram over
     // the changed elements is its whole histogram less the unchanged ones.
-    let hists: Vec<[u64; 256]> = planes.chunks_exact(n).map(ans::histogram).collect();
+    // With few changes, the positions and the changed values come first,
+    // and only the values are counted (the planes add the unchanged zeros).
     let unchanged = n as u64 - nnz;
-    let sparse_hists: Vec<[u64; 256]> = hists
-        .iter()
-        .map(|h| {
-            let mut h = *h;
-            h[0] -= unchanged;
-            h
-        })
-        .collect();
+    let mut known: Option<(Vec<u32>, Vec<u8>)> = None;
+    let (hists, sparse_hists): (Vec<[u64; 256]>, Vec<[u64; 256]>) =
+        if nnz as f64 <= n as f64 * FAST_SPARSE {
+            let pos = changed_positions(&planes, n, nnz);
+            let values = gather_planes(width, &planes, n, &pos);
+            let m = pos.len();
+            let sparse: Vec<[u64; 256]> = (0..width)
+                .map(|k| ans::histogram(&values[k * m..(k + 1) * m]))
+                .collect();
+            known = Some((pos, values));
+            let dense = sparse
+                .iter()
+                .map(|h| {
+                    let mut h = *h;
+                    h[0] += unchanged;
+                    h
+                })
+                .collect();
+            (dense, sparse)
+        } else {
+            let dense: Vec<[u64; 256]> = planes.chunks_exact(n).map(ans::histogram).collect();
+            let sparse = dense
+                .iter()
+                .map(|h| {
+                    let mut h = *h;
+                    h[0] -= unchanged;
+                    h
+                })
+                .collect();
+            (dense, sparse)
+        };
     let dense_est: f64 = hists.iter().map(plane_cost).sum();
     let sparse_values: f64 = sparse_hists.iter().map(plane_cost).sum();
     // When nearly everything changed, positions pay off only if the
@@ -216,32 +245,52 @@ pub(super) fn encode_chunk_with(
     // smaller kept. Building is cheap at that size.
     let mut try_dense = force.is_none_or(|f| f == Positions::Dense);
     if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
-        let pos = changed_positions(&planes, n, nnz);
+        let (pos, values) = match known.take() {
+            Some((pos, values)) => (pos, Some(values)),
+            None => (changed_positions(&planes, n, nnz), None),
+        };
         // Bytes of each way to code the positions: Elias-delta gaps (exact),
-        // a bitmap (before zstd), gap classes (estimated).
+        // a bitmap (before zstd), gap classes and fine gap classes
+        // (estimated; fine ones only in a version 6 file).
         let elias = gaps_bits(&pos).div_ceil(8);
         let bits = (n as u64).div_ceil(8);
-        let classes = classes_estimate(&pos);
-        let pos_est = elias.min(bits).min(classes);
+        let (classes, fine) = classes_estimates(&pos);
+        let fine = if p.fine_classes { fine } else { u64::MAX };
+        let pos_est = elias.min(bits).min(classes).min(fine);
         let sparse_est = pos_est as f64 + sparse_values;
         let close = n <= SMALL_CHUNK && sparse_est > dense_est * 0.97 && nnz > 0;
-        if force.is_some() || sparse_est < dense_est * if close { 1.03 } else { 1.0 } || nnz == 0 {
+        // With few changes the positions are also the fast coding (a coder
+        // step per changed element, not per byte of every element): they
+        // are kept unless they cost more than SPARSE_SLACK over dense.
+        let slack = if p_changed <= FAST_SPARSE {
+            1.0 + SPARSE_SLACK
+        } else {
+            1.0
+        };
+        if force.is_some() || sparse_est < dense_est * if close { 1.03 } else { slack } || nnz == 0
+        {
             let choice = force.unwrap_or(if pos_est == elias {
                 Positions::Gaps
             } else if pos_est == bits {
                 Positions::Bitmap
-            } else {
+            } else if pos_est == classes {
                 Positions::Classes
+            } else {
+                Positions::FineClasses
             });
             let (positions, pos_sections) = match choice {
                 Positions::Gaps => (Positions::Gaps, vec![elias_gaps(&pos)]),
                 Positions::Bitmap => (Positions::Bitmap, vec![bitmap(n, &pos)]),
+                Positions::FineClasses => {
+                    let (c, low) = fine_gap_classes(&pos);
+                    (Positions::FineClasses, vec![c, low])
+                }
                 _ => {
                     let (c, low) = gap_classes(&pos);
                     (Positions::Classes, vec![c, low])
                 }
             };
-            let values = gather_planes(width, &planes, n, &pos);
+            let values = values.unwrap_or_else(|| gather_planes(width, &planes, n, &pos));
             let views: Vec<&[u8]> = pos_sections.iter().map(|v| &v[..]).collect();
             let groups = groups_for(&p, transform, r, Some(&pos));
             let payload = build_sections(
@@ -383,7 +432,7 @@ pub fn decode_chunk(
             let bytes = sections.next(len, "positions")?;
             Some(read_gaps(&bytes, nnz, n, "changed position")?)
         }
-        Positions::Classes => {
+        Positions::Classes | Positions::FineClasses => {
             let classes = sections.next(nnz, "gap classes")?;
             let len = sections.peek_len("gap bits")?;
             // At most 31 low bits per gap: bound the length before allocating.
@@ -393,23 +442,8 @@ pub fn decode_chunk(
                 ));
             }
             let bytes = sections.next(len, "gap bits")?;
-            let mut r = BitReader::new(&bytes);
-            let mut pos = Vec::with_capacity(nnz);
-            let mut prev = -1i64;
-            for &l in classes.iter() {
-                if !(1..=32).contains(&l) {
-                    return Err(Error::corrupt("gap class out of range"));
-                }
-                let g = (1u64 << (l - 1)) | r.read(u32::from(l) - 1)?;
-                let p = prev + g as i64;
-                if p >= n as i64 {
-                    return Err(Error::corrupt("changed position past the end of the chunk"));
-                }
-                pos.push(p as u32);
-                prev = p;
-            }
-            r.expect_end()?;
-            Some(pos)
+            let fine = c.positions == Positions::FineClasses;
+            Some(read_classes(&classes, &bytes, n, fine)?)
         }
         Positions::Bitmap => {
             let bytes = sections.next(n.div_ceil(8), "bitmap")?;
@@ -484,6 +518,7 @@ pub(super) mod tests {
                 family,
                 level: 3,
                 exponent: None,
+                fine_classes: true,
             },
         )
         .unwrap();
@@ -535,12 +570,14 @@ pub(super) mod tests {
                 Positions::Gaps,
                 Positions::Bitmap,
                 Positions::Classes,
+                Positions::FineClasses,
             ] {
                 let params = ChunkParams {
                     width: 4,
                     family: Family::Float,
                     level: 3,
                     exponent: Some((23, 8)),
+                    fine_classes: true,
                 };
                 let (coding, payload) =
                     encode_chunk_with(&cur, Some(&reference), params, Some(force)).unwrap();

@@ -79,6 +79,9 @@ pub enum Positions {
     Bitmap = 2,
     /// Gaps as entropy-coded bit lengths plus their low bits.
     Classes = 3,
+    /// Gaps as entropy-coded bit lengths and the two bits below the
+    /// leading one, plus the low bits below those (format version 6).
+    FineClasses = 4,
 }
 
 impl Positions {
@@ -88,6 +91,7 @@ impl Positions {
             1 => Positions::Gaps,
             2 => Positions::Bitmap,
             3 => Positions::Classes,
+            4 => Positions::FineClasses,
             other => return Err(Error::corrupt(format!("unknown positions coding {other}"))),
         })
     }
@@ -98,6 +102,7 @@ impl Positions {
             Positions::Gaps => "gaps",
             Positions::Bitmap => "bitmap",
             Positions::Classes => "classes",
+            Positions::FineClasses => "fine-classes",
         }
     }
 }
@@ -126,4 +131,7 @@ pub struct ChunkParams {
     /// The exponent field of a float element, (shift, bits): plane bytes may
     /// then be grouped by the exponent of their reference element.
     pub exponent: Option<(u8, u8)>,
+    /// Whether positions may be coded as fine gap classes (positions 4, in
+    /// a format version 6 file).
+    pub fine_classes: bool,
 }

@@ -358,6 +358,7 @@ mod tests {
                 family: Family::Float,
                 level: 3,
                 exponent,
+                fine_classes: true,
             };
             let (coding, payload) =
                 encode_chunk_with(&c, Some(&r), p, Some(Positions::Dense)).unwrap();
@@ -393,6 +394,7 @@ mod tests {
             family: Family::Float,
             level: 3,
             exponent: Some((23, 8)),
+            fine_classes: true,
         };
         let (coding, payload) = encode_chunk_with(&c, Some(&r), p, Some(Positions::Dense)).unwrap();
         let mut other = r.clone();

@@ -32,6 +32,7 @@ pub fn encode_quantized_chunk(
         family: Family::Integer,
         level,
         exponent: None,
+        fine_classes: false,
     };
     let (inner, inner_payload) = encode_chunk(&q.bins, None, params)?;
     let mut payload = Vec::with_capacity(inner_payload.len() + 64);

@@ -76,6 +76,8 @@ pub(super) fn execute_in_windows(
     // may still come out exact); files without float tensors stay lossless.
     let lossy = plan.lossy();
     let version = plan.version();
+    let mut plan = plan;
+    plan.set_version_features(version);
     let Plan {
         cur,
         reference,

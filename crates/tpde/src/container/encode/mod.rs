@@ -291,7 +291,7 @@ mod identity_tests {
                 "v1/cur-b.safetensors",
                 Some("v1/ref-b.safetensors"),
                 Auto,
-                "861e6fc40d9f7764dd94b9bdbb30c015",
+                "8b72018ad1296a9b92ea1526c4265e76",
             ),
             (
                 "v1/cur.safetensors",

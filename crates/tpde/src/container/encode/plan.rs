@@ -93,20 +93,30 @@ impl Plan<'_> {
         self.jobs.iter().any(|j| j.lossy.is_some())
     }
 
-    /// The format version the container is written with: 5 when some chunk
+    /// The format version the container is written with: 6 when some chunk
     /// may be coded with symbols (a float chunk with reference data, see
     /// [`symbols_eligible`]); else 3 when lossy; else the source kind's.
+    /// Its chunks use fine gap classes only in version 6 (see
+    /// `Plan::set_version_features`).
     pub fn version(&self) -> u16 {
         let symbols = self
             .jobs
             .iter()
             .any(|j| j.reference.is_some() && symbols_eligible(j.cur.len(), &j.params));
         if symbols {
-            5
+            6
         } else if self.lossy() {
             3
         } else {
             self.kind.min_version()
+        }
+    }
+
+    /// Lets every chunk use what the container's `version` has: fine gap
+    /// classes from version 6 on.
+    pub(super) fn set_version_features(&mut self, version: u16) {
+        for j in &mut self.jobs {
+            j.params.fine_classes = version >= 6;
         }
     }
 
@@ -197,6 +207,7 @@ fn chunk_params(dtype: &Dtype, level: i32) -> ChunkParams {
         family: dtype.family(),
         level,
         exponent: dtype.exponent_field(),
+        fine_classes: false,
     }
 }
 
@@ -320,6 +331,7 @@ fn plan_opaque<'a>(plan: &mut Plan<'a>, reference: Option<&'a [u8]>, opts: &Enco
         family: Family::Integer,
         level: opts.level,
         exponent: None,
+        fine_classes: false,
     };
     let ref_mode = if reference.is_some() {
         RefMode::SameRange

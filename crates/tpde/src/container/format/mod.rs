@@ -1,4 +1,4 @@
-//! The `.tpde` container, versions 1 to 5, byte by byte as in `docs/FORMAT.md`.
+//! The `.tpde` container, versions 1 to 6, byte by byte as in `docs/FORMAT.md`.
 //!
 //! ```text
 //! +-----------------------+ 0
@@ -20,7 +20,7 @@
 //! (the safetensors header, dtypes) and [`codec`](crate::codec) (the chunk
 //! coding fields).
 
-use crate::codec::chunk::{ChunkCoding, Codec};
+use crate::codec::chunk::{ChunkCoding, Codec, Positions};
 use crate::common::error::{Error, Result};
 use std::ops::Range;
 
@@ -36,11 +36,13 @@ pub const MAGIC: [u8; 8] = *b"\x89TPDE\r\n\x1a";
 pub const END_MAGIC: [u8; 8] = *b"TPDEEND\0";
 /// The newest format version this build reads. A file is written with the
 /// lowest version that has the features it uses: 1; 2 for a torch.save
-/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); 5
+/// archive (source kind 2); 3 for the lossy mode (flag bit 1, codec 4); 6
 /// when some chunk may be coded with symbols (codec 5 or 6: a float chunk
-/// coded against reference data); so that older readers still read the
-/// rest. Version 4 (symbols on 8 states only) is read, no longer written.
-pub const VERSION: u16 = 5;
+/// coded against reference data), whose chunks may also have fine gap
+/// classes (positions 4); so that older readers still read the rest.
+/// Versions 4 (symbols on 8 states only) and 5 (no fine gap classes) are
+/// read, no longer written.
+pub const VERSION: u16 = 6;
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 pub(crate) const TRAILER_LEN: u64 = 32;
 const CHUNK_ENTRY_LEN: usize = 48;
@@ -240,10 +242,10 @@ impl<'a> Container<'a> {
         }
         let index = index::parse_index(index_bytes, index_offset)?;
         // Versions 1 to 3 are exactly the lowest one with the features used.
-        // Versions 4 and 5 are written before the chunks are coded, when
+        // Versions 4 to 6 are written before the chunks are coded, when
         // some chunk may come out as symbols: any file with reference data
-        // may be version 4 or 5; codec 5 needs version 4 or later, codec 6
-        // version 5.
+        // may be version 4, 5 or 6; codec 5 needs version 4 or later, codec
+        // 6 version 5 or later, fine gap classes (positions 4) version 6.
         if index.lossy && version < 3 {
             return Err(Error::corrupt(format!(
                 "the lossy flag in a version {version} file"
@@ -262,6 +264,16 @@ impl<'a> Container<'a> {
                 .flat_map(|t| &t.chunks)
                 .any(|c| c.coding.codec == codec)
         };
+        let fine = index
+            .tensors
+            .iter()
+            .flat_map(|t| &t.chunks)
+            .any(|c| c.coding.positions == Positions::FineClasses);
+        if version < 6 && fine {
+            return Err(Error::corrupt(format!(
+                "fine gap classes (positions 4) in a version {version} file"
+            )));
+        }
         if version == 4 && has(Codec::Symbols32) {
             return Err(Error::corrupt(
                 "a symbols chunk on 32 states (codec 6) in a version 4 file",
