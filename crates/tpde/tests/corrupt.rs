@@ -895,11 +895,15 @@ fn wrong_magic_and_unsupported_version() {
         let mut bad = packed.clone();
         bad[8..10].copy_from_slice(&version.to_le_bytes());
         match common::decode(&bad, Some(&pf)) {
-            Err(Error::UnsupportedVersion(v)) => assert_eq!(v, version),
+            Err(Error::UnsupportedVersion { version: v, .. }) => assert_eq!(v, version),
             other => panic!("version {version}: {other:?}"),
         }
-        let msg = Error::UnsupportedVersion(version).to_string();
+        let msg = common::decode(&bad, Some(&pf)).unwrap_err().to_string();
         assert!(msg.contains("unsupported"), "{msg}");
+        // It names the versions this build reads (it once said "1 to 4"
+        // when the build read 5).
+        let newest = tpde::container::format::VERSION;
+        assert!(msg.contains(&format!("versions 1 to {newest})")), "{msg}");
     }
     // A safetensors file given to the decoder.
     assert!(matches!(common::decode(&pf, None), Err(Error::WrongMagic)));

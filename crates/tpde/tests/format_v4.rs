@@ -115,7 +115,7 @@ fn version_4_is_checked_both_ways() {
     v7[8..10].copy_from_slice(&7u16.to_le_bytes());
     assert!(matches!(
         decode(&v7, None).unwrap_err(),
-        tpde::Error::UnsupportedVersion(7)
+        tpde::Error::UnsupportedVersion { version: 7, .. }
     ));
 }
 

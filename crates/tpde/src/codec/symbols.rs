@@ -796,6 +796,21 @@ pub(super) fn pass1_scalar<const B: u32, const S: usize>(
     }
 }
 
+/// How many bytes of `b` are zero, eight a word (a byte's high bit set
+/// where it is not zero, counted).
+fn zero_bytes(b: &[u8]) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    let mut nonzero = 0usize;
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        nonzero += ((((x & LOW7) + LOW7) | x) & HIGH).count_ones() as usize;
+    }
+    let rest = words.remainder();
+    b.len() - nonzero - rest.iter().filter(|&&y| y != 0).count()
+}
+
 /// Elements per block of the decoder: the symbols of a block are decoded
 /// first (into a buffer that stays in L1), then its values.
 const BLOCK: usize = 2048;
@@ -960,7 +975,7 @@ fn decode_w<const B: u32, const S: usize>(
             &sym[..cnt],
             &mut diff[..cnt],
         );
-        zeros += sym[..cnt].iter().filter(|&&y| y == 0).count();
+        zeros += zero_bytes(&sym[..cnt]);
         // Pass 3: the values, from the differences and the reference
         // (independent per element).
         simd::values::<B>(kernel, &mut ob[..cnt * wb], &rb[..cnt * wb], &diff[..cnt]);
@@ -989,6 +1004,28 @@ fn decode_w<const B: u32, const S: usize>(
 mod tests {
     use super::*;
     use crate::codec::chunk::tests::rng;
+
+    #[test]
+    fn zero_bytes_counts_every_zero() {
+        let mut next = rng(11);
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 1000] {
+            for density in [0u64, 1, 4, 8] {
+                let b: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let x = next();
+                        if x % 8 < density {
+                            (x >> 8) as u8 | 1
+                        } else if x % 16 == 9 {
+                            0x80
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                assert_eq!(zero_bytes(&b), b.iter().filter(|&&y| y == 0).count());
+            }
+        }
+    }
 
     #[test]
     fn every_symbol_maps_back() {

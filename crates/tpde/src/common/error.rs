@@ -30,8 +30,15 @@ pub enum Error {
     WrongMagic,
 
     /// A `.tpde` file of a format version this build does not know.
-    #[error("unsupported .tpde format version {0} (this build reads versions 1 to 4)")]
-    UnsupportedVersion(u16),
+    #[error(
+        "unsupported .tpde format version {version} (this build reads versions 1 to {newest})"
+    )]
+    UnsupportedVersion {
+        /// The version in the file header.
+        version: u16,
+        /// The newest version this build reads.
+        newest: u16,
+    },
 
     /// The `.tpde` file is shorter than its own structure says.
     #[error("truncated .tpde file: {0}")]

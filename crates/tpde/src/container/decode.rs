@@ -105,6 +105,39 @@ fn check_reference<'r>(
     Ok(Some(Reference { bytes, header }))
 }
 
+/// When a decode of the whole file checks the reference's digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefCheck {
+    /// Before anything is decoded or written (a stream cannot take back
+    /// what it was given).
+    First,
+    /// Only when the decode fails, to name the cause: the output is checked
+    /// whole by the file's digest anyway, and goes where nothing of a
+    /// failed decode is kept (memory, a temporary file). A read of the
+    /// whole reference less when all is well.
+    OnFailure,
+}
+
+/// Runs `decode` with the reference checked as `check` says: its length
+/// first always, its digest first or, with [`RefCheck::OnFailure`], when
+/// `decode` failed on the data (a wrong reference is then reported as
+/// [`Error::WrongReference`], not as the bad chunk it made).
+fn with_reference<'r, T>(
+    c: &Container<'_>,
+    reference: Option<&'r [u8]>,
+    check: RefCheck,
+    decode: impl FnOnce(Option<Reference<'r>>) -> Result<T>,
+) -> Result<T> {
+    let r = check_reference(c, reference, check == RefCheck::First)?;
+    match decode(r) {
+        Err(e) if check == RefCheck::OnFailure && !matches!(e, Error::Io { .. }) => {
+            check_reference(c, reference, true)?;
+            Err(e)
+        }
+        other => other,
+    }
+}
+
 /// The reference bytes of tensor `t` (the whole tensor for by-name
 /// references; for byte-range references, the file from the tensor's start).
 fn tensor_reference<'r>(
@@ -333,7 +366,7 @@ pub fn decode_with(
 ) -> Result<DecodeStats> {
     let c = Container::open(container)?;
     opts.check("the file", c.index.original_len)?;
-    decode_opened(&c, reference, out, progress)
+    decode_opened(&c, reference, out, progress, RefCheck::First)
 }
 
 /// [`decode`] of an opened container.
@@ -342,20 +375,22 @@ pub(crate) fn decode_opened(
     reference: Option<&[u8]>,
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
+    check: RefCheck,
 ) -> Result<DecodeStats> {
-    decode_in_batches(c, reference, out, progress, batch_bytes())
+    with_reference(c, reference, check, |r| {
+        decode_in_batches(c, r, out, progress, batch_bytes())
+    })
 }
 
 /// [`decode_opened`] in batches of `batch_bytes` of decoded chunks (or one
 /// chunk).
 fn decode_in_batches(
     c: &Container<'_>,
-    reference: Option<&[u8]>,
+    r: Option<Reference<'_>>,
     out: &mut dyn Write,
     progress: Option<&(dyn Fn(u64) + Sync)>,
     batch_bytes: usize,
 ) -> Result<DecodeStats> {
-    let r = check_reference(c, reference, true)?;
     let mut w = HashingWriter {
         inner: out,
         hasher: xxhash_rust::xxh3::Xxh3::new(),
@@ -442,7 +477,8 @@ fn decode_in_batches(
 /// bytes (refused otherwise, before anything is allocated): every chunk is
 /// decoded in parallel straight into its place in the output (no batch
 /// buffer copied out), then the whole output is checked against the
-/// container's digest.
+/// container's digest. The reference's digest is checked only when that
+/// fails ([`RefCheck::OnFailure`]).
 pub(crate) fn decode_to_vec(
     container: &[u8],
     reference: Option<&[u8]>,
@@ -455,19 +491,29 @@ pub(crate) fn decode_to_vec(
             c.index.original_len
         )));
     }
-    let r = check_reference(&c, reference, true)?;
+    with_reference(&c, reference, RefCheck::OnFailure, |r| {
+        decode_all_to_vec(&c, r, len)
+    })
+}
+
+/// [`decode_to_vec`] once the reference's length is checked.
+fn decode_all_to_vec(
+    c: &Container<'_>,
+    r: Option<Reference<'_>>,
+    len: u64,
+) -> Result<(Vec<u8>, DecodeStats)> {
     let mut jobs = Vec::new();
     let mut pieces = Vec::new();
     for (ti, t) in c.tensors.iter().enumerate() {
         pieces.push(Item::Block(t.gap.clone()));
         let first = jobs.len();
-        tensor_jobs(&c, ti, r.as_ref(), &mut jobs)?;
+        tensor_jobs(c, ti, r.as_ref(), &mut jobs)?;
         pieces.extend((first..jobs.len()).map(Item::Job));
     }
     pieces.push(Item::Block(c.tail.clone()));
     let piece_len = |item: &Item| match item {
         Item::Block(range) => range.len(),
-        Item::Job(j) => job_len(&c, &jobs[*j]),
+        Item::Job(j) => job_len(c, &jobs[*j]),
     };
     let total: u64 = pieces.iter().map(|i| piece_len(i) as u64).sum();
     if total != len {
@@ -488,7 +534,7 @@ pub(crate) fn decode_to_vec(
     }
     jobs.par_iter()
         .zip(slices)
-        .try_for_each(|(j, out)| decode_job(&c, j, out))?;
+        .try_for_each(|(j, out)| decode_job(c, j, out))?;
     release(&jobs);
     if xxhash_rust::xxh3::xxh3_128(&out) != c.index.original_digest {
         return Err(Error::corrupt(
@@ -754,7 +800,8 @@ mod tests {
         );
         for batch in [1, 20_000, 50_000, 1 << 30] {
             let mut out = Vec::new();
-            decode_in_batches(&c, Some(&reference), &mut out, None, batch).unwrap();
+            let r = check_reference(&c, Some(&reference), true).unwrap();
+            decode_in_batches(&c, r, &mut out, None, batch).unwrap();
             assert!(out == cur, "batch {batch}");
         }
         // Damage the payload of the last chunk of the last tensor.
@@ -767,7 +814,8 @@ mod tests {
         let c = Container::open(&bad).unwrap();
         for batch in [1, 50_000, 1 << 30] {
             let mut out = Vec::new();
-            let err = decode_in_batches(&c, Some(&reference), &mut out, None, batch).unwrap_err();
+            let r = check_reference(&c, Some(&reference), true).unwrap();
+            let err = decode_in_batches(&c, r, &mut out, None, batch).unwrap_err();
             assert!(
                 matches!(err, Error::Corrupt(_) | Error::ChecksumMismatch { .. }),
                 "batch {batch}: {err}"
@@ -813,6 +861,14 @@ mod tests {
             "{err}"
         );
         let err = decode_to_vec(&packed, Some(&cur), n).unwrap_err();
+        assert!(matches!(err, Error::WrongReference { .. }), "{err}");
+        // A reference of the right length whose digest is checked only
+        // when the decode fails: a changed byte fails a chunk, reported as
+        // the wrong reference it is.
+        let mut other = reference.clone();
+        let at = other.len() - 1000;
+        other[at] ^= 0x40;
+        let err = decode_to_vec(&packed, Some(&other), n).unwrap_err();
         assert!(matches!(err, Error::WrongReference { .. }), "{err}");
         let err = decode_to_vec(&packed, None, n).unwrap_err();
         assert!(matches!(err, Error::MissingReference), "{err}");

@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::common::atomic::{check_not_input, write_atomic, Replace};
 use crate::common::error::{Error, Result};
 use crate::common::mmap::FileBytes;
-use crate::container::decode::{decode_opened, decode_tensor_opened, open_tensor};
+use crate::container::decode::{decode_opened, decode_tensor_opened, open_tensor, RefCheck};
 use crate::container::decode::{DecodeOptions, DecodeStats};
 use crate::container::encode::{EncodeOptions, EncodeStats};
 use crate::container::format::Container;
@@ -146,7 +146,9 @@ pub fn decode_file_with(
     opts.check("the file", c.index.original_len)?;
     check_room(out, "the file", c.index.original_len)?;
     write_atomic(out, replace, |w| {
-        decode_opened(&c, reference.as_deref(), w, progress)
+        // Into a temporary file, dropped on error: the reference's digest
+        // is checked only when the decode fails.
+        decode_opened(&c, reference.as_deref(), w, progress, RefCheck::OnFailure)
     })
 }
 

@@ -212,7 +212,10 @@ impl<'a> Container<'a> {
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if !(1..=VERSION).contains(&version) {
-            return Err(Error::UnsupportedVersion(version));
+            return Err(Error::UnsupportedVersion {
+                version,
+                newest: VERSION,
+            });
         }
         if bytes[10..16].iter().any(|&b| b != 0) {
             return Err(Error::corrupt(
