@@ -171,9 +171,29 @@ pub(super) fn encode_chunk_with(
         }
     }
 
-    // 2. Transform the whole chunk straight into byte planes.
-    let mut planes = vec![0u8; cur.len()];
-    let nnz = transform::forward_planes(transform, width, cur, r, &mut planes);
+    // 2. Transform: where the sample says few elements changed, only the
+    // changed ones, at their positions (the planes of every element are
+    // made only if dense planes are tried); else the whole chunk straight
+    // into byte planes.
+    let mut known: Option<(Vec<u32>, Vec<u8>)> = None;
+    if sample.changed <= FAST_SPARSE && force.is_none_or(|f| f != Positions::Dense) {
+        let (pos, values) = transform::forward_sparse(transform, width, cur, r);
+        if pos.len() as f64 <= n as f64 * FAST_SPARSE {
+            known = Some((pos, values));
+        }
+    }
+    let all_planes = || {
+        let mut planes = vec![0u8; cur.len()];
+        let nnz = transform::forward_planes(transform, width, cur, r, &mut planes);
+        (planes, nnz)
+    };
+    let (mut planes, nnz) = match &known {
+        Some((pos, _)) => (None, pos.len() as u64),
+        None => {
+            let (planes, nnz) = all_planes();
+            (Some(planes), nnz)
+        }
+    };
     let codec = if transform == Transform::None {
         Codec::Planes
     } else {
@@ -194,16 +214,19 @@ pub(super) fn encode_chunk_with(
     // With few changes, the positions and the changed values come first,
     // and only the values are counted (the planes add the unchanged zeros).
     let unchanged = n as u64 - nnz;
-    let mut known: Option<(Vec<u32>, Vec<u8>)> = None;
-    let (hists, sparse_hists): (Vec<[u64; 256]>, Vec<[u64; 256]>) =
+    if let (None, Some(planes)) = (&known, &planes) {
         if nnz as f64 <= n as f64 * FAST_SPARSE {
-            let pos = changed_positions(&planes, n, nnz);
-            let values = gather_planes(width, &planes, n, &pos);
+            let pos = changed_positions(planes, n, nnz);
+            let values = gather_planes(width, planes, n, &pos);
+            known = Some((pos, values));
+        }
+    }
+    let (hists, sparse_hists): (Vec<[u64; 256]>, Vec<[u64; 256]>) =
+        if let Some((pos, values)) = &known {
             let m = pos.len();
             let sparse: Vec<[u64; 256]> = (0..width)
                 .map(|k| ans::histogram(&values[k * m..(k + 1) * m]))
                 .collect();
-            known = Some((pos, values));
             let dense = sparse
                 .iter()
                 .map(|h| {
@@ -214,6 +237,9 @@ pub(super) fn encode_chunk_with(
                 .collect();
             (dense, sparse)
         } else {
+            let planes = planes
+                .as_ref()
+                .expect("the planes of a chunk with many changes");
             let dense: Vec<[u64; 256]> = planes.chunks_exact(n).map(ans::histogram).collect();
             let sparse = dense
                 .iter()
@@ -247,7 +273,12 @@ pub(super) fn encode_chunk_with(
     if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
         let (pos, values) = match known.take() {
             Some((pos, values)) => (pos, Some(values)),
-            None => (changed_positions(&planes, n, nnz), None),
+            None => {
+                let planes = planes
+                    .as_ref()
+                    .expect("planes unless the positions are known");
+                (changed_positions(planes, n, nnz), None)
+            }
         };
         // Bytes of each way to code the positions: Elias-delta gaps (exact),
         // a bitmap (before zstd), gap classes and fine gap classes
@@ -290,7 +321,10 @@ pub(super) fn encode_chunk_with(
                     (Positions::Classes, vec![c, low])
                 }
             };
-            let values = values.unwrap_or_else(|| gather_planes(width, &planes, n, &pos));
+            let values = values.unwrap_or_else(|| {
+                let planes = planes.as_ref().expect("planes unless the values are known");
+                gather_planes(width, planes, n, &pos)
+            });
             let views: Vec<&[u8]> = pos_sections.iter().map(|v| &v[..]).collect();
             let groups = groups_for(&p, transform, r, Some(&pos));
             let payload = build_sections(
@@ -307,7 +341,8 @@ pub(super) fn encode_chunk_with(
     }
     if try_dense {
         let groups = groups_for(&p, transform, r, None);
-        let payload = build_sections(width, &[], &planes, &hists, p.level, groups.as_ref())?;
+        let planes = planes.get_or_insert_with(|| all_planes().0);
+        let payload = build_sections(width, &[], planes, &hists, p.level, groups.as_ref())?;
         if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
             best = Some((coding(Positions::Dense), payload));
         }

@@ -244,6 +244,103 @@ fn fwd_planes<U: Word, const W: usize, const T: u8>(
     count
 }
 
+/// The positions of the elements of `cur` whose transform against
+/// `reference` is not zero, and those transformed elements as byte planes
+/// (plane k at `[k*m, (k+1)*m)` for `m` positions): what
+/// [`forward_planes`] and a gather at the non-zero elements give, without
+/// the planes of every element. An element transforms to zero exactly when
+/// it equals its reference element (or, with [`Transform::None`], is zero),
+/// so the positions come from comparing eight bytes a word.
+pub fn forward_sparse(
+    t: Transform,
+    width: usize,
+    cur: &[u8],
+    reference: &[u8],
+) -> (Vec<u32>, Vec<u8>) {
+    debug_assert!(t == Transform::None || cur.len() == reference.len());
+    dispatch!(width, t, fwd_sparse, cur, reference)
+}
+
+fn fwd_sparse<U: Word, const W: usize, const T: u8>(
+    cur: &[u8],
+    reference: &[u8],
+) -> (Vec<u32>, Vec<u8>) {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let t = transform_of::<T>();
+    let n = cur.len() / W;
+    let per_word = 8 / W;
+    let words = cur.len() / 8;
+    let mut pos = Vec::new();
+    // The values' bytes, a plane each, joined at the end.
+    let mut planes: [Vec<u8>; W] = std::array::from_fn(|_| Vec::new());
+    let word = |b: &[u8], k: usize| u64::from_le_bytes(b[8 * k..8 * k + 8].try_into().expect("8"));
+    let diff = |k: usize| {
+        if T == 0 {
+            word(cur, k)
+        } else {
+            word(cur, k) ^ word(reference, k)
+        }
+    };
+    // Element i, found changed: its position and transformed bytes, read
+    // while its word is in the cache.
+    let mut take = |i: usize| {
+        let c = U::load(&cur[i * W..i * W + W]);
+        let v = if T == 0 {
+            c
+        } else {
+            apply(t, c, U::load(&reference[i * W..i * W + W]))
+        };
+        pos.push(i as u32);
+        for (k, plane) in planes.iter_mut().enumerate() {
+            plane.push(v.byte(k));
+        }
+    };
+    // The high bit of each byte that differs (or is not zero), folded onto
+    // bit 7 of the element's first byte.
+    let first: u64 = match W {
+        1 => HIGH,
+        2 => 0x0080_0080_0080_0080,
+        4 => 0x0000_0080_0000_0080,
+        _ => 0x80,
+    };
+    let mut k = 0;
+    while k < words {
+        // Eight words at a time, skipped when none differs.
+        let end = (k + 8).min(words);
+        if end == k + 8 && (k..end).fold(0, |a, j| a | diff(j)) == 0 {
+            k = end;
+            continue;
+        }
+        for j in k..end {
+            let x = diff(j);
+            let mut b = (((x & LOW7) + LOW7) | x) & HIGH;
+            let mut shift = 8;
+            while shift < 8 * W {
+                b |= b >> shift;
+                shift *= 2;
+            }
+            b &= first;
+            while b != 0 {
+                take(j * per_word + (b.trailing_zeros() / (8 * W as u32)) as usize);
+                b &= b - 1;
+            }
+        }
+        k = end;
+    }
+    for i in words * per_word..n {
+        let changed = if T == 0 {
+            !U::load(&cur[i * W..i * W + W]).is_zero()
+        } else {
+            cur[i * W..i * W + W] != reference[i * W..i * W + W]
+        };
+        if changed {
+            take(i);
+        }
+    }
+    (pos, planes.concat())
+}
+
 /// Undoes [`forward_planes`]: rebuilds the original elements from the byte
 /// planes (`width` slices) of every transformed element, in one pass.
 /// Returns the number of non-zero transformed elements.
@@ -340,6 +437,64 @@ fn inv_sparse<U: Word, const W: usize, const T: u8>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sparse transform gives what the planes of every element and a
+    /// gather at their non-zero elements give, for every width, transform
+    /// and density, lengths that are not a multiple of a word included.
+    #[test]
+    fn forward_sparse_is_the_planes_gathered() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for width in [1usize, 2, 4, 8] {
+            for t in [
+                Transform::None,
+                Transform::Xor,
+                Transform::IntDiff,
+                Transform::Ulp,
+            ] {
+                for (n, density) in [
+                    (0usize, 1u64),
+                    (1, 2),
+                    (13, 3),
+                    (1000, 1),
+                    (4099, 16),
+                    (777, 64),
+                ] {
+                    let r: Vec<u8> = (0..n * width).map(|_| next() as u8).collect();
+                    let mut c = r.clone();
+                    if t == Transform::None {
+                        c.fill(0);
+                    }
+                    for i in 0..n {
+                        if next() % 64 < density {
+                            // One byte changed (any of them), or the whole element.
+                            let k = (next() as usize) % width;
+                            c[i * width + k] ^= (next() as u8) | 1;
+                        }
+                    }
+                    let mut planes = vec![0u8; c.len()];
+                    let nnz = forward_planes(t, width, &c, &r, &mut planes);
+                    let (pos, values) = forward_sparse(t, width, &c, &r);
+                    assert_eq!(pos.len() as u64, nnz, "{width} {t:?} {n}");
+                    let m = pos.len();
+                    for (j, &q) in pos.iter().enumerate() {
+                        for k in 0..width {
+                            assert_eq!(values[k * m + j], planes[k * n + q as usize]);
+                        }
+                    }
+                    let listed: Vec<u32> = (0..n as u32)
+                        .filter(|&i| (0..width).any(|k| planes[k * n + i as usize] != 0))
+                        .collect();
+                    assert_eq!(pos, listed, "{width} {t:?} {n}");
+                }
+            }
+        }
+    }
 
     /// Reference: element by element, no planes, no blocks.
     fn scalar<U: Word>(t: Transform, w: usize, cur: &[u8], r: &[u8], inv: bool) -> Vec<u8> {
