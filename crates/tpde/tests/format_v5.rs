@@ -18,12 +18,8 @@ fn read(name: &str) -> Vec<u8> {
 
 /// The codecs of each tensor's chunks, in file order.
 fn codecs(file: &[u8]) -> Vec<Vec<Codec>> {
-    let c = tpde::container::format::Container::open(file).unwrap();
-    c.index
-        .tensors
-        .iter()
-        .map(|t| t.chunks.iter().map(|k| k.coding.codec).collect())
-        .collect()
+    let of = |t: Vec<tpde::codec::chunk::ChunkCoding>| t.iter().map(|k| k.codec).collect();
+    common::codings(file).into_iter().map(of).collect()
 }
 
 #[test]

@@ -16,12 +16,8 @@ fn read(name: &str) -> Vec<u8> {
 
 /// The positions coding of each tensor's chunks, in file order.
 fn positions(file: &[u8]) -> Vec<Vec<Positions>> {
-    let c = tpde::container::format::Container::open(file).unwrap();
-    c.index
-        .tensors
-        .iter()
-        .map(|t| t.chunks.iter().map(|k| k.coding.positions).collect())
-        .collect()
+    let of = |t: Vec<tpde::codec::chunk::ChunkCoding>| t.iter().map(|k| k.positions).collect();
+    common::codings(file).into_iter().map(of).collect()
 }
 
 #[test]

@@ -37,12 +37,20 @@ pub(super) fn changed_positions(planes: &[u8], n: usize, nnz: u64) -> Vec<u32> {
     pos
 }
 
+/// The gaps between increasing positions, the first from position -1.
+fn gaps(pos: &[u32]) -> impl Iterator<Item = u64> + '_ {
+    let mut prev = -1i64;
+    pos.iter().map(move |&p| {
+        let g = (i64::from(p) - prev) as u64;
+        prev = i64::from(p);
+        g
+    })
+}
+
 pub(super) fn elias_gaps(pos: &[u32]) -> Vec<u8> {
     let mut w = BitWriter::with_capacity(pos.len() / 2 + 8);
-    let mut prev = -1i64;
-    for &p in pos {
-        w.write_elias_delta((i64::from(p) - prev) as u64);
-        prev = i64::from(p);
+    for g in gaps(pos) {
+        w.write_elias_delta(g);
     }
     w.finish()
 }
@@ -52,10 +60,7 @@ pub(super) fn elias_gaps(pos: &[u32]) -> Vec<u8> {
 pub(super) fn gap_classes(pos: &[u32]) -> (Vec<u8>, Vec<u8>) {
     let mut classes = Vec::with_capacity(pos.len());
     let mut w = BitWriter::with_capacity(pos.len() * 3 / 4 + 8);
-    let mut prev = -1i64;
-    for &p in pos {
-        let g = (i64::from(p) - prev) as u64;
-        prev = i64::from(p);
+    for g in gaps(pos) {
         let l = 64 - g.leading_zeros();
         classes.push(l as u8);
         if l > 1 {
@@ -86,10 +91,7 @@ pub(super) const MAX_FINE_CLASS: u8 = 123;
 pub(super) fn fine_gap_classes(pos: &[u32]) -> (Vec<u8>, Vec<u8>) {
     let mut classes = Vec::with_capacity(pos.len());
     let mut w = BitWriter::with_capacity(pos.len() * 3 / 4 + 8);
-    let mut prev = -1i64;
-    for &p in pos {
-        let g = (i64::from(p) - prev) as u64;
-        prev = i64::from(p);
+    for g in gaps(pos) {
         let (c, low) = fine_class(g);
         classes.push(c);
         if low > 0 {
@@ -106,10 +108,7 @@ pub(super) fn classes_estimates(pos: &[u32]) -> (u64, u64) {
     let mut fine = [0u64; 256];
     let mut low_bits = 0u64;
     let mut fine_low = 0u64;
-    let mut prev = -1i64;
-    for &p in pos {
-        let g = (i64::from(p) - prev) as u64;
-        prev = i64::from(p);
+    for g in gaps(pos) {
         let l = 64 - g.leading_zeros();
         hist[l as usize] += 1;
         low_bits += u64::from(l - 1);
@@ -160,14 +159,7 @@ pub(super) fn read_classes(classes: &[u8], bytes: &[u8], n: usize, fine: bool) -
 }
 
 pub(super) fn gaps_bits(pos: &[u32]) -> u64 {
-    let mut prev = -1i64;
-    pos.iter()
-        .map(|&p| {
-            let g = (i64::from(p) - prev) as u64;
-            prev = i64::from(p);
-            u64::from(elias_delta_len(g))
-        })
-        .sum()
+    gaps(pos).map(|g| u64::from(elias_delta_len(g))).sum()
 }
 
 pub(super) fn bitmap(n: usize, pos: &[u32]) -> Vec<u8> {

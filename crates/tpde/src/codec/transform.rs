@@ -443,13 +443,7 @@ mod tests {
     /// and density, lengths that are not a multiple of a word included.
     #[test]
     fn forward_sparse_is_the_planes_gathered() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::codec::chunk::tests::rng(5);
         for width in [1usize, 2, 4, 8] {
             for t in [
                 Transform::None,

@@ -310,6 +310,16 @@ pub fn decode(container: &[u8], reference: Option<&[u8]>) -> tpde::Result<Vec<u8
 }
 
 /// A frozen sample file: `tests/data/<dir>/<name>`.
+/// The codings of each tensor's chunks of a `.tpde` file, in file order.
+pub fn codings(file: &[u8]) -> Vec<Vec<tpde::codec::chunk::ChunkCoding>> {
+    let c = tpde::container::format::Container::open(file).unwrap();
+    c.index
+        .tensors
+        .iter()
+        .map(|t| t.chunks.iter().map(|k| k.coding).collect())
+        .collect()
+}
+
 pub fn frozen(dir: &str, name: &str) -> Vec<u8> {
     let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
