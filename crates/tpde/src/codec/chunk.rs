@@ -212,13 +212,6 @@ pub(super) fn encode_chunk_with(
     // With few changes, the positions and the changed values come first,
     // and only the values are counted (the planes add the unchanged zeros).
     let unchanged = n as u64 - nnz;
-    if let (None, Some(planes)) = (&known, &planes) {
-        if nnz as f64 <= n as f64 * FAST_SPARSE {
-            let pos = changed_positions(planes, n, nnz);
-            let values = gather_planes(width, planes, n, &pos);
-            known = Some((pos, values));
-        }
-    }
     let (hists, sparse_hists): (Vec<[u64; 256]>, Vec<[u64; 256]>) =
         if let Some((pos, values)) = &known {
             let m = pos.len();
