@@ -32,7 +32,15 @@ pub(super) const L: u32 = 1 << 16;
 const STATES: usize = 4;
 
 /// Frequencies of the symbols, normalized to sum to `TOTAL`, every present
-/// symbol at least 1.
+/// symbol at least 1: the table that codes `hist` in the fewest bits.
+///
+/// Each symbol starts at its share rounded down (at least 1); the slots
+/// left over then go, one at a time, to the symbol whose code shortens the
+/// most by one more slot (count x log2((f + 1) / f)), and where the
+/// at-least-1 floor overshot, slots are taken where they cost least. The
+/// cost is convex in each frequency, so this greedy allocation is optimal.
+/// Rounding every share down, as tpde did before, costs a rare symbol up to
+/// a fifth of a bit each: 1.8% on a byte plane with 1% non-zero bytes.
 pub(super) fn normalize(hist: &[u64; 256]) -> [u32; 256] {
     let total: u64 = hist.iter().sum();
     let mut f = [0u32; 256];
@@ -47,39 +55,87 @@ pub(super) fn normalize(hist: &[u64; 256]) -> [u32; 256] {
             sum += *fi;
         }
     }
-    // Give the rounding error to (or take it from) the largest symbols.
-    while sum != TOTAL {
-        let (i, _) = f
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, &v)| v)
-            .expect("256 entries");
-        if sum < TOTAL {
-            f[i] += TOTAL - sum;
-            sum = TOTAL;
-        } else {
-            let take = (sum - TOTAL).min(f[i] - 1);
-            if take == 0 {
-                // Every symbol is at 1 and still too many: impossible, as at
-                // most 256 symbols are present and TOTAL > 256.
-                unreachable!("frequency table cannot be normalized");
+    // What one more slot saves, and one fewer costs, symbol s (bits, f > 0).
+    let gain = |c: u64, f: u32| c as f64 * (f64::from(f + 1) / f64::from(f)).log2();
+    let loss = |c: u64, f: u32| c as f64 * (f64::from(f) / f64::from(f - 1)).log2();
+    if sum < TOTAL {
+        let mut heap: std::collections::BinaryHeap<Slot> = (0..256)
+            .filter(|&s| f[s] > 0)
+            .map(|s| Slot::new(gain(hist[s], f[s]), s))
+            .collect();
+        while sum < TOTAL {
+            let top = heap.pop().expect("a present symbol");
+            let s = top.symbol();
+            f[s] += 1;
+            sum += 1;
+            heap.push(Slot::new(gain(hist[s], f[s]), s));
+        }
+    } else if sum > TOTAL {
+        // The floor of 1 lifted some: take from those a slot costs least.
+        let mut heap: std::collections::BinaryHeap<Slot> = (0..256)
+            .filter(|&s| f[s] > 1)
+            .map(|s| Slot::new(-loss(hist[s], f[s]), s))
+            .collect();
+        while sum > TOTAL {
+            // At most 256 symbols are present and TOTAL > 256: some symbol
+            // is above 1 while the sum is over TOTAL.
+            let top = heap.pop().expect("a symbol above 1");
+            let s = top.symbol();
+            f[s] -= 1;
+            sum -= 1;
+            if f[s] > 1 {
+                heap.push(Slot::new(-loss(hist[s], f[s]), s));
             }
-            f[i] -= take;
-            sum -= take;
         }
     }
     f
 }
 
-/// Size in bytes the coded stream would have, estimated from the entropy.
+/// A heap entry of [`normalize`]: a priority and a symbol, ordered by the
+/// priority, then by the lower symbol (so that ties resolve the same way
+/// every time).
+#[derive(Clone, Copy, PartialEq)]
+struct Slot(f64, usize);
+
+impl Slot {
+    fn new(priority: f64, symbol: usize) -> Slot {
+        Slot(priority, symbol)
+    }
+    fn symbol(self) -> usize {
+        self.1
+    }
+}
+
+impl Eq for Slot {}
+
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Slot {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+/// Bits that `hist`'s symbols take when coded with the frequencies `freq`
+/// (rANS codes within a few bytes of this).
+pub(super) fn coded_bits(hist: &[u64; 256], freq: &[u32; 256]) -> f64 {
+    hist.iter()
+        .zip(freq)
+        .filter(|(&c, _)| c > 0)
+        .map(|(&c, &f)| c as f64 * (f64::from(TOTAL) / f64::from(f)).log2())
+        .sum()
+}
+
+/// Size in bytes the coded stream would have: its symbols at the
+/// frequencies [`normalize`] gives them, its table, its states.
 pub fn estimate(hist: &[u64; 256]) -> usize {
-    let total: u64 = hist.iter().sum();
-    let t = total as f64;
-    let bits: f64 = hist
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| c as f64 * (t / c as f64).log2())
-        .sum();
+    let bits = coded_bits(hist, &normalize(hist));
     let m = hist.iter().filter(|&&c| c > 0).count();
     let table = if m < 32 { 2 + 3 * m } else { 33 + 2 * m };
     (bits / 8.0) as usize + table + 9
@@ -527,8 +583,91 @@ mod tests {
         let size = round_trip(&data);
         let est = estimate(&histogram(&data));
         assert!(size <= est + est / 50, "{size} vs estimate {est}");
+        // The estimate counts the coded symbols at their frequencies: the
+        // coder is within a few bytes of it, both ways.
+        assert!(size + size / 200 >= est, "{size} vs estimate {est}");
         // Entropy: H(0.9) + 0.1 log2(10) = 0.80 bits per byte.
         assert!(size < data.len() / 9, "{size}");
+    }
+
+    /// The frequencies of every share rounded down, the rest to the
+    /// largest symbol (tpde's table before the optimal one).
+    fn normalize_rounded_down(hist: &[u64; 256]) -> [u32; 256] {
+        let total: u64 = hist.iter().sum();
+        let mut f = [0u32; 256];
+        for (fi, &c) in f.iter_mut().zip(hist) {
+            if c > 0 {
+                *fi = ((c * u64::from(TOTAL) / total) as u32).max(1);
+            }
+        }
+        let sum: u32 = f.iter().sum();
+        let top = (0..256).max_by_key(|&s| f[s]).unwrap();
+        f[top] = f[top] + TOTAL - sum;
+        f
+    }
+
+    /// The table is a valid one (every present symbol at least 1, absent
+    /// ones 0, summing to TOTAL), the best one where two symbols can be
+    /// checked against every split of TOTAL, and never worse than shares
+    /// rounded down; with many rare symbols, smaller by far.
+    #[test]
+    fn normalized_tables_cost_least() {
+        for (a, b) in [
+            (1u64, 1u64),
+            (1, 1000),
+            (99, 1),
+            (2_076_288, 20_864),
+            (5, 7),
+        ] {
+            let mut hist = [0u64; 256];
+            hist[3] = a;
+            hist[200] = b;
+            let f = normalize(&hist);
+            let best = (1..TOTAL)
+                .map(|x| {
+                    let mut g = [0u32; 256];
+                    g[3] = x;
+                    g[200] = TOTAL - x;
+                    coded_bits(&hist, &g)
+                })
+                .fold(f64::INFINITY, f64::min);
+            assert!(coded_bits(&hist, &f) <= best + 1e-6, "{a} {b}: {f:?}");
+        }
+        let mut x = 99u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..200 {
+            let mut hist = [0u64; 256];
+            let present = 1 + next() as usize % 256;
+            for _ in 0..present {
+                // Skewed counts: a few large, many of one or two.
+                hist[next() as usize % 256] += next() % (1 << (next() % 24));
+            }
+            hist[round % 256] += 1;
+            let f = normalize(&hist);
+            assert_eq!(f.iter().sum::<u32>(), TOTAL);
+            for (&c, &fi) in hist.iter().zip(&f) {
+                assert_eq!(c > 0, fi > 0, "round {round}");
+            }
+            let down = normalize_rounded_down(&hist);
+            assert!(coded_bits(&hist, &f) <= coded_bits(&hist, &down) + 1e-6);
+        }
+        // A hundred rare symbols whose shares are 1.9 slots: rounded down
+        // each gets 1.
+        let mut hist = [0u64; 256];
+        hist[0] = 1_000_000;
+        for h in &mut hist[1..101] {
+            *h = 486;
+        }
+        let (ours, down) = (
+            coded_bits(&hist, &normalize(&hist)),
+            coded_bits(&hist, &normalize_rounded_down(&hist)),
+        );
+        assert!(ours < down * 0.99, "{ours} vs {down} bits");
     }
 
     /// The coder as first written: a branch on renormalization and plain
