@@ -10,7 +10,8 @@ use std::cell::RefCell;
 
 use crate::codec::ans;
 use crate::codec::groups::{
-    dense_group_histograms, groups_for, plane_estimate, put_plane, GroupContext, Groups,
+    count_dense_groups, groups_for, plane_estimate, plane_estimate_from, put_plane,
+    put_plane_grouping, DenseGroups, Estimates, GroupContext, Grouping, Groups,
 };
 use crate::codec::positions::{
     bitmap, changed_positions, classes_estimates, elias_gaps, fine_gap_classes, gap_classes,
@@ -19,7 +20,7 @@ use crate::codec::positions::{
 use crate::codec::quantized::decode_quantized;
 use crate::codec::sample::{entropy, Sample, Sampled, RAW_ENTROPY};
 use crate::codec::sections::{
-    probe_says_rans, put_section, zstd_compress, zstd_decompress_exact, Coder, Sections,
+    probe_says_rans, put_coded, put_section, zstd_compress, zstd_decompress_exact, Coder, Sections,
 };
 use crate::codec::symbols::{self, Window};
 use crate::codec::transform::{self, Transform};
@@ -53,6 +54,62 @@ fn build_sections(
             Coder::Auto(level)
         };
         put_plane(&mut out, plane, coder, Some(hist), groups)?;
+    }
+    Ok(out)
+}
+
+/// A chunk's changed elements, when its planes were not made: their
+/// positions, their `width` planes, the groups of the dense planes counted
+/// from them, and the dense planes' estimates (`None` where stored raw).
+struct Changes {
+    pos: Vec<u32>,
+    values: Vec<u8>,
+    groups: DenseGroups,
+    est: Vec<Option<Estimates>>,
+}
+
+/// [`build_sections`] of a chunk's dense planes, grouped, made from its
+/// changed elements alone (`c`): each plane's groups are zeros but at the
+/// changed elements' places, so neither the planes nor the group of every
+/// element are made (a plane is, only where a zstd probe or an ungrouped
+/// section needs it). The output is the same as `build_sections` on the
+/// planes.
+fn build_dense_from_changes(
+    c: &Changes,
+    n: usize,
+    hists: &[[u64; 256]],
+    level: i32,
+    reference: &[u8],
+    width: usize,
+) -> Result<Vec<u8>> {
+    let (pos, values, groups) = (&c.pos, &c.values, &c.groups);
+    let m = pos.len();
+    let places = groups.places(reference, width, pos);
+    let scatter = |at: &[u32], vals: &[u8]| {
+        let mut out = vec![0u8; n];
+        for (&q, &b) in at.iter().zip(vals) {
+            out[q as usize] = b;
+        }
+        out
+    };
+    let mut out = Vec::with_capacity(values.len() + 64);
+    for (k, hist) in hists.iter().enumerate().take(width) {
+        let vals = &values[k * m..(k + 1) * m];
+        let plane = || Cow::Owned(scatter(pos, vals));
+        if looks_random(hist) {
+            put_coded(&mut out, &plane(), Coder::Raw, Some(hist))?;
+            continue;
+        }
+        let grouping = Grouping {
+            head: groups.head(),
+            counts: &groups.counts,
+            total: hist,
+            parts: &groups.parts[k],
+            est: c.est[k].as_ref(),
+        };
+        put_plane_grouping(&mut out, n, level, &grouping, plane, || {
+            scatter(&places, vals)
+        })?;
     }
     Ok(out)
 }
@@ -277,6 +334,10 @@ pub(super) fn encode_chunk_with(
     let mut try_dense = force.is_none_or(|f| f == Positions::Dense);
     // The dense planes' groups, when made for the estimate.
     let mut dense_groups: Option<Option<Groups>> = None;
+    // Where the planes were not made: the changed elements and the dense
+    // planes' groups counted from them, to build the dense planes' groups
+    // from the changes alone.
+    let mut from_changes: Option<Changes> = None;
     if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
         let (pos, values) = match known.take() {
             Some((pos, values)) => (pos, values),
@@ -289,6 +350,7 @@ pub(super) fn encode_chunk_with(
                 (pos, values)
             }
         };
+        let mut counted: Option<DenseGroups> = None;
         // Bytes of each way to code the positions: Elias-delta gaps (exact),
         // a bitmap (before zstd), gap classes and fine gap classes
         // (estimated; fine ones only in a version 6 file).
@@ -312,22 +374,41 @@ pub(super) fn encode_chunk_with(
                 built_cost(&sparse_hists[k], parts.as_deref())
             })
             .sum();
+        let planes_parts;
         let dense_parts = match &planes {
-            Some(planes) => dense_groups
-                .get_or_insert_with(|| groups_for(&p, transform, r, None))
-                .as_ref()
-                .map(|g| {
-                    planes
-                        .chunks_exact(n)
-                        .map(|plane| g.histograms(plane).1)
-                        .collect::<Vec<_>>()
-                }),
-            None => dense_group_histograms(&p, transform, r, &pos, &values),
+            Some(planes) => {
+                planes_parts = dense_groups
+                    .get_or_insert_with(|| groups_for(&p, transform, r, None))
+                    .as_ref()
+                    .map(|g| {
+                        planes
+                            .chunks_exact(n)
+                            .map(|plane| g.histograms(plane).1)
+                            .collect::<Vec<_>>()
+                    });
+                planes_parts.as_ref()
+            }
+            None => {
+                counted = count_dense_groups(&p, transform, r, &pos, &values);
+                counted.as_ref().map(|d| &d.parts)
+            }
         };
-        let dense_est: f64 = hists
+        // Each dense plane's estimates, kept for the build (`None` where
+        // the plane is stored raw).
+        let plane_est: Vec<Option<Estimates>> = hists
             .iter()
             .enumerate()
-            .map(|(k, h)| built_cost(h, dense_parts.as_ref().map(|d| &d[k][..])))
+            .map(|(k, h)| {
+                (!looks_random(h)).then(|| Estimates::of(h, dense_parts.map(|d| &d[k][..])))
+            })
+            .collect();
+        let dense_est: f64 = hists
+            .iter()
+            .zip(&plane_est)
+            .map(|(h, e)| match e {
+                Some(e) => plane_estimate_from(h, e),
+                None => h.iter().sum::<u64>() as f64,
+            })
             .sum();
         let sparse_est = pos_est as f64 + sparse_values;
         let close = n <= SMALL_CHUNK && sparse_est > dense_est * 0.97 && nnz > 0;
@@ -370,11 +451,24 @@ pub(super) fn encode_chunk_with(
             best = Some((coding(positions), payload));
             try_dense = force.is_none() && close;
         }
+        if try_dense && planes.is_none() {
+            from_changes = counted.map(|groups| Changes {
+                pos,
+                values,
+                groups,
+                est: plane_est,
+            });
+        }
     }
     if try_dense {
-        let groups = dense_groups.unwrap_or_else(|| groups_for(&p, transform, r, None));
-        let planes = planes.get_or_insert_with(|| all_planes().0);
-        let payload = build_sections(width, &[], planes, &hists, p.level, groups.as_ref())?;
+        let payload = match &from_changes {
+            Some(c) => build_dense_from_changes(c, n, &hists, p.level, r, width)?,
+            None => {
+                let groups = dense_groups.unwrap_or_else(|| groups_for(&p, transform, r, None));
+                let planes = planes.get_or_insert_with(|| all_planes().0);
+                build_sections(width, &[], planes, &hists, p.level, groups.as_ref())?
+            }
+        };
         if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {
             best = Some((coding(Positions::Dense), payload));
         }
@@ -721,6 +815,51 @@ pub(super) mod tests {
     /// the changes are the small weights' (dense planes grouped by
     /// exponent, by far: the reference tells which elements change, the
     /// positions cannot).
+    /// Where few elements changed, the dense planes' groups are built from
+    /// the changed elements alone (`build_dense_from_changes`): the same
+    /// bytes as the planes' own coding (forced dense builds the planes).
+    #[test]
+    fn dense_planes_from_the_changes_are_the_planes_coding() {
+        let params = ChunkParams {
+            width: 2,
+            family: Family::Float,
+            level: 3,
+            exponent: Some((7, 8)),
+            fine_classes: true,
+        };
+        let cases = [
+            bf16_changes(
+                12,
+                |i, r| (i / 128) % 50 == 7 || r < 200,
+                |e| {
+                    if e <= 115 {
+                        9_000
+                    } else {
+                        5
+                    }
+                },
+            ),
+            bf16_changes(13, |_, r| r < 1_500, |e| if e <= 118 { 9_500 } else { 1 }),
+            bf16_changes(14, |_, r| r < 300, |e| if e <= 115 { 5_000 } else { 200 }),
+        ];
+        let mut dense = 0;
+        for (i, (reference, cur)) in cases.iter().enumerate() {
+            let (coding, payload) = encode_chunk(cur, Some(reference), params).unwrap();
+            let mut out = vec![0u8; cur.len()];
+            decode_chunk(&coding, &payload, Some(reference), &mut out).unwrap();
+            assert!(&out == cur, "case {i}: {coding:?} does not round-trip");
+            if coding.positions == Positions::Dense && coding.codec == Codec::Delta {
+                dense += 1;
+                let (forced_coding, forced) =
+                    encode_chunk_with(cur, Some(reference), params, Some(Positions::Dense))
+                        .unwrap();
+                assert_eq!(forced_coding, coding, "case {i}");
+                assert!(forced == payload, "case {i}: the payloads differ");
+            }
+        }
+        assert!(dense >= 2, "only {dense} cases coded dense");
+    }
+
     #[test]
     fn the_choice_is_the_smallest_coding() {
         let params = ChunkParams {

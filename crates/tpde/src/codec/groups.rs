@@ -2,13 +2,15 @@
 //! coded elements ([`Groups`]), the encoder's choice of them and of whether
 //! grouping pays ([`put_plane`]), and reading a grouped section back.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::codec::ans;
 use crate::codec::coding::ChunkParams;
 use crate::codec::sample::SAMPLE;
 use crate::codec::sections::{
-    probe_says_rans, put_coded, Coder, Sections, SECTION_GROUPED, SECTION_HEAD,
+    probe_says_rans, put_coded, put_coded_est, Coder, Sections, PROBE_MIN, SECTION_GROUPED,
+    SECTION_HEAD,
 };
 use crate::codec::transform::Transform;
 use crate::common::error::{Error, Result};
@@ -141,6 +143,12 @@ impl Groups {
         Some((densest_window(&hist, k) as u16, k as u8))
     }
 
+    /// The parameters a grouped section starts with.
+    pub(super) fn head(&self) -> [u8; 5] {
+        let b = self.base.to_le_bytes();
+        [self.shift, self.bits, b[0], b[1], self.count]
+    }
+
     /// Where each group starts when the groups are laid end to end.
     fn starts(&self) -> [usize; MAX_GROUPS] {
         let mut starts = [0usize; MAX_GROUPS];
@@ -208,36 +216,126 @@ pub(super) fn put_plane(
         return put_coded(out, plane, coder, hist);
     };
     let (total, parts_hist) = g.histograms(plane);
-    let whole = ans::estimate(&total);
-    let grouped: f64 = parts_hist
-        .iter()
-        .filter(|h| h.iter().any(|&c| c > 0))
-        .map(|h| (ans::estimate(h) + SECTION_HEAD) as f64)
-        .sum();
+    let grouping = Grouping {
+        head: g.head(),
+        counts: &g.counts,
+        total: &total,
+        parts: &parts_hist,
+        est: None,
+    };
+    put_plane_grouping(
+        out,
+        plane.len(),
+        level,
+        &grouping,
+        || Cow::Borrowed(plane),
+        || g.split(plane),
+    )
+}
+
+/// A plane's groups as [`put_plane_grouping`] codes them: the grouped
+/// section's parameters, the elements in each group, the plane's histogram
+/// and its groups'.
+pub(super) struct Grouping<'a> {
+    pub(super) head: [u8; 5],
+    pub(super) counts: &'a [usize],
+    pub(super) total: &'a [u64; 256],
+    pub(super) parts: &'a [[u64; 256]],
+    /// Their estimates, where the caller has them.
+    pub(super) est: Option<&'a Estimates>,
+}
+
+/// The rANS estimates ([`ans::estimate`]) of a plane and of its groups, as
+/// [`plane_estimate_from`] and [`put_plane_grouping`] use them (computed
+/// once for both).
+pub(super) struct Estimates {
+    whole: usize,
+    /// Each group's, `None` where the group has no element; `None` for a
+    /// plane without groups.
+    parts: Option<Vec<Option<usize>>>,
+}
+
+impl Estimates {
+    pub(super) fn of(total: &[u64; 256], parts: Option<&[[u64; 256]]>) -> Estimates {
+        Estimates {
+            whole: ans::estimate(total),
+            parts: parts.map(|parts| {
+                parts
+                    .iter()
+                    .map(|h| h.iter().any(|&c| c > 0).then(|| ans::estimate(h)))
+                    .collect()
+            }),
+        }
+    }
+
+    /// The groups' sections (estimated), where the plane has groups.
+    fn grouped(&self) -> Option<f64> {
+        self.parts.as_ref().map(|parts| {
+            parts
+                .iter()
+                .flatten()
+                .map(|&e| (e + SECTION_HEAD) as f64)
+                .sum()
+        })
+    }
+}
+
+/// [`put_plane`] with `Coder::Auto(level)` for a plane of `len` bytes that
+/// the caller makes on demand: `plane()` the plane itself (for the zstd
+/// probe and when grouping does not pay), `parts()` its groups end to end.
+/// The output is the same as `put_plane`'s on that plane.
+pub(super) fn put_plane_grouping<'p>(
+    out: &mut Vec<u8>,
+    len: usize,
+    level: i32,
+    g: &Grouping<'_>,
+    plane: impl Fn() -> Cow<'p, [u8]>,
+    parts: impl FnOnce() -> Vec<u8>,
+) -> Result<()> {
+    let own;
+    let est = match g.est {
+        Some(e) => e,
+        None => {
+            own = Estimates::of(g.total, Some(g.parts));
+            &own
+        }
+    };
+    let whole = est.whole;
+    let grouped = est.grouped().unwrap_or(f64::INFINITY);
     if grouped < whole as f64 * 0.98 {
-        let part_coder = match probe_says_rans(plane, whole, level)? {
-            Some(true) => Coder::Rans,
-            _ => coder,
+        let probe = if len >= PROBE_MIN {
+            probe_says_rans(&plane(), whole, level)?
+        } else {
+            None
         };
-        let mut body = vec![g.shift, g.bits];
-        body.extend_from_slice(&g.base.to_le_bytes());
-        body.push(g.count);
-        let parts = g.split(plane);
+        let part_coder = match probe {
+            Some(true) => Coder::Rans,
+            _ => Coder::Auto(level),
+        };
+        let mut body = g.head.to_vec();
+        let parts = parts();
         let mut rest = &parts[..];
-        for (&c, h) in g.counts.iter().zip(&parts_hist) {
+        let part_est = est.parts.as_deref().unwrap_or(&[]);
+        for (i, (&c, h)) in g.counts.iter().zip(g.parts).enumerate() {
             let (part, tail) = rest.split_at(c);
-            put_coded(&mut body, part, part_coder, Some(h))?;
+            let e = part_est.get(i).copied().flatten();
+            put_coded_est(&mut body, part, part_coder, Some((h, e)))?;
             rest = tail;
         }
-        if body.len() < plane.len() {
+        if body.len() < len {
             out.push(SECTION_GROUPED);
-            out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(len as u32).to_le_bytes());
             out.extend_from_slice(&(body.len() as u32).to_le_bytes());
             out.extend_from_slice(&body);
             return Ok(());
         }
     }
-    put_coded(out, plane, coder, Some(&total))
+    put_coded_est(
+        out,
+        &plane(),
+        Coder::Auto(level),
+        Some((g.total, Some(whole))),
+    )
 }
 
 /// Estimated bytes of a plane as [`put_plane`] codes it with `coder`
@@ -246,22 +344,27 @@ pub(super) fn put_plane(
 /// groups' estimates are 2% below the whole plane's. (zstd, which a probe
 /// may let try, is left out: it wins on planes that repeat themselves.)
 pub(super) fn plane_estimate(total: &[u64; 256], parts: Option<&[[u64; 256]]>) -> f64 {
+    trivial_cost(total).unwrap_or_else(|| plane_estimate_from(total, &Estimates::of(total, parts)))
+}
+
+/// The bytes of an empty or constant plane, which need no estimate.
+fn trivial_cost(total: &[u64; 256]) -> Option<f64> {
+    let mut present = total.iter().filter(|&&c| c > 0);
+    match (present.next(), present.next()) {
+        (None, _) => Some(0.0),
+        (Some(_), None) => Some((SECTION_HEAD + 1) as f64),
+        _ => None,
+    }
+}
+
+/// [`plane_estimate`] from the plane's estimates.
+pub(super) fn plane_estimate_from(total: &[u64; 256], est: &Estimates) -> f64 {
+    if let Some(c) = trivial_cost(total) {
+        return c;
+    }
     let len: u64 = total.iter().sum();
-    if len == 0 {
-        return 0.0;
-    }
-    if total.iter().filter(|&&c| c > 0).count() == 1 {
-        return (SECTION_HEAD + 1) as f64;
-    }
-    let whole = ans::estimate(total);
-    let grouped = parts.map(|parts| {
-        parts
-            .iter()
-            .filter(|h| h.iter().any(|&c| c > 0))
-            .map(|h| (ans::estimate(h) + SECTION_HEAD) as f64)
-            .sum::<f64>()
-    });
-    match grouped {
+    let whole = est.whole;
+    match est.grouped() {
         Some(g) if g < whole as f64 * 0.98 && g + 5.0 + (SECTION_HEAD as f64) < len as f64 => {
             g + 5.0 + SECTION_HEAD as f64
         }
@@ -306,19 +409,94 @@ fn exponent_histogram(reference: &[u8], width: usize, (shift, bits): (u8, u8)) -
         .collect()
 }
 
-/// The groups' histograms of the dense planes of a chunk of `n` elements
-/// whose changed elements are at `pos`, with `values` their planes (`width`
-/// planes of `pos.len()` bytes): the changed elements' bytes in their
-/// groups, and the zeros of every unchanged element. The groups are those
-/// dense planes would get ([`groups_for`] without positions), counted
-/// without building them; `None` where the dense planes are not grouped.
-pub(super) fn dense_group_histograms(
+/// The groups the dense planes of a chunk would get ([`groups_for`] without
+/// positions), counted from its changed elements alone, without building
+/// the planes: see [`dense_groups`].
+pub(super) struct DenseGroups {
+    shift: u8,
+    bits: u8,
+    base: u16,
+    count: u8,
+    /// Elements (changed or not) in each group.
+    pub(super) counts: Vec<usize>,
+    /// The group of each changed element.
+    of: Vec<u8>,
+    /// For each plane, its groups' histograms: the changed elements' bytes
+    /// in their groups, and the zeros of every unchanged element.
+    pub(super) parts: Vec<Vec<[u64; 256]>>,
+}
+
+impl DenseGroups {
+    /// The parameters a grouped section starts with.
+    pub(super) fn head(&self) -> [u8; 5] {
+        let b = self.base.to_le_bytes();
+        [self.shift, self.bits, b[0], b[1], self.count]
+    }
+
+    /// Where each changed element (at `pos`, increasing) lands in a plane's
+    /// groups laid end to end ([`Groups::split`] of the dense plane): one
+    /// pass over the reference's exponents up to the last change.
+    pub(super) fn places(&self, reference: &[u8], width: usize, pos: &[u32]) -> Vec<u32> {
+        fn go<const W: usize>(
+            reference: &[u8],
+            pos: &[u32],
+            (shift, mask, base, top): (u32, u64, u16, u16),
+            of: &[u8],
+            mut next: [u32; MAX_GROUPS],
+        ) -> Vec<u32> {
+            let group = |e: &[u8]| {
+                let mut b = [0u8; 8];
+                b[..W].copy_from_slice(e);
+                let x = ((u64::from_le_bytes(b) >> shift) & mask) as u16;
+                usize::from(x.saturating_sub(base).min(top))
+            };
+            let mut out = Vec::with_capacity(pos.len());
+            let mut from = 0usize;
+            for (&q, &g) in pos.iter().zip(of) {
+                let q = q as usize;
+                for e in reference[from * W..q * W].chunks_exact(W) {
+                    next[group(e)] += 1;
+                }
+                let g = usize::from(g);
+                out.push(next[g]);
+                next[g] += 1;
+                from = q + 1;
+            }
+            out
+        }
+        let mut next = [0u32; MAX_GROUPS];
+        let mut at = 0u32;
+        for (s, &c) in next.iter_mut().zip(&self.counts) {
+            *s = at;
+            // Chunks are under 4 GiB: element counts fit in u32.
+            at += c as u32;
+        }
+        let field = (
+            u32::from(self.shift),
+            (1u64 << self.bits) - 1,
+            self.base,
+            u16::from(self.count) - 1,
+        );
+        match width {
+            1 => go::<1>(reference, pos, field, &self.of, next),
+            2 => go::<2>(reference, pos, field, &self.of, next),
+            4 => go::<4>(reference, pos, field, &self.of, next),
+            _ => go::<8>(reference, pos, field, &self.of, next),
+        }
+    }
+}
+
+/// The groups of the dense planes of a chunk of `n` elements whose changed
+/// elements are at `pos`, with `values` their planes (`width` planes of
+/// `pos.len()` bytes), and the groups' histograms; `None` where the dense
+/// planes are not grouped.
+pub(super) fn count_dense_groups(
     p: &ChunkParams,
     t: Transform,
     reference: &[u8],
     pos: &[u32],
     values: &[u8],
-) -> Option<Vec<Vec<[u64; 256]>>> {
+) -> Option<DenseGroups> {
     let width = p.width;
     let n = reference.len() / width;
     if t == Transform::None || n < GROUP_MIN {
@@ -330,29 +508,37 @@ pub(super) fn dense_group_histograms(
     let group = |e: u16| e.saturating_sub(base).min(top) as u8;
     // Elements per group: the exponents of the whole reference, counted.
     let exps = exponent_histogram(reference, width, exponent);
-    let mut unchanged = vec![0u64; usize::from(count)];
+    let mut counts = vec![0usize; usize::from(count)];
     for (e, &c) in exps.iter().enumerate() {
-        unchanged[usize::from(group(e as u16))] += c;
+        counts[usize::from(group(e as u16))] += c as usize;
     }
+    let mut unchanged: Vec<u64> = counts.iter().map(|&c| c as u64).collect();
     let of = Groups::map_exponents(reference, width, Some(pos), exponent, group);
     for &g in &of {
         unchanged[usize::from(g)] -= 1;
     }
     let m = pos.len();
-    Some(
-        (0..width)
-            .map(|k| {
-                let mut parts = vec![[0u64; 256]; usize::from(count)];
-                for (&g, &b) in of.iter().zip(&values[k * m..(k + 1) * m]) {
-                    parts[usize::from(g)][usize::from(b)] += 1;
-                }
-                for (h, &u) in parts.iter_mut().zip(&unchanged) {
-                    h[0] += u;
-                }
-                parts
-            })
-            .collect(),
-    )
+    let parts = (0..width)
+        .map(|k| {
+            let mut parts = vec![[0u64; 256]; usize::from(count)];
+            for (&g, &b) in of.iter().zip(&values[k * m..(k + 1) * m]) {
+                parts[usize::from(g)][usize::from(b)] += 1;
+            }
+            for (h, &u) in parts.iter_mut().zip(&unchanged) {
+                h[0] += u;
+            }
+            parts
+        })
+        .collect();
+    Some(DenseGroups {
+        shift: exponent.0,
+        bits: exponent.1,
+        base,
+        count,
+        counts,
+        of,
+        parts,
+    })
 }
 
 /// What a decoder needs to read grouped sections: the reference and which

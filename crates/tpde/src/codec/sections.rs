@@ -113,6 +113,19 @@ pub(super) fn put_coded(
     coder: Coder,
     hist: Option<&[u64; 256]>,
 ) -> Result<()> {
+    put_coded_est(out, data, coder, hist.map(|h| (h, None)))
+}
+
+/// [`put_coded`], with `hist`'s rANS estimate ([`ans::estimate`]) when the
+/// caller has it.
+pub(super) fn put_coded_est(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    coder: Coder,
+    hist: Option<(&[u64; 256], Option<usize>)>,
+) -> Result<()> {
+    let known_est = hist.and_then(|h| h.1);
+    let hist = hist.map(|h| h.0);
     let raw_len = u32::try_from(data.len())
         .map_err(|_| Error::InvalidArgument("section over 4 GiB".into()))?;
     fn put_head(out: &mut Vec<u8>, coding: u8, raw_len: u32, stored: usize) {
@@ -146,7 +159,7 @@ pub(super) fn put_coded(
             }
             _ => None,
         };
-        let rans_est = hist.map(ans::estimate);
+        let rans_est = hist.map(|h| known_est.unwrap_or_else(|| ans::estimate(h)));
         let (level, rans_first) = match (coder, rans_est) {
             (Coder::Auto(level), Some(est)) => (
                 Some(level),
@@ -160,9 +173,8 @@ pub(super) fn put_coded(
             _ => None,
         };
         let zlen = z.as_ref().map_or(usize::MAX, Vec::len);
-        if let Some(hist) =
-            hist.filter(|h| rans_first || (ans::estimate(h) as f64) < zlen as f64 * 0.97)
-        {
+        let rans_pays = rans_est.is_some_and(|e| rans_first || (e as f64) < zlen as f64 * 0.97);
+        if let Some(hist) = hist.filter(|_| rans_pays) {
             // Coded in place after its head; taken back if it did not pay.
             let at = out.len();
             head(out, SECTION_RANS, 0);
