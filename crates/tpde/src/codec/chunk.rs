@@ -10,8 +10,8 @@ use std::cell::RefCell;
 
 use crate::codec::ans;
 use crate::codec::groups::{
-    count_dense_groups, groups_for, plane_estimate, plane_estimate_from, put_plane,
-    put_plane_grouping, DenseGroups, Estimates, GroupContext, Grouping, Groups,
+    count_dense_groups, groups_for, plane_estimate_from, put_plane, put_plane_grouping,
+    DenseGroups, Estimates, GroupContext, Grouping, Groups,
 };
 use crate::codec::positions::{
     bitmap, changed_positions, classes_estimates, elias_gaps, fine_gap_classes, gap_classes,
@@ -33,6 +33,10 @@ pub use crate::codec::quantized::encode_quantized_chunk;
 /// Builds the payload of a planes/delta chunk: optional positions section,
 /// then one section per byte plane, `hists` being the planes' histograms.
 /// Planes that look random are stored raw without trying zstd.
+///
+/// `known`, where the choice made them for these planes and `groups`: each
+/// plane's groups' histograms (with groups) and estimates (`None` for a
+/// plane stored raw), which are then not made again.
 fn build_sections(
     width: usize,
     pos_sections: &[&[u8]],
@@ -40,6 +44,7 @@ fn build_sections(
     hists: &[[u64; 256]],
     level: i32,
     groups: Option<&Groups>,
+    known: Option<&PlaneCosts>,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(planes.len() / 2 + 64);
     for p in pos_sections {
@@ -53,9 +58,48 @@ fn build_sections(
         } else {
             Coder::Auto(level)
         };
-        put_plane(&mut out, plane, coder, Some(hist), groups)?;
+        let pre = known.and_then(|c| {
+            let est = c.est[k].as_ref()?;
+            Some((c.parts.as_ref()?[k].as_slice(), est))
+        });
+        put_plane(&mut out, plane, coder, Some(hist), groups, pre)?;
     }
     Ok(out)
+}
+
+/// What the positions-or-dense choice counted of one side's planes, for
+/// its build: the groups' histograms of each plane (where the side is
+/// grouped) and each plane's estimates (`None` where it is stored raw).
+struct PlaneCosts {
+    parts: Option<Vec<Vec<[u64; 256]>>>,
+    est: Vec<Option<Estimates>>,
+}
+
+impl PlaneCosts {
+    /// The estimates of planes with histograms `hists` and groups' `parts`.
+    fn of(hists: &[[u64; 256]], parts: Option<Vec<Vec<[u64; 256]>>>) -> PlaneCosts {
+        let est = hists
+            .iter()
+            .enumerate()
+            .map(|(k, h)| {
+                (!looks_random(h)).then(|| Estimates::of(h, parts.as_ref().map(|d| &d[k][..])))
+            })
+            .collect();
+        PlaneCosts { parts, est }
+    }
+
+    /// Estimated bytes of the planes as [`build_sections`] codes them: raw
+    /// where they look random, else as `put_plane` would.
+    fn total(&self, hists: &[[u64; 256]]) -> f64 {
+        hists
+            .iter()
+            .zip(&self.est)
+            .map(|(h, e)| match e {
+                Some(e) => plane_estimate_from(h, e),
+                None => h.iter().sum::<u64>() as f64,
+            })
+            .sum()
+    }
 }
 
 /// A chunk's changed elements, when its planes were not made: their
@@ -65,6 +109,8 @@ struct Changes {
     pos: Vec<u32>,
     values: Vec<u8>,
     groups: DenseGroups,
+    /// Each dense plane's groups' histograms.
+    parts: Vec<Vec<[u64; 256]>>,
     est: Vec<Option<Estimates>>,
 }
 
@@ -104,7 +150,7 @@ fn build_dense_from_changes(
             head: groups.head(),
             counts: &groups.counts,
             total: hist,
-            parts: &groups.parts[k],
+            parts: &c.parts[k],
             est: c.est[k].as_ref(),
         };
         put_plane_grouping(&mut out, n, level, &grouping, plane, || {
@@ -152,17 +198,6 @@ fn plane_cost(h: &[u64; 256]) -> f64 {
         len as f64
     } else {
         ans::estimate(h).min(len as usize) as f64
-    }
-}
-
-/// Estimated bytes of a plane with histogram `h` as [`build_sections`]
-/// codes it: raw where it looks random, else as `put_plane` would, grouped
-/// (`parts`, its groups' histograms) where that pays.
-fn built_cost(h: &[u64; 256], parts: Option<&[[u64; 256]]>) -> f64 {
-    if looks_random(h) {
-        h.iter().sum::<u64>() as f64
-    } else {
-        plane_estimate(h, parts)
     }
 }
 
@@ -338,6 +373,8 @@ pub(super) fn encode_chunk_with(
     // planes' groups counted from them, to build the dense planes' groups
     // from the changes alone.
     let mut from_changes: Option<Changes> = None;
+    // Where they were: the dense planes' estimates, for their build.
+    let mut planes_costs: Option<PlaneCosts> = None;
     if force.is_some_and(|f| f != Positions::Dense) || (force.is_none() && worth_sparse) {
         let (pos, values) = match known.take() {
             Some((pos, values)) => (pos, values),
@@ -367,49 +404,35 @@ pub(super) fn encode_chunk_with(
         // the positions cannot.
         let sparse_groups = groups_for(&p, transform, r, Some(&pos));
         let m = pos.len();
-        let sparse_values: f64 = (0..width)
-            .map(|k| {
-                let plane = &values[k * m..(k + 1) * m];
-                let parts = sparse_groups.as_ref().map(|g| g.histograms(plane).1);
-                built_cost(&sparse_hists[k], parts.as_deref())
-            })
-            .sum();
-        let planes_parts;
-        let dense_parts = match &planes {
+        let sparse_costs = PlaneCosts::of(
+            &sparse_hists,
+            sparse_groups.as_ref().map(|g| {
+                (0..width)
+                    .map(|k| g.histograms(&values[k * m..(k + 1) * m]).1)
+                    .collect()
+            }),
+        );
+        let sparse_values = sparse_costs.total(&sparse_hists);
+        let costs = match &planes {
             Some(planes) => {
-                planes_parts = dense_groups
+                let parts = dense_groups
                     .get_or_insert_with(|| groups_for(&p, transform, r, None))
                     .as_ref()
                     .map(|g| {
                         planes
                             .chunks_exact(n)
                             .map(|plane| g.histograms(plane).1)
-                            .collect::<Vec<_>>()
+                            .collect()
                     });
-                planes_parts.as_ref()
+                PlaneCosts::of(&hists, parts)
             }
             None => {
-                counted = count_dense_groups(&p, transform, r, &pos, &values);
-                counted.as_ref().map(|d| &d.parts)
+                let (groups, parts) = count_dense_groups(&p, transform, r, &pos, &values).unzip();
+                counted = groups;
+                PlaneCosts::of(&hists, parts)
             }
         };
-        // Each dense plane's estimates, kept for the build (`None` where
-        // the plane is stored raw).
-        let plane_est: Vec<Option<Estimates>> = hists
-            .iter()
-            .enumerate()
-            .map(|(k, h)| {
-                (!looks_random(h)).then(|| Estimates::of(h, dense_parts.map(|d| &d[k][..])))
-            })
-            .collect();
-        let dense_est: f64 = hists
-            .iter()
-            .zip(&plane_est)
-            .map(|(h, e)| match e {
-                Some(e) => plane_estimate_from(h, e),
-                None => h.iter().sum::<u64>() as f64,
-            })
-            .sum();
+        let dense_est = costs.total(&hists);
         let sparse_est = pos_est as f64 + sparse_values;
         let close = n <= SMALL_CHUNK && sparse_est > dense_est * 0.97 && nnz > 0;
         // The estimates are the coded sizes but for zstd, which dense
@@ -447,17 +470,32 @@ pub(super) fn encode_chunk_with(
                 &sparse_hists,
                 p.level,
                 sparse_groups.as_ref(),
+                Some(&sparse_costs),
             )?;
             best = Some((coding(positions), payload));
             try_dense = force.is_none() && close;
         }
-        if try_dense && planes.is_none() {
-            from_changes = counted.map(|groups| Changes {
-                pos,
-                values,
-                groups,
-                est: plane_est,
-            });
+        if try_dense {
+            match (planes.is_some(), counted, costs) {
+                (
+                    false,
+                    Some(groups),
+                    PlaneCosts {
+                        parts: Some(parts),
+                        est,
+                    },
+                ) => {
+                    from_changes = Some(Changes {
+                        pos,
+                        values,
+                        groups,
+                        parts,
+                        est,
+                    });
+                }
+                (true, _, costs) => planes_costs = Some(costs),
+                _ => {}
+            }
         }
     }
     if try_dense {
@@ -466,7 +504,15 @@ pub(super) fn encode_chunk_with(
             None => {
                 let groups = dense_groups.unwrap_or_else(|| groups_for(&p, transform, r, None));
                 let planes = planes.get_or_insert_with(|| all_planes().0);
-                build_sections(width, &[], planes, &hists, p.level, groups.as_ref())?
+                build_sections(
+                    width,
+                    &[],
+                    planes,
+                    &hists,
+                    p.level,
+                    groups.as_ref(),
+                    planes_costs.as_ref(),
+                )?
             }
         };
         if best.as_ref().is_none_or(|b| payload.len() < b.1.len()) {

@@ -203,25 +203,34 @@ impl Groups {
 
 /// Appends a plane: grouped by reference exponent where the estimates say
 /// that pays, else as one section. `hist` is the plane's histogram when the
-/// caller has it. One zstd probe of the whole plane decides whether its
-/// groups may try zstd at all.
+/// caller has it, `known` (with `hist`) its groups' histograms and its
+/// estimates when the caller made them for `groups`. One zstd probe of the
+/// whole plane decides whether its groups may try zstd at all.
 pub(super) fn put_plane(
     out: &mut Vec<u8>,
     plane: &[u8],
     coder: Coder,
     hist: Option<&[u64; 256]>,
     groups: Option<&Groups>,
+    known: Option<(&[[u64; 256]], &Estimates)>,
 ) -> Result<()> {
     let (Some(g), Coder::Auto(level)) = (groups, coder) else {
         return put_coded(out, plane, coder, hist);
     };
-    let (total, parts_hist) = g.histograms(plane);
+    let own;
+    let (total, parts_hist, est) = match (known, hist) {
+        (Some((parts, est)), Some(total)) => (*total, parts, Some(est)),
+        _ => {
+            own = g.histograms(plane);
+            (own.0, &own.1[..], None)
+        }
+    };
     let grouping = Grouping {
         head: g.head(),
         counts: &g.counts,
         total: &total,
-        parts: &parts_hist,
-        est: None,
+        parts: parts_hist,
+        est,
     };
     put_plane_grouping(
         out,
@@ -257,9 +266,12 @@ pub(super) struct Estimates {
 
 impl Estimates {
     pub(super) fn of(total: &[u64; 256], parts: Option<&[[u64; 256]]>) -> Estimates {
+        // A constant plane is one section (its groups would cost a section
+        // head each), so its groups are not estimated.
+        let constant = total.iter().filter(|&&c| c > 0).count() == 1;
         Estimates {
             whole: ans::estimate(total),
-            parts: parts.map(|parts| {
+            parts: parts.filter(|_| !constant).map(|parts| {
                 parts
                     .iter()
                     .map(|h| h.iter().any(|&c| c > 0).then(|| ans::estimate(h)))
@@ -338,15 +350,6 @@ pub(super) fn put_plane_grouping<'p>(
     )
 }
 
-/// Estimated bytes of a plane as [`put_plane`] codes it with `coder`
-/// `Auto`: `total` its histogram, `parts` its groups' histograms where the
-/// chunk is grouped. The same rule as `put_plane`'s: grouped where the
-/// groups' estimates are 2% below the whole plane's. (zstd, which a probe
-/// may let try, is left out: it wins on planes that repeat themselves.)
-pub(super) fn plane_estimate(total: &[u64; 256], parts: Option<&[[u64; 256]]>) -> f64 {
-    trivial_cost(total).unwrap_or_else(|| plane_estimate_from(total, &Estimates::of(total, parts)))
-}
-
 /// The bytes of an empty or constant plane, which need no estimate.
 fn trivial_cost(total: &[u64; 256]) -> Option<f64> {
     let mut present = total.iter().filter(|&&c| c > 0);
@@ -357,7 +360,12 @@ fn trivial_cost(total: &[u64; 256]) -> Option<f64> {
     }
 }
 
-/// [`plane_estimate`] from the plane's estimates.
+/// Estimated bytes of a plane as [`put_plane`] codes it with `coder`
+/// `Auto`: `total` its histogram, `est` its estimates and its groups'
+/// where the chunk is grouped ([`Estimates::of`]). The same rule as
+/// `put_plane`'s: grouped where the groups' estimates are 2% below the
+/// whole plane's. (zstd, which a probe may let try, is left out: it wins
+/// on planes that repeat themselves.)
 pub(super) fn plane_estimate_from(total: &[u64; 256], est: &Estimates) -> f64 {
     if let Some(c) = trivial_cost(total) {
         return c;
@@ -421,9 +429,6 @@ pub(super) struct DenseGroups {
     pub(super) counts: Vec<usize>,
     /// The group of each changed element.
     of: Vec<u8>,
-    /// For each plane, its groups' histograms: the changed elements' bytes
-    /// in their groups, and the zeros of every unchanged element.
-    pub(super) parts: Vec<Vec<[u64; 256]>>,
 }
 
 impl DenseGroups {
@@ -488,15 +493,16 @@ impl DenseGroups {
 
 /// The groups of the dense planes of a chunk of `n` elements whose changed
 /// elements are at `pos`, with `values` their planes (`width` planes of
-/// `pos.len()` bytes), and the groups' histograms; `None` where the dense
-/// planes are not grouped.
+/// `pos.len()` bytes), and for each plane its groups' histograms (the
+/// changed elements' bytes in their groups, and the zeros of every
+/// unchanged element); `None` where the dense planes are not grouped.
 pub(super) fn count_dense_groups(
     p: &ChunkParams,
     t: Transform,
     reference: &[u8],
     pos: &[u32],
     values: &[u8],
-) -> Option<DenseGroups> {
+) -> Option<(DenseGroups, Vec<Vec<[u64; 256]>>)> {
     let width = p.width;
     let n = reference.len() / width;
     if t == Transform::None || n < GROUP_MIN {
@@ -530,15 +536,15 @@ pub(super) fn count_dense_groups(
             parts
         })
         .collect();
-    Some(DenseGroups {
+    let groups = DenseGroups {
         shift: exponent.0,
         bits: exponent.1,
         base,
         count,
         counts,
         of,
-        parts,
-    })
+    };
+    Some((groups, parts))
 }
 
 /// What a decoder needs to read grouped sections: the reference and which
