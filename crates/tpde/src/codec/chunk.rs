@@ -906,6 +906,37 @@ pub(super) mod tests {
         assert!(dense >= 2, "only {dense} cases coded dense");
     }
 
+    /// A damaged grouped section (its groups decode in place) is an error
+    /// or other bytes, never a panic, and a truncated one is an error.
+    #[test]
+    fn damaged_grouped_sections_are_errors() {
+        let params = ChunkParams {
+            width: 2,
+            family: Family::Float,
+            level: 3,
+            exponent: Some((7, 8)),
+            fine_classes: true,
+        };
+        let (reference, cur) =
+            bf16_changes(13, |_, r| r < 1_500, |e| if e <= 118 { 9_500 } else { 1 });
+        let (coding, payload) = encode_chunk(&cur, Some(&reference), params).unwrap();
+        assert_eq!(coding.positions, Positions::Dense);
+        assert_eq!(payload[0], crate::codec::sections::SECTION_GROUPED);
+        let mut out = vec![0u8; cur.len()];
+        let step = (payload.len() / 600).max(1);
+        for at in (0..payload.len()).step_by(step) {
+            let mut bad = payload.clone();
+            bad[at] ^= 0x5a;
+            if decode_chunk(&coding, &bad, Some(&reference), &mut out).is_ok() {
+                assert!(out != cur, "a flipped byte {at} decoded to the same chunk");
+            }
+            assert!(
+                decode_chunk(&coding, &payload[..at], Some(&reference), &mut out).is_err(),
+                "truncated at {at}"
+            );
+        }
+    }
+
     #[test]
     fn the_choice_is_the_smallest_coding() {
         let params = ChunkParams {

@@ -598,9 +598,12 @@ pub(super) fn read_grouped(
         return Err(bad("length differs from the coded elements"));
     }
     let mut inner = Sections { rest: &body[5..] };
-    let mut parts = Vec::with_capacity(len);
+    // Each group decoded in place, the groups end to end.
+    let mut parts = vec![0u8; len];
+    let mut at = 0;
     for &c in &g.counts {
-        parts.extend_from_slice(&inner.next(c, what)?);
+        inner.next_into(&mut parts[at..at + c], what)?;
+        at += c;
     }
     if !inner.rest.is_empty() {
         return Err(bad("trailing bytes"));

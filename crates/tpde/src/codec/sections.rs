@@ -221,22 +221,8 @@ impl<'a> Sections<'a> {
         what: &str,
         ctx: Option<&GroupContext<'_>>,
     ) -> Result<Cow<'a, [u8]>> {
-        let head = self
-            .rest
-            .get(..SECTION_HEAD)
-            .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
-        let coding = head[0];
-        let raw_len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
-        let stored_len = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
-        if raw_len != len {
-            return Err(Error::corrupt(format!(
-                "{what} section holds {raw_len} bytes, expected {len}"
-            )));
-        }
-        let body = SECTION_HEAD
-            .checked_add(stored_len)
-            .and_then(|end| self.rest.get(SECTION_HEAD..end))
-            .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
+        let (coding, stored_len, body) = self.head(len, what)?;
+        let raw_len = len;
         let data = match coding {
             SECTION_RAW if stored_len == raw_len => Cow::Borrowed(body),
             _ if raw_len == 0 => {
@@ -270,6 +256,59 @@ impl<'a> Sections<'a> {
         };
         self.rest = &self.rest[SECTION_HEAD + stored_len..];
         Ok(data)
+    }
+
+    /// The next section's coding, stored length and body, checked to hold
+    /// `len` bytes and to lie within the payload.
+    fn head(&self, len: usize, what: &str) -> Result<(u8, usize, &'a [u8])> {
+        let head = self
+            .rest
+            .get(..SECTION_HEAD)
+            .ok_or_else(|| Error::corrupt(format!("{what} section head missing")))?;
+        let coding = head[0];
+        let raw_len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        let stored_len = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
+        if raw_len != len {
+            return Err(Error::corrupt(format!(
+                "{what} section holds {raw_len} bytes, expected {len}"
+            )));
+        }
+        let body = SECTION_HEAD
+            .checked_add(stored_len)
+            .and_then(|end| self.rest.get(SECTION_HEAD..end))
+            .ok_or_else(|| Error::corrupt(format!("{what} section runs past its chunk")))?;
+        Ok((coding, stored_len, body))
+    }
+
+    /// [`Sections::next`] decoded into `out` (exactly the section's length),
+    /// without a buffer of its own; never a grouped section.
+    pub(super) fn next_into(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+        let len = out.len();
+        let (coding, stored_len, body) = self.head(len, what)?;
+        match coding {
+            SECTION_RAW if stored_len == len => out.copy_from_slice(body),
+            _ if len == 0 => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: an empty section must be raw"
+                )))
+            }
+            SECTION_CONST if stored_len == 1 => out.fill(body[0]),
+            SECTION_ZSTD => zstd_decompress_exact(body, out, what)?,
+            SECTION_RANS => ans::decode(body, out)
+                .map_err(|e| Error::corrupt(format!("{what} section: {e}")))?,
+            SECTION_GROUPED => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: grouped where no reference is"
+                )))
+            }
+            _ => {
+                return Err(Error::corrupt(format!(
+                    "{what} section: bad coding {coding} or length"
+                )))
+            }
+        }
+        self.rest = &self.rest[SECTION_HEAD + stored_len..];
+        Ok(())
     }
 
     /// The decoded length of the next section, read from its head.
