@@ -812,6 +812,17 @@ pub(super) mod tests {
         assert!(seen.contains(&Positions::Dense), "{seen:?}");
     }
 
+    /// The parameters of a BF16 chunk.
+    fn bf16_params() -> ChunkParams {
+        ChunkParams {
+            width: 2,
+            family: Family::Float,
+            level: 3,
+            exponent: Some((7, 8)),
+            fine_classes: true,
+        }
+    }
+
     /// A BF16 chunk of 2 Mi elements against its reference: weights near
     /// 0.01 but for those `small(i)` marks (under 2.4e-4), and changes of
     /// 1-3 units in the last place at `chance(exponent)` in 10,000 of the
@@ -866,13 +877,7 @@ pub(super) mod tests {
     /// bytes as the planes' own coding (forced dense builds the planes).
     #[test]
     fn dense_planes_from_the_changes_are_the_planes_coding() {
-        let params = ChunkParams {
-            width: 2,
-            family: Family::Float,
-            level: 3,
-            exponent: Some((7, 8)),
-            fine_classes: true,
-        };
+        let params = bf16_params();
         let cases = [
             bf16_changes(
                 12,
@@ -910,13 +915,7 @@ pub(super) mod tests {
     /// or other bytes, never a panic, and a truncated one is an error.
     #[test]
     fn damaged_grouped_sections_are_errors() {
-        let params = ChunkParams {
-            width: 2,
-            family: Family::Float,
-            level: 3,
-            exponent: Some((7, 8)),
-            fine_classes: true,
-        };
+        let params = bf16_params();
         let (reference, cur) =
             bf16_changes(13, |_, r| r < 1_500, |e| if e <= 118 { 9_500 } else { 1 });
         let (coding, payload) = encode_chunk(&cur, Some(&reference), params).unwrap();
@@ -939,13 +938,7 @@ pub(super) mod tests {
 
     #[test]
     fn the_choice_is_the_smallest_coding() {
-        let params = ChunkParams {
-            width: 2,
-            family: Family::Float,
-            level: 3,
-            exponent: Some((7, 8)),
-            fine_classes: true,
-        };
+        let params = bf16_params();
         let random = bf16_changes(11, |_, _| false, |_| 100);
         // Small weights in 2% of the rows of 128 and at 2% of the other
         // places; they change, the others hardly: the positions see the
