@@ -864,14 +864,6 @@ pub(super) mod tests {
         (b(&prev), b(&cur))
     }
 
-    /// The encoder's choice between dense planes and each positions coding
-    /// is the smallest of them (within 0.2%), from estimates alone: where
-    /// 1% of the elements change at random (the two are within 1% there:
-    /// the dense planes' zeros cost more at rANS's 12-bit precision than
-    /// their entropy, which an estimate of the entropy missed), and where
-    /// the changes are the small weights' (dense planes grouped by
-    /// exponent, by far: the reference tells which elements change, the
-    /// positions cannot).
     /// Where few elements changed, the dense planes' groups are built from
     /// the changed elements alone (`build_dense_from_changes`): the same
     /// bytes as the planes' own coding (forced dense builds the planes).
@@ -936,6 +928,14 @@ pub(super) mod tests {
         }
     }
 
+    /// The encoder's choice between dense planes and each positions coding
+    /// is the smallest of them (within 0.2%), from estimates alone: where
+    /// 1% of the elements change at random (the two are within 1% there:
+    /// the dense planes' zeros cost more at rANS's 12-bit precision than
+    /// their entropy, which an estimate of the entropy missed), and where
+    /// the changes are the small weights' (dense planes grouped by
+    /// exponent, by far: the reference tells which elements change, the
+    /// positions cannot).
     #[test]
     fn the_choice_is_the_smallest_coding() {
         let params = bf16_params();
