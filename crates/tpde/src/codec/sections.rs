@@ -206,6 +206,43 @@ pub(super) struct Sections<'a> {
     pub(super) rest: &'a [u8],
 }
 
+/// Decodes a section's body (coding `coding`, `stored_len` bytes) into
+/// `out`, exactly its length: every coding but a grouped one, which needs
+/// the reference ([`Sections::next_in`] reads those).
+fn decode_body(
+    coding: u8,
+    stored_len: usize,
+    body: &[u8],
+    out: &mut [u8],
+    what: &str,
+) -> Result<()> {
+    let len = out.len();
+    match coding {
+        SECTION_RAW if stored_len == len => out.copy_from_slice(body),
+        _ if len == 0 => {
+            return Err(Error::corrupt(format!(
+                "{what} section: an empty section must be raw"
+            )))
+        }
+        SECTION_CONST if stored_len == 1 => out.fill(body[0]),
+        SECTION_ZSTD => zstd_decompress_exact(body, out, what)?,
+        SECTION_RANS => {
+            ans::decode(body, out).map_err(|e| Error::corrupt(format!("{what} section: {e}")))?
+        }
+        SECTION_GROUPED => {
+            return Err(Error::corrupt(format!(
+                "{what} section: grouped where no reference is"
+            )))
+        }
+        _ => {
+            return Err(Error::corrupt(format!(
+                "{what} section: bad coding {coding} or length"
+            )))
+        }
+    }
+    Ok(())
+}
+
 impl<'a> Sections<'a> {
     /// The next section, of `len` decoded bytes: borrowed when stored raw,
     /// decoded into a new buffer otherwise.
@@ -222,36 +259,15 @@ impl<'a> Sections<'a> {
         ctx: Option<&GroupContext<'_>>,
     ) -> Result<Cow<'a, [u8]>> {
         let (coding, stored_len, body) = self.head(len, what)?;
-        let raw_len = len;
-        let data = match coding {
-            SECTION_RAW if stored_len == raw_len => Cow::Borrowed(body),
-            _ if raw_len == 0 => {
-                return Err(Error::corrupt(format!(
-                    "{what} section: an empty section must be raw"
-                )))
-            }
-            SECTION_CONST if stored_len == 1 => Cow::Owned(vec![body[0]; len]),
-            SECTION_ZSTD => {
-                let mut out = vec![0u8; len];
-                zstd_decompress_exact(body, &mut out, what)?;
-                Cow::Owned(out)
-            }
-            SECTION_RANS => {
-                let mut out = vec![0u8; len];
-                ans::decode(body, &mut out)
-                    .map_err(|e| Error::corrupt(format!("{what} section: {e}")))?;
-                Cow::Owned(out)
-            }
-            SECTION_GROUPED => {
-                let ctx = ctx.ok_or_else(|| {
-                    Error::corrupt(format!("{what} section: grouped where no reference is"))
-                })?;
+        let data = match (coding, ctx) {
+            (SECTION_RAW, _) if stored_len == len => Cow::Borrowed(body),
+            (SECTION_GROUPED, Some(ctx)) if len > 0 => {
                 Cow::Owned(read_grouped(body, len, ctx, what)?)
             }
             _ => {
-                return Err(Error::corrupt(format!(
-                    "{what} section: bad coding {coding} or length"
-                )))
+                let mut out = vec![0u8; len];
+                decode_body(coding, stored_len, body, &mut out, what)?;
+                Cow::Owned(out)
             }
         };
         self.rest = &self.rest[SECTION_HEAD + stored_len..];
@@ -283,30 +299,8 @@ impl<'a> Sections<'a> {
     /// [`Sections::next`] decoded into `out` (exactly the section's length),
     /// without a buffer of its own; never a grouped section.
     pub(super) fn next_into(&mut self, out: &mut [u8], what: &str) -> Result<()> {
-        let len = out.len();
-        let (coding, stored_len, body) = self.head(len, what)?;
-        match coding {
-            SECTION_RAW if stored_len == len => out.copy_from_slice(body),
-            _ if len == 0 => {
-                return Err(Error::corrupt(format!(
-                    "{what} section: an empty section must be raw"
-                )))
-            }
-            SECTION_CONST if stored_len == 1 => out.fill(body[0]),
-            SECTION_ZSTD => zstd_decompress_exact(body, out, what)?,
-            SECTION_RANS => ans::decode(body, out)
-                .map_err(|e| Error::corrupt(format!("{what} section: {e}")))?,
-            SECTION_GROUPED => {
-                return Err(Error::corrupt(format!(
-                    "{what} section: grouped where no reference is"
-                )))
-            }
-            _ => {
-                return Err(Error::corrupt(format!(
-                    "{what} section: bad coding {coding} or length"
-                )))
-            }
-        }
+        let (coding, stored_len, body) = self.head(out.len(), what)?;
+        decode_body(coding, stored_len, body, out, what)?;
         self.rest = &self.rest[SECTION_HEAD + stored_len..];
         Ok(())
     }
