@@ -15,6 +15,19 @@ use crate::codec::sections::{
 use crate::codec::transform::Transform;
 use crate::common::error::{Error, Result};
 
+/// The parameters a grouped section starts with: the exponent field's
+/// shift and bits, the first group's exponent (little-endian), the groups.
+fn section_head(shift: u8, bits: u8, base: u16, count: u8) -> [u8; 5] {
+    let b = base.to_le_bytes();
+    [shift, bits, b[0], b[1], count]
+}
+
+/// The group of an element whose reference has exponent `e`: groups start
+/// at exponent `base`, the first and last (`top`) take those below and above.
+fn group_of(e: u16, base: u16, top: u16) -> u8 {
+    e.saturating_sub(base).min(top) as u8
+}
+
 /// Groups of a grouped section, at most.
 pub(super) const MAX_GROUPS: usize = 16;
 /// Coded elements a chunk needs before grouping is tried.
@@ -86,7 +99,7 @@ impl Groups {
     ) -> Groups {
         let top = u16::from(count) - 1;
         let of = Self::map_exponents(reference, width, pos, (shift, bits), |e| {
-            e.saturating_sub(base).min(top) as u8
+            group_of(e, base, top)
         });
         let hist = ans::histogram(&of);
         let counts: Vec<usize> = hist[..usize::from(count)]
@@ -145,8 +158,7 @@ impl Groups {
 
     /// The parameters a grouped section starts with.
     pub(super) fn head(&self) -> [u8; 5] {
-        let b = self.base.to_le_bytes();
-        [self.shift, self.bits, b[0], b[1], self.count]
+        section_head(self.shift, self.bits, self.base, self.count)
     }
 
     /// Where each group starts when the groups are laid end to end.
@@ -434,8 +446,7 @@ pub(super) struct DenseGroups {
 impl DenseGroups {
     /// The parameters a grouped section starts with.
     pub(super) fn head(&self) -> [u8; 5] {
-        let b = self.base.to_le_bytes();
-        [self.shift, self.bits, b[0], b[1], self.count]
+        section_head(self.shift, self.bits, self.base, self.count)
     }
 
     /// Where each changed element (at `pos`, increasing) lands in a plane's
@@ -453,7 +464,7 @@ impl DenseGroups {
                 let mut b = [0u8; 8];
                 b[..W].copy_from_slice(e);
                 let x = ((u64::from_le_bytes(b) >> shift) & mask) as u16;
-                usize::from(x.saturating_sub(base).min(top))
+                usize::from(group_of(x, base, top))
             };
             let mut out = Vec::with_capacity(pos.len());
             let mut from = 0usize;
@@ -511,7 +522,7 @@ pub(super) fn count_dense_groups(
     let exponent = p.exponent?;
     let (base, count) = Groups::window(reference, width, None, exponent)?;
     let top = u16::from(count) - 1;
-    let group = |e: u16| e.saturating_sub(base).min(top) as u8;
+    let group = |e: u16| group_of(e, base, top);
     // Elements per group: the exponents of the whole reference, counted.
     let exps = exponent_histogram(reference, width, exponent);
     let mut counts = vec![0usize; usize::from(count)];
